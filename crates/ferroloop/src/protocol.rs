@@ -1,0 +1,82 @@
+//! The protocol contract: what a transport calls on the object it serves.
+//!
+//! The life of a stream protocol, guaranteed by every transport:
+//!
+//! ```text
+//! start -> connection_made
+//!       [-> data_received *]          (or get_buffer/buffer_updated *)
+//!       [-> eof_received ?]
+//!       -> connection_lost -> end
+//! ```
+//!
+//! `pause_writing`/`resume_writing` come in pairs between `connection_made`
+//! and `connection_lost`. Methods are never re-entered: if the protocol calls
+//! a transport method that must notify it (a `write` that crosses the
+//! high-water mark, say), the notification is delivered right after the
+//! current method returns; `close()` delivers `connection_lost` from the
+//! ready queue, never from inside the caller.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::error::Error;
+use crate::transport::Transport;
+
+/// A streaming protocol (asyncio's `Protocol` and `BufferedProtocol`).
+///
+/// Every method has an empty default, as in asyncio. A protocol that
+/// overrides [`Protocol::get_buffer`] to return a buffer is a *buffered*
+/// protocol: the transport reads straight into that buffer and calls
+/// [`Protocol::buffer_updated`] instead of [`Protocol::data_received`].
+pub trait Protocol: 'static {
+    /// The connection is ready; keep `transport` to write, close, etc.
+    fn connection_made(&mut self, transport: Transport) {
+        let _ = transport;
+    }
+
+    /// Bytes arrived (never empty). Their order is preserved.
+    fn data_received(&mut self, data: &[u8]) {
+        let _ = data;
+    }
+
+    /// The peer will send nothing more. Return `true` to keep the transport
+    /// half-open (closing it is then up to the protocol); `false` closes it.
+    fn eof_received(&mut self) -> bool {
+        false
+    }
+
+    /// The connection is closed: `None` after a clean close, EOF or abort,
+    /// `Some(error)` after an error such as a reset. Called exactly once.
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        let _ = exc;
+    }
+
+    /// The write buffer went strictly over the high-water mark.
+    fn pause_writing(&mut self) {}
+
+    /// The write buffer drained to the low-water mark or below.
+    fn resume_writing(&mut self) {}
+
+    /// Buffered protocols: return a non-empty buffer for the transport to read
+    /// into; `size_hint` is the size the transport would like (it may be
+    /// ignored). Plain protocols return `None` (the default).
+    fn get_buffer(&mut self, size_hint: usize) -> Option<&mut [u8]> {
+        let _ = size_hint;
+        None
+    }
+
+    /// Buffered protocols: `nbytes` bytes were written at the start of the
+    /// buffer returned by the last [`Protocol::get_buffer`].
+    fn buffer_updated(&mut self, nbytes: usize) {
+        let _ = nbytes;
+    }
+}
+
+/// How a transport holds its protocol: shared, so that the program can keep
+/// a typed handle (`Rc<RefCell<MyProtocol>>`) while the transport calls it.
+pub type ProtocolRef = Rc<RefCell<dyn Protocol>>;
+
+/// Wrap a protocol value for [`Transport::set_protocol`](crate::Transport::set_protocol).
+pub fn protocol_ref<P: Protocol>(p: P) -> ProtocolRef {
+    Rc::new(RefCell::new(p))
+}

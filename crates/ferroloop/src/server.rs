@@ -1,0 +1,536 @@
+//! Listening servers: [`EventLoop::create_server`] and [`Server`].
+//!
+//! A server owns its listening sockets and tracks the transports it accepted,
+//! so that it can close or abort them (`close_clients`/`abort_clients`, new in
+//! asyncio 3.13) and so that `wait_closed` completes once the server is
+//! closed *and* its connections are gone (asyncio 3.12's semantics).
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+
+use mio::{Interest, Token};
+use slab::Slab;
+use socket2::{Domain, Socket, Type};
+
+use crate::error::{Error, Result};
+use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness};
+use crate::future::LoopFuture;
+use crate::protocol::{Protocol, ProtocolRef};
+use crate::resolve::{resolve_all, Family};
+use crate::transport::stream::{Address, Sock, StreamInner};
+use crate::transport::Transport;
+
+/// After `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM`, accepting pauses this long (asyncio's `ACCEPT_RETRY_DELAY`).
+const ACCEPT_RETRY_DELAY: f64 = 1.0;
+
+/// Where a server listens (asyncio's `host=` argument).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// Every interface: `0.0.0.0` and `::` (asyncio's `host=None` or `''`).
+    Any,
+    /// One host name or address.
+    Name(String),
+    /// Several hosts; each resolved address gets a listening socket.
+    Names(Vec<String>),
+}
+
+impl From<&str> for Host {
+    fn from(s: &str) -> Self {
+        Host::Name(s.to_string())
+    }
+}
+impl From<String> for Host {
+    fn from(s: String) -> Self {
+        Host::Name(s)
+    }
+}
+impl From<Option<&str>> for Host {
+    fn from(s: Option<&str>) -> Self {
+        s.map(Host::from).unwrap_or(Host::Any)
+    }
+}
+impl From<Vec<&str>> for Host {
+    fn from(v: Vec<&str>) -> Self {
+        Host::Names(v.into_iter().map(String::from).collect())
+    }
+}
+
+/// Options of [`EventLoop::create_server`], with asyncio's defaults.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `listen()` backlog; also the most connections accepted per readiness event. Default 100.
+    pub backlog: i32,
+    /// `SO_REUSEADDR`; default (`None`) is on, as asyncio on Unix.
+    pub reuse_address: Option<bool>,
+    /// `SO_REUSEPORT`, to share a port between loops. Default off.
+    pub reuse_port: bool,
+    /// Start accepting at once (default) or only after [`Server::start_serving`].
+    pub start_serving: bool,
+    /// Only bind addresses of this family.
+    pub family: Option<Family>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { backlog: 100, reuse_address: None, reuse_port: false, start_serving: true, family: None }
+    }
+}
+
+type Factory = Rc<dyn Fn() -> ProtocolRef>;
+
+enum ListenSock {
+    Tcp(mio::net::TcpListener),
+    Unix(mio::net::UnixListener),
+}
+
+impl ListenSock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ListenSock::Tcp(s) => s,
+            ListenSock::Unix(s) => s,
+        }
+    }
+
+    fn accept(&self) -> io::Result<Sock> {
+        match self {
+            ListenSock::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok(Sock::Tcp(s))
+            }
+            ListenSock::Unix(l) => l.accept().map(|(s, _)| Sock::Unix(s)),
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            ListenSock::Tcp(s) => s.as_raw_fd(),
+            ListenSock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn address(&self) -> Option<Address> {
+        match self {
+            ListenSock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
+            ListenSock::Unix(s) => s
+                .local_addr()
+                .ok()
+                .map(|a| Address::Unix(a.as_pathname().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())),
+        }
+    }
+}
+
+struct Listener {
+    server: Weak<ServerInner>,
+    sock: RefCell<Option<ListenSock>>,
+    token: Cell<Option<Token>>,
+}
+
+impl Listener {
+    fn start(self: &Rc<Self>, lp: &EventLoop) -> Result<()> {
+        if self.token.get().is_some() {
+            return Ok(());
+        }
+        let mut sock = self.sock.borrow_mut();
+        let Some(s) = sock.as_mut() else { return Ok(()) };
+        let token = lp.register(s.source(), Interest::READABLE, self.clone())?;
+        self.token.set(Some(token));
+        drop(sock);
+        // Connections may already wait in the backlog: accept them too.
+        let me = self.clone();
+        let lp2 = lp.clone();
+        lp.schedule(Box::new(move || me.accept_ready(&lp2)));
+        Ok(())
+    }
+
+    fn stop(&self, lp: &EventLoop) {
+        if let Some(token) = self.token.take() {
+            if let Some(s) = self.sock.borrow_mut().as_mut() {
+                lp.deregister(s.source(), token);
+            }
+        }
+    }
+
+    fn accept_ready(self: &Rc<Self>, lp: &EventLoop) {
+        let Some(server) = self.server.upgrade() else { return };
+        if self.token.get().is_none() {
+            return;
+        }
+        for _ in 0..server.backlog.max(1) {
+            let accepted = match self.sock.borrow().as_ref() {
+                Some(s) => s.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok(sock) => server.spawn_client(sock),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let code = e.raw_os_error().unwrap_or(0);
+                    if [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&code) {
+                        lp.call_exception_handler(ExceptionContext {
+                            message: "socket.accept() out of system resource".into(),
+                            error: Some(Error::Io(e)),
+                        });
+                        self.stop(lp);
+                        let me = self.clone();
+                        let lp2 = lp.clone();
+                        let _ = lp.call_later(ACCEPT_RETRY_DELAY, move || {
+                            if me.server.upgrade().map(|s| s.serving.get()).unwrap_or(false) {
+                                let _ = me.start(&lp2);
+                            }
+                        });
+                        return;
+                    }
+                    // ECONNABORTED and friends: the peer gave up; try the next one.
+                }
+            }
+        }
+        // Backlog budget used: continue next iteration (mio is edge-triggered).
+        let me = self.clone();
+        let lp2 = lp.clone();
+        lp.schedule(Box::new(move || me.accept_ready(&lp2)));
+    }
+}
+
+impl IoSource for Listener {
+    fn on_ready(self: Rc<Self>, lp: &EventLoop, _ready: Readiness) {
+        self.accept_ready(lp);
+    }
+}
+
+pub(crate) struct ServerInner {
+    lp: EventLoop,
+    factory: Factory,
+    listeners: RefCell<Vec<Rc<Listener>>>,
+    backlog: i32,
+    serving: Cell<bool>,
+    closed: Cell<bool>,
+    clients: RefCell<Slab<Weak<StreamInner>>>,
+    waiters: RefCell<Option<Vec<LoopFuture<()>>>>,
+    serving_forever: Cell<bool>,
+}
+
+impl ServerInner {
+    fn spawn_client(self: &Rc<Self>, sock: Sock) {
+        let proto = match catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+            Ok(p) => p,
+            Err(payload) => {
+                self.lp.call_exception_handler(ExceptionContext {
+                    message: "Error in protocol factory".into(),
+                    error: Some(Error::Panic(panic_message(&*payload))),
+                });
+                return; // dropping `sock` closes it
+            }
+        };
+        let id = self.clients.borrow_mut().insert(Weak::new());
+        match Transport::spawn(&self.lp, sock, proto, Some((Rc::downgrade(self), id)), None) {
+            Ok(t) => {
+                if let Some(slot) = self.clients.borrow_mut().get_mut(id) {
+                    *slot = Rc::downgrade(&t.inner);
+                }
+            }
+            Err(e) => {
+                self.clients.borrow_mut().try_remove(id);
+                self.lp.call_exception_handler(ExceptionContext {
+                    message: "Error creating a transport for an accepted connection".into(),
+                    error: Some(e),
+                });
+            }
+        }
+    }
+
+    pub(crate) fn detach(&self, id: usize) {
+        let empty = {
+            let mut c = self.clients.borrow_mut();
+            c.try_remove(id);
+            c.is_empty()
+        };
+        if empty && self.closed.get() {
+            self.wakeup();
+        }
+    }
+
+    fn wakeup(&self) {
+        let waiters = self.waiters.borrow_mut().take();
+        for w in waiters.into_iter().flatten() {
+            w.set(Ok(()));
+        }
+    }
+
+    fn client_transports(&self) -> Vec<Transport> {
+        self.clients
+            .borrow()
+            .iter()
+            .filter_map(|(_, w)| w.upgrade())
+            .filter(|t| !t.is_lost())
+            .map(|inner| Transport { inner })
+            .collect()
+    }
+}
+
+/// One listening socket of a [`Server`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSocket {
+    /// Its file descriptor (owned by the server).
+    pub fd: RawFd,
+    /// The address it is bound to.
+    pub address: Option<Address>,
+}
+
+/// A listening server (asyncio's `Server`). Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Rc<ServerInner>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("sockets", &self.sockets()).field("serving", &self.is_serving()).finish()
+    }
+}
+
+impl Server {
+    /// The loop the server runs on.
+    pub fn get_loop(&self) -> EventLoop {
+        self.inner.lp.clone()
+    }
+
+    /// The listening sockets; empty once closed.
+    pub fn sockets(&self) -> Vec<ServerSocket> {
+        self.inner
+            .listeners
+            .borrow()
+            .iter()
+            .filter_map(|l| l.sock.borrow().as_ref().map(|s| ServerSocket { fd: s.fd(), address: s.address() }))
+            .collect()
+    }
+
+    /// Whether the server accepts connections.
+    pub fn is_serving(&self) -> bool {
+        self.inner.serving.get()
+    }
+
+    /// Whether [`Server::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.get()
+    }
+
+    /// Start accepting connections (no-op if already serving).
+    pub fn start_serving(&self) -> Result<()> {
+        if self.inner.closed.get() {
+            return Err(Error::state(format!("server {:?} is closed", self.sockets())));
+        }
+        if self.inner.serving.replace(true) {
+            return Ok(());
+        }
+        let listeners = self.inner.listeners.borrow().clone();
+        for l in listeners {
+            l.start(&self.inner.lp)?;
+        }
+        Ok(())
+    }
+
+    /// Stop listening and close the listening sockets. Connections already
+    /// accepted stay open (see [`Server::close_clients`]).
+    pub fn close(&self) {
+        if self.inner.closed.replace(true) {
+            return;
+        }
+        self.inner.serving.set(false);
+        let listeners = std::mem::take(&mut *self.inner.listeners.borrow_mut());
+        for l in listeners {
+            l.stop(&self.inner.lp);
+            let s = l.sock.borrow_mut().take();
+            drop(s);
+        }
+        if self.inner.clients.borrow().is_empty() {
+            self.inner.wakeup();
+        }
+    }
+
+    /// Close every connection the server accepted (asyncio 3.13).
+    pub fn close_clients(&self) {
+        for t in self.inner.client_transports() {
+            t.close();
+        }
+    }
+
+    /// Abort every connection the server accepted (asyncio 3.13).
+    pub fn abort_clients(&self) {
+        for t in self.inner.client_transports() {
+            t.abort();
+        }
+    }
+
+    /// Number of live connections accepted by this server.
+    pub fn active_connections(&self) -> usize {
+        self.inner.clients.borrow().len()
+    }
+
+    /// A future that completes once the server is closed and all its
+    /// connections are lost (complete at once if that already happened).
+    pub fn wait_closed(&self) -> LoopFuture<()> {
+        let mut waiters = self.inner.waiters.borrow_mut();
+        match waiters.as_mut() {
+            None => LoopFuture::ready(Ok(())),
+            Some(w) => {
+                let f = LoopFuture::new();
+                w.push(f.clone());
+                f
+            }
+        }
+    }
+
+    /// Start serving and run the loop until the server is closed (from a
+    /// callback, a protocol or another thread via `call_soon_threadsafe`).
+    pub fn serve_forever(&self) -> Result<()> {
+        if self.inner.serving_forever.get() {
+            return Err(Error::state("server is already being awaited on serve_forever()"));
+        }
+        self.start_serving()?;
+        self.inner.serving_forever.set(true);
+        let me = self.clone();
+        let r = self.inner.lp.run_until(move || me.is_closed());
+        self.inner.serving_forever.set(false);
+        r
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, opts: &ServerOptions) -> Result<mio::net::TcpListener> {
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let sock = Socket::new(domain, Type::STREAM.cloexec(), None)?;
+    if opts.reuse_address.unwrap_or(true) {
+        sock.set_reuse_address(true)?;
+    }
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if let Err(e) = sock.bind(&addr.into()) {
+        return Err(Error::Bind { address: addr.to_string(), source: e });
+    }
+    sock.set_nonblocking(true)?;
+    sock.listen(opts.backlog)?;
+    Ok(mio::net::TcpListener::from_std(sock.into()))
+}
+
+fn make_factory<P: Protocol, F: Fn() -> P + 'static>(factory: F) -> Factory {
+    Rc::new(move || Rc::new(RefCell::new(factory())) as ProtocolRef)
+}
+
+impl EventLoop {
+    fn new_server(&self, factory: Factory, socks: Vec<ListenSock>, opts: &ServerOptions) -> Result<Server> {
+        let inner = Rc::new_cyclic(|weak: &Weak<ServerInner>| ServerInner {
+            lp: self.clone(),
+            factory,
+            listeners: RefCell::new(
+                socks
+                    .into_iter()
+                    .map(|s| Rc::new(Listener { server: weak.clone(), sock: RefCell::new(Some(s)), token: Cell::new(None) }))
+                    .collect(),
+            ),
+            backlog: opts.backlog,
+            serving: Cell::new(false),
+            closed: Cell::new(false),
+            clients: RefCell::new(Slab::new()),
+            waiters: RefCell::new(Some(Vec::new())),
+            serving_forever: Cell::new(false),
+        });
+        let server = Server { inner };
+        if opts.start_serving {
+            server.start_serving()?;
+        }
+        Ok(server)
+    }
+
+    /// Listen on `host:port` (asyncio's `create_server`). `factory` makes one
+    /// protocol per accepted connection. Port 0 picks a free port (per socket).
+    /// Names are resolved off the loop thread; the future completes once the
+    /// sockets listen.
+    pub fn create_server<P, F>(&self, factory: F, host: impl Into<Host>, port: u16, opts: ServerOptions) -> LoopFuture<Server>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        let out = LoopFuture::new();
+        if let Err(e) = self.check_closed() {
+            out.set(Err(e));
+            return out;
+        }
+        let hosts: Vec<Option<String>> = match host.into() {
+            Host::Any => vec![None],
+            Host::Name(h) if h.is_empty() => vec![None],
+            Host::Name(h) => vec![Some(h)],
+            Host::Names(v) => v.into_iter().map(|h| if h.is_empty() { None } else { Some(h) }).collect(),
+        };
+        let resolved = resolve_all(self, hosts, port);
+        let lp = self.clone();
+        let factory = make_factory(factory);
+        let out2 = out.clone();
+        resolved.clone().add_done_callback(move || {
+            let addrs = match resolved.take_result() {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => return out2.set(Err(e)),
+                None => return out2.set(Err(Error::Cancelled)),
+            };
+            let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| opts.family.map(|f| f.matches(a)).unwrap_or(true)).collect();
+            let mut socks = Vec::new();
+            for a in &addrs {
+                match bind_tcp(*a, &opts) {
+                    Ok(l) => socks.push(ListenSock::Tcp(l)),
+                    // `::` can be missing on hosts without IPv6; asyncio skips it too.
+                    Err(Error::Io(e)) | Err(Error::Bind { source: e, .. })
+                        if a.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+                    Err(e) => return out2.set(Err(e)),
+                }
+            }
+            if socks.is_empty() {
+                return out2.set(Err(Error::invalid("Neither host/port nor sock were specified")));
+            }
+            out2.set(lp.new_server(factory, socks, &opts));
+        });
+        out
+    }
+
+    /// Serve on an already listening socket (asyncio's `create_server(sock=...)`).
+    pub fn create_server_from_listener<P, F>(
+        &self,
+        factory: F,
+        listener: std::net::TcpListener,
+        opts: ServerOptions,
+    ) -> Result<Server>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.check_closed()?;
+        listener.set_nonblocking(true)?;
+        let l = mio::net::TcpListener::from_std(listener);
+        self.new_server(make_factory(factory), vec![ListenSock::Tcp(l)], &opts)
+    }
+
+    /// Serve on a listening Unix socket.
+    pub fn create_server_from_unix_listener<P, F>(
+        &self,
+        factory: F,
+        listener: std::os::unix::net::UnixListener,
+        opts: ServerOptions,
+    ) -> Result<Server>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.check_closed()?;
+        listener.set_nonblocking(true)?;
+        let l = mio::net::UnixListener::from_std(listener);
+        self.new_server(make_factory(factory), vec![ListenSock::Unix(l)], &opts)
+    }
+}

@@ -1,0 +1,108 @@
+//! Unix signal handlers on the loop (asyncio's `add_signal_handler`).
+//!
+//! The handler runs as an ordinary callback on the loop's thread, in the
+//! iteration after the signal arrived. Signals are process-wide: one loop per
+//! process should handle them (asyncio allows only the main thread's loop).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use mio::Interest;
+
+use crate::error::{Error, Result};
+use crate::event_loop::{EventLoop, IoSource, Readiness};
+use crate::sys::signal as sys;
+
+pub(crate) struct Signals {
+    rx: RefCell<Option<mio::unix::pipe::Receiver>>,
+    _tx: mio::unix::pipe::Sender,
+    handlers: RefCell<HashMap<i32, Rc<dyn Fn()>>>,
+}
+
+impl Signals {
+    /// Loop close: give every handled signal its default disposition back.
+    pub(crate) fn restore_all(&self) {
+        sys::set_wake_fd(-1);
+        for sig in self.handlers.borrow_mut().drain().map(|(k, _)| k) {
+            let _ = sys::restore_default(sig);
+        }
+    }
+}
+
+impl IoSource for Signals {
+    fn on_ready(self: Rc<Self>, lp: &EventLoop, _ready: Readiness) {
+        let mut buf = [0u8; 64];
+        loop {
+            let r = match self.rx.borrow_mut().as_mut() {
+                Some(rx) => rx.read(&mut buf),
+                None => return,
+            };
+            let n = match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for &sig in &buf[..n] {
+                let h = self.handlers.borrow().get(&(sig as i32)).cloned();
+                if let Some(h) = h {
+                    lp.schedule(Box::new(move || h()));
+                }
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// Run `f` on the loop whenever signal `sig` arrives. Replaces a previous
+    /// handler for `sig`. Errors: [`Error::InvalidArgument`] for a number out
+    /// of range, [`Error::InvalidState`] for SIGKILL/SIGSTOP.
+    pub fn add_signal_handler<F: Fn() + 'static>(&self, sig: i32, f: F) -> Result<()> {
+        self.check_closed()?;
+        match sys::check_catchable(sig) {
+            Ok(()) => {}
+            Err("out of range") => return Err(Error::invalid(format!("sig {sig} out of range(1, 65)"))),
+            Err(_) => return Err(Error::state(format!("sig {sig} cannot be caught"))),
+        }
+        let signals = self.signals()?;
+        signals.handlers.borrow_mut().insert(sig, Rc::new(f));
+        if let Err(e) = sys::catch(sig) {
+            signals.handlers.borrow_mut().remove(&sig);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Remove the handler of `sig` and restore the default disposition.
+    /// Returns whether a handler was installed.
+    pub fn remove_signal_handler(&self, sig: i32) -> Result<bool> {
+        if sys::check_catchable(sig).is_err() {
+            return Err(Error::invalid(format!("sig {sig} out of range(1, 65)")));
+        }
+        let removed = match self.inner_signals() {
+            Some(s) => s.handlers.borrow_mut().remove(&sig).is_some(),
+            None => false,
+        };
+        if removed {
+            sys::restore_default(sig)?;
+        }
+        Ok(removed)
+    }
+
+    fn signals(&self) -> Result<Rc<Signals>> {
+        if let Some(s) = self.inner_signals() {
+            return Ok(s);
+        }
+        let (tx, mut rx) = mio::unix::pipe::new()?;
+        let fd = tx.as_raw_fd();
+        let handlers = RefCell::new(HashMap::new());
+        // Register first, then store the receiver: the source needs its own Rc.
+        let s = Rc::new(Signals { rx: RefCell::new(None), _tx: tx, handlers });
+        self.register(&mut rx, Interest::READABLE, s.clone())?;
+        *s.rx.borrow_mut() = Some(rx);
+        sys::set_wake_fd(fd);
+        self.set_inner_signals(s.clone());
+        Ok(s)
+    }
+}

@@ -1,0 +1,928 @@
+//! The stream transport: one implementation for TCP and Unix stream sockets.
+//!
+//! Read path: on readiness, read into the loop's shared buffer (or the
+//! protocol's, for a buffered protocol) until the socket is drained — a short
+//! read counts as drained — and deliver each chunk at once, so that
+//! `pause_reading` inside `data_received` stops delivery immediately. EOF is
+//! sticky. Write path: write at once when nothing is queued, queue only the
+//! remainder, drain the queue with `writev` on writability.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+
+use mio::{Interest, Token};
+
+use crate::error::{Error, Result};
+use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
+use crate::flow::WriteFlow;
+use crate::protocol::{Protocol, ProtocolRef};
+use crate::server::ServerInner;
+use crate::transport::buffer::WriteBuffer;
+
+/// Reads per readiness event before yielding to other sources.
+const READS_PER_EVENT: usize = 32;
+/// After this many writes to a lost connection, each further one is logged
+/// (asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
+const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
+
+/// A socket address as reported by `get_extra_info("peername"/"sockname")`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// An IPv4 or IPv6 address.
+    Inet(SocketAddr),
+    /// A Unix socket path (empty for an unnamed socket).
+    Unix(String),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Unix(p) => f.write_str(p),
+        }
+    }
+}
+
+/// A value returned by [`Transport::get_extra_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtraInfo {
+    /// `peername` or `sockname`.
+    Address(Address),
+    /// `socket`: the transport's file descriptor (owned by the transport).
+    Fd(RawFd),
+}
+
+pub(crate) enum Sock {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Sock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Tcp(s) => s,
+            Sock::Unix(s) => s,
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).read(buf),
+            Sock::Unix(s) => (&*s).read(buf),
+        }
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).write(buf),
+            Sock::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).write_vectored(bufs),
+            Sock::Unix(s) => (&*s).write_vectored(bufs),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(Shutdown::Write),
+            Sock::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn peer(&self) -> Option<Address> {
+        match self {
+            Sock::Tcp(s) => s.peer_addr().ok().map(Address::Inet),
+            Sock::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(unix_path(&a))),
+        }
+    }
+
+    fn local(&self) -> Option<Address> {
+        match self {
+            Sock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
+            Sock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(unix_path(&a))),
+        }
+    }
+}
+
+fn unix_path(a: &std::os::unix::net::SocketAddr) -> String {
+    a.as_pathname().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A `&Sock` as an `io::Write`, for the write buffer.
+struct SockWriter<'a>(&'a Sock);
+impl Write for SockWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A protocol notification that could not be delivered at once because the
+/// protocol was busy in one of its own methods.
+#[derive(Clone, Copy)]
+enum Note {
+    PauseWriting,
+    ResumeWriting,
+}
+
+#[derive(Default)]
+struct State {
+    /// `connection_made` was delivered.
+    started: bool,
+    closing: bool,
+    /// asyncio's `_conn_lost`: >0 once `connection_lost` is scheduled;
+    /// counts writes dropped after that.
+    conn_lost: u32,
+    /// `connection_lost` was delivered.
+    lost: bool,
+    /// `write_eof` was called.
+    eof: bool,
+    /// The write side is shut down.
+    shut_wr: bool,
+    read_paused: bool,
+    /// The peer's EOF was seen (sticky).
+    read_eof: bool,
+    /// A read attempt is queued on the ready queue.
+    read_scheduled: bool,
+    buf: WriteBuffer,
+    flow: WriteFlow,
+}
+
+pub(crate) struct StreamInner {
+    lp: EventLoop,
+    sock: RefCell<Option<Sock>>,
+    fd: RawFd,
+    token: Cell<Token>,
+    st: RefCell<State>,
+    protocol: RefCell<Option<ProtocolRef>>,
+    notes: RefCell<Vec<Note>>,
+    server: RefCell<Option<(Weak<ServerInner>, usize)>>,
+    peername: Option<Address>,
+    sockname: Option<Address>,
+    on_made: RefCell<Option<Box<dyn FnOnce(Result<Transport>)>>>,
+}
+
+/// A stream transport (TCP or Unix socket), asyncio's `Transport`.
+///
+/// A cheap, clonable handle: the protocol receives one in `connection_made`.
+/// All methods may be called from within protocol methods.
+#[derive(Clone)]
+pub struct Transport {
+    pub(crate) inner: Rc<StreamInner>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("fd", &self.inner.fd)
+            .field("peername", &self.inner.peername)
+            .field("closing", &self.is_closing())
+            .finish()
+    }
+}
+
+impl PartialEq for Transport {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Transport {
+    /// Wrap a connected socket; `connection_made` is delivered from the ready
+    /// queue, then reading starts; `on_made` runs right after `connection_made`.
+    pub(crate) fn spawn(
+        lp: &EventLoop,
+        mut sock: Sock,
+        protocol: ProtocolRef,
+        server: Option<(Weak<ServerInner>, usize)>,
+        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
+    ) -> Result<Transport> {
+        lp.check_closed()?;
+        let fd = sock.fd();
+        let peername = sock.peer();
+        let sockname = sock.local();
+        let inner = Rc::new(StreamInner {
+            lp: lp.clone(),
+            sock: RefCell::new(None),
+            fd,
+            token: Cell::new(Token(0)),
+            st: RefCell::new(State::default()),
+            protocol: RefCell::new(Some(protocol)),
+            notes: RefCell::new(Vec::new()),
+            server: RefCell::new(server),
+            peername,
+            sockname,
+            on_made: RefCell::new(on_made),
+        });
+        // Both interests at once: mio is edge-triggered, so a writable edge
+        // only arrives after the socket buffer was full.
+        let token = lp.register(sock.source(), Interest::READABLE | Interest::WRITABLE, inner.clone())?;
+        inner.token.set(token);
+        *inner.sock.borrow_mut() = Some(sock);
+        let me = inner.clone();
+        lp.schedule(Box::new(move || me.deliver_connection_made()));
+        Ok(Transport { inner })
+    }
+
+    /// The loop this transport runs on.
+    pub fn get_loop(&self) -> EventLoop {
+        self.inner.lp.clone()
+    }
+
+    /// Close: stop reading, flush the buffer, then `connection_lost(None)`.
+    pub fn close(&self) {
+        self.inner.close()
+    }
+
+    /// True once `close`/`abort` was called or the connection was lost.
+    pub fn is_closing(&self) -> bool {
+        self.inner.st.borrow().closing
+    }
+
+    /// Close at once, dropping buffered data; `connection_lost(None)` follows.
+    pub fn abort(&self) {
+        self.inner.force_close(None)
+    }
+
+    /// Close at once because of `err`: the exception handler hears of it
+    /// (unless it is an OS error, which asyncio only logs in debug mode) and
+    /// the protocol receives `connection_lost(Some(err))`.
+    pub fn fatal_error(&self, err: Error, message: &str) {
+        self.inner.fatal_error(err, message)
+    }
+
+    /// Write `data`: sent at once if nothing is queued, the rest buffered.
+    ///
+    /// Errors: [`Error::InvalidState`] after `write_eof`. Writes after the
+    /// connection is lost are dropped (logged after 5 of them), as in asyncio.
+    pub fn write(&self, data: &[u8]) -> Result<()> {
+        self.inner.write(data, None)
+    }
+
+    /// Write an owned buffer: what cannot be sent at once is queued without a copy.
+    pub fn write_owned(&self, data: Vec<u8>) -> Result<()> {
+        self.inner.write(&[], Some(data))
+    }
+
+    /// Write every buffer of `chunks` in order, with one vectored system call
+    /// when nothing is queued.
+    pub fn writelines<'a, I>(&self, chunks: I) -> Result<()>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        self.inner.writelines(chunks)
+    }
+
+    /// Shut down the write side once the buffer is flushed; data may still be received.
+    pub fn write_eof(&self) -> Result<()> {
+        self.inner.write_eof()
+    }
+
+    /// Stream sockets support half-close.
+    pub fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Stop delivering data until [`Transport::resume_reading`]; effective at
+    /// once, even inside `data_received`. No-op if closing or already paused.
+    pub fn pause_reading(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        if st.closing || st.read_paused {
+            return;
+        }
+        st.read_paused = true;
+    }
+
+    /// Resume delivery; pending data arrives from the next loop iteration.
+    pub fn resume_reading(&self) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closing || !st.read_paused {
+                return;
+            }
+            st.read_paused = false;
+        }
+        self.inner.schedule_read();
+    }
+
+    /// True unless reading is paused or the transport is closing.
+    pub fn is_reading(&self) -> bool {
+        let st = self.inner.st.borrow();
+        !st.read_paused && !st.closing
+    }
+
+    /// Bytes queued for sending.
+    pub fn get_write_buffer_size(&self) -> usize {
+        self.inner.st.borrow().buf.len()
+    }
+
+    /// `(low, high)` water marks.
+    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.inner.st.borrow().flow.limits()
+    }
+
+    /// Set the water marks (see [`crate::flow`]); `pause_writing` is called at
+    /// once if the buffer is now over the new high mark.
+    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
+        let conv = |v: Option<usize>| v.map(|x| i64::try_from(x).unwrap_or(i64::MAX));
+        self.set_write_buffer_limits_signed(conv(high), conv(low))
+    }
+
+    /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
+    /// negative values get asyncio's error (bindings).
+    pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
+        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
+        self.inner.maybe_pause();
+        Ok(())
+    }
+
+    /// Whether `pause_writing` was called without a `resume_writing` yet.
+    pub fn is_writing_paused(&self) -> bool {
+        self.inner.st.borrow().flow.is_paused()
+    }
+
+    /// Look up extra information by asyncio's key: `peername`, `sockname`, `socket`.
+    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        match name {
+            "peername" => self.peername().map(ExtraInfo::Address),
+            "sockname" => self.sockname().map(ExtraInfo::Address),
+            "socket" => self.socket_fd().map(ExtraInfo::Fd),
+            _ => None,
+        }
+    }
+
+    /// The peer's address (captured when the transport was made).
+    pub fn peername(&self) -> Option<Address> {
+        self.inner.peername.clone()
+    }
+
+    /// The socket's own address.
+    pub fn sockname(&self) -> Option<Address> {
+        self.inner.sockname.clone()
+    }
+
+    /// The socket's file descriptor while the transport owns an open socket.
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        self.inner.sock.borrow().as_ref().map(|s| s.fd())
+    }
+
+    /// Switch the protocol; later events go to `protocol`. Allowed from
+    /// within the current protocol's methods.
+    pub fn set_protocol(&self, protocol: ProtocolRef) {
+        let old = self.inner.protocol.borrow_mut().replace(protocol);
+        drop(old);
+    }
+
+    /// The current protocol (`None` after `connection_lost`).
+    pub fn get_protocol(&self) -> Option<ProtocolRef> {
+        self.inner.protocol.borrow().clone()
+    }
+}
+
+impl StreamInner {
+    fn transport(self: &Rc<Self>) -> Transport {
+        Transport { inner: self.clone() }
+    }
+
+    /// Call the current protocol, catching panics (which abort the connection).
+    /// Returns `None` if there is no protocol, it is busy, or it panicked.
+    fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn Protocol) -> R) -> Option<R> {
+        let p = self.protocol.borrow().clone()?;
+        let r = {
+            let mut guard = p.try_borrow_mut().ok()?;
+            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
+        };
+        let out = match r {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+                None
+            }
+        };
+        self.flush_notes();
+        out
+    }
+
+    /// Deliver a flow-control notification now, or after the protocol's
+    /// current method returns if it is busy.
+    fn notify(self: &Rc<Self>, note: Note) {
+        let busy = match self.protocol.borrow().as_ref() {
+            None => return,
+            Some(p) => p.try_borrow_mut().is_err(),
+        };
+        if busy {
+            self.notes.borrow_mut().push(note);
+            return;
+        }
+        self.deliver_note(note);
+    }
+
+    fn deliver_note(self: &Rc<Self>, note: Note) {
+        if self.st.borrow().lost {
+            return;
+        }
+        match note {
+            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
+            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
+        };
+    }
+
+    fn flush_notes(self: &Rc<Self>) {
+        loop {
+            let note = {
+                let mut notes = self.notes.borrow_mut();
+                if notes.is_empty() {
+                    return;
+                }
+                notes.remove(0)
+            };
+            self.deliver_note(note);
+        }
+    }
+
+    fn deliver_connection_made(self: &Rc<Self>) {
+        self.st.borrow_mut().started = true;
+        let t = self.transport();
+        let ok = self.with_protocol("connection_made", move |p| p.connection_made(t)).is_some();
+        let on_made = self.on_made.borrow_mut().take();
+        if let Some(cb) = on_made {
+            cb(if ok { Ok(self.transport()) } else { Err(Error::state("connection_made() failed")) });
+        }
+        // asyncio starts reading in the iteration after connection_made.
+        self.schedule_read();
+    }
+
+    pub(crate) fn schedule_read(self: &Rc<Self>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.read_scheduled || st.closing {
+                return;
+            }
+            st.read_scheduled = true;
+        }
+        let me = self.clone();
+        self.lp.schedule(Box::new(move || {
+            me.st.borrow_mut().read_scheduled = false;
+            me.do_read();
+        }));
+    }
+
+    fn can_read(&self) -> bool {
+        let st = self.st.borrow();
+        st.started && !st.closing && !st.read_paused && !st.read_eof
+    }
+
+    fn do_read(self: &Rc<Self>) {
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            match self.read_once() {
+                ReadOutcome::Data { drained } => {
+                    if drained {
+                        return;
+                    }
+                }
+                ReadOutcome::Eof => {
+                    self.on_eof();
+                    return;
+                }
+                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
+                ReadOutcome::Error(e) => {
+                    self.fatal_error(Error::Io(e), "Fatal read error on socket transport");
+                    return;
+                }
+            }
+        }
+        // Budget used up with data still coming: continue next iteration.
+        self.schedule_read();
+    }
+
+    fn read_once(self: &Rc<Self>) -> ReadOutcome {
+        // A buffered protocol reads into its own buffer.
+        let buffered = self.with_protocol("get_buffer", |p| -> Option<ReadOutcome> {
+            let buf = p.get_buffer(READ_BUFFER_SIZE)?;
+            if buf.is_empty() {
+                return Some(ReadOutcome::EmptyBuffer);
+            }
+            let cap = buf.len();
+            let r = self.sock_read(buf);
+            Some(match r {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(n) => {
+                    p.buffer_updated(n);
+                    ReadOutcome::Data { drained: n < cap }
+                }
+                Err(e) => ReadOutcome::from_err(e),
+            })
+        });
+        match buffered {
+            None => ReadOutcome::Failed,
+            Some(Some(ReadOutcome::EmptyBuffer)) => {
+                self.fatal_error(
+                    Error::state("get_buffer() returned an empty buffer"),
+                    "Fatal error: protocol.get_buffer() call failed.",
+                );
+                ReadOutcome::Failed
+            }
+            Some(Some(outcome)) => outcome,
+            Some(None) => {
+                let mut buf = self.lp.take_read_buf();
+                let outcome = match self.sock_read(&mut buf) {
+                    Ok(0) => ReadOutcome::Eof,
+                    Ok(n) => match self.with_protocol("data_received", |p| p.data_received(&buf[..n])) {
+                        Some(()) => ReadOutcome::Data { drained: n < buf.len() },
+                        None => ReadOutcome::Failed,
+                    },
+                    Err(e) => ReadOutcome::from_err(e),
+                };
+                self.lp.put_read_buf(buf);
+                outcome
+            }
+        }
+    }
+
+    fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let sock = self.sock.borrow();
+            let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::WouldBlock.into()) };
+            match s.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn on_eof(self: &Rc<Self>) {
+        self.st.borrow_mut().read_eof = true;
+        match self.with_protocol("eof_received", |p| p.eof_received()) {
+            Some(true) => {}
+            Some(false) => self.close(),
+            None => {}
+        }
+    }
+
+    fn write(self: &Rc<Self>, data: &[u8], owned: Option<Vec<u8>>) -> Result<()> {
+        let data: &[u8] = match &owned {
+            Some(v) => v,
+            None => data,
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            if st.eof {
+                return Err(Error::state("Cannot call write() after write_eof()"));
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            if st.conn_lost > 0 {
+                if st.conn_lost >= CONNLOST_WRITE_LOG_THRESHOLD {
+                    eprintln!("ferroloop: socket.send() raised exception.");
+                }
+                st.conn_lost += 1;
+                return Ok(());
+            }
+            if !st.buf.is_empty() {
+                match owned {
+                    Some(v) => st.buf.push_owned(v),
+                    None => st.buf.push(data),
+                }
+                drop(st);
+                self.maybe_pause();
+                return Ok(());
+            }
+        }
+        // Nothing queued: try to send at once.
+        let sent = {
+            let sock = self.sock.borrow();
+            match sock.as_ref() {
+                Some(s) => write_retrying(|| s.write(data)),
+                None => Ok(0),
+            }
+        };
+        match sent {
+            Ok(n) if n == data.len() => return Ok(()),
+            Ok(n) => self.st.borrow_mut().buf.push(&data[n..]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut st = self.st.borrow_mut();
+                match owned {
+                    Some(v) => st.buf.push_owned(v),
+                    None => st.buf.push(data),
+                }
+            }
+            Err(e) => {
+                self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                return Ok(());
+            }
+        }
+        self.maybe_pause();
+        Ok(())
+    }
+
+    fn writelines<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
+        let chunks: Vec<&[u8]> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        {
+            let st = self.st.borrow();
+            if st.eof {
+                return Err(Error::state("Cannot call write() after write_eof()"));
+            }
+            if chunks.is_empty() {
+                return Ok(());
+            }
+            if st.conn_lost > 0 || !st.buf.is_empty() || chunks.len() == 1 {
+                drop(st);
+                for c in chunks {
+                    self.write(c, None)?;
+                }
+                return Ok(());
+            }
+        }
+        // Nothing queued: one vectored write, queue what is left.
+        let sent = {
+            let sock = self.sock.borrow();
+            match sock.as_ref() {
+                Some(s) => {
+                    let iov: Vec<IoSlice<'_>> = chunks.iter().take(1024).map(|c| IoSlice::new(c)).collect();
+                    write_retrying(|| s.write_vectored(&iov))
+                }
+                None => Ok(0),
+            }
+        };
+        let mut skip = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                return Ok(());
+            }
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            for c in chunks {
+                if skip >= c.len() {
+                    skip -= c.len();
+                } else {
+                    st.buf.push(&c[skip..]);
+                    skip = 0;
+                }
+            }
+        }
+        self.maybe_pause();
+        Ok(())
+    }
+
+    fn maybe_pause(self: &Rc<Self>) {
+        let pause = {
+            let mut st = self.st.borrow_mut();
+            let size = st.buf.len();
+            st.flow.should_pause(size)
+        };
+        if pause {
+            self.notify(Note::PauseWriting);
+        }
+    }
+
+    fn maybe_resume(self: &Rc<Self>) {
+        let resume = {
+            let mut st = self.st.borrow_mut();
+            let size = st.buf.len();
+            st.flow.should_resume(size)
+        };
+        if resume {
+            self.notify(Note::ResumeWriting);
+        }
+    }
+
+    /// Drain the write buffer as far as the socket takes it.
+    fn do_write(self: &Rc<Self>) {
+        let mut progressed = false;
+        loop {
+            let r = {
+                let mut st = self.st.borrow_mut();
+                if st.buf.is_empty() {
+                    break;
+                }
+                let sock = self.sock.borrow();
+                let Some(s) = sock.as_ref() else { break };
+                st.buf.write_to(SockWriter(s))
+            };
+            match r {
+                Ok((written, offered)) => {
+                    progressed = true;
+                    if written < offered {
+                        // Short write: the socket buffer is full; wait for the next edge.
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                    return;
+                }
+            }
+        }
+        if !progressed {
+            return;
+        }
+        self.maybe_resume();
+        let (empty, closing, eof, shut_wr, conn_lost) = {
+            let st = self.st.borrow();
+            (st.buf.is_empty(), st.closing, st.eof, st.shut_wr, st.conn_lost)
+        };
+        if !empty {
+            return;
+        }
+        if closing {
+            if conn_lost == 0 {
+                self.st.borrow_mut().conn_lost = 1;
+                self.call_connection_lost(None);
+            }
+        } else if eof && !shut_wr {
+            self.shutdown_write();
+        }
+    }
+
+    fn shutdown_write(self: &Rc<Self>) {
+        self.st.borrow_mut().shut_wr = true;
+        let r = self.sock.borrow().as_ref().map(|s| s.shutdown_write());
+        if let Some(Err(e)) = r {
+            if e.kind() != io::ErrorKind::NotConnected {
+                self.fatal_error(Error::Io(e), "Fatal error on shutdown of the write side");
+            }
+        }
+    }
+
+    fn write_eof(self: &Rc<Self>) -> Result<()> {
+        let now = {
+            let mut st = self.st.borrow_mut();
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buf.is_empty()
+        };
+        if now {
+            self.shutdown_write();
+        }
+        Ok(())
+    }
+
+    fn close(self: &Rc<Self>) {
+        let lost_now = {
+            let mut st = self.st.borrow_mut();
+            if st.closing {
+                return;
+            }
+            st.closing = true;
+            if st.buf.is_empty() {
+                st.conn_lost += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if lost_now {
+            let me = self.clone();
+            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+        }
+    }
+
+    pub(crate) fn force_close(self: &Rc<Self>, err: Option<Error>) {
+        let dropped = {
+            let mut st = self.st.borrow_mut();
+            if st.conn_lost > 0 {
+                return;
+            }
+            st.closing = true;
+            st.conn_lost += 1;
+            std::mem::take(&mut st.buf)
+        };
+        drop(dropped);
+        let me = self.clone();
+        self.lp.schedule(Box::new(move || me.call_connection_lost(err)));
+    }
+
+    fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
+        if !matches!(err, Error::Io(_)) {
+            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
+        }
+        self.force_close(Some(err));
+    }
+
+    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
+        let started = {
+            let mut st = self.st.borrow_mut();
+            if st.lost {
+                return;
+            }
+            st.lost = true;
+            st.closing = true;
+            st.started
+        };
+        if started {
+            let p = self.protocol.borrow().clone();
+            if let Some(p) = p {
+                // Not `with_protocol`: a panic here must not start another close.
+                let r = match p.try_borrow_mut() {
+                    Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(err))),
+                    Err(_) => Ok(()),
+                };
+                if let Err(payload) = r {
+                    self.lp.call_exception_handler(ExceptionContext {
+                        message: "Exception in protocol.connection_lost()".into(),
+                        error: Some(Error::Panic(panic_message(&*payload))),
+                    });
+                }
+            }
+        }
+        self.release();
+    }
+
+    /// Close the socket and break the transport<->protocol cycle.
+    fn release(self: &Rc<Self>) {
+        let sock = self.sock.borrow_mut().take();
+        if let Some(mut s) = sock {
+            self.lp.deregister(s.source(), self.token.get());
+            drop(s);
+        }
+        let proto = self.protocol.borrow_mut().take();
+        drop(proto);
+        self.notes.borrow_mut().clear();
+        self.st.borrow_mut().buf.clear();
+        let on_made = self.on_made.borrow_mut().take();
+        drop(on_made);
+        let server = self.server.borrow_mut().take();
+        if let Some((srv, id)) = server {
+            if let Some(srv) = srv.upgrade() {
+                srv.detach(id);
+            }
+        }
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.st.borrow().lost
+    }
+}
+
+fn write_retrying(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+enum ReadOutcome {
+    Data { drained: bool },
+    Eof,
+    WouldBlock,
+    /// The protocol failed (the transport is already closing).
+    Failed,
+    EmptyBuffer,
+    Error(io::Error),
+}
+
+impl ReadOutcome {
+    fn from_err(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            ReadOutcome::WouldBlock
+        } else {
+            ReadOutcome::Error(e)
+        }
+    }
+}
+
+impl IoSource for StreamInner {
+    fn on_ready(self: Rc<Self>, _lp: &EventLoop, ready: Readiness) {
+        if ready.readable || ready.read_closed || ready.error {
+            self.do_read();
+        }
+        if ready.writable || ready.write_closed || ready.error {
+            self.do_write();
+        }
+    }
+}
