@@ -163,6 +163,11 @@ struct State {
     read_paused: bool,
     /// The peer's EOF was seen (sticky).
     read_eof: bool,
+    /// The poll reported the read side closed (or an error). Sticky: from
+    /// then on a short read does not mean drained, since mio is
+    /// edge-triggered and no further edge announces the EOF that may sit
+    /// behind the data (data and FIN arriving together).
+    read_hup: bool,
     /// A read attempt is queued on the ready queue.
     read_scheduled: bool,
     buf: WriteBuffer,
@@ -501,7 +506,7 @@ impl StreamInner {
             }
             match self.read_once() {
                 ReadOutcome::Data { drained } => {
-                    if drained {
+                    if drained && !self.st.borrow().read_hup {
                         return;
                     }
                 }
@@ -918,6 +923,9 @@ impl ReadOutcome {
 
 impl IoSource for StreamInner {
     fn on_ready(self: Rc<Self>, _lp: &EventLoop, ready: Readiness) {
+        if ready.read_closed || ready.error {
+            self.st.borrow_mut().read_hup = true;
+        }
         if ready.readable || ready.read_closed || ready.error {
             self.do_read();
         }
