@@ -212,3 +212,52 @@ fn socat_client_against_the_rust_echo_server() {
     assert_eq!(server.stats.bytes.load(Ordering::Relaxed), SIZE);
     server.stop();
 }
+
+#[test]
+fn interleave_matches_asyncios_interleave_addrinfos() {
+    // resolve::interleave against asyncio.base_events._interleave_addrinfos
+    // (what create_connection(happy_eyeballs_delay=..., interleave=n) uses).
+    if !python3_available() {
+        panic!("python3 with asyncio is required for this test");
+    }
+    use std::net::SocketAddr;
+    let cases: Vec<(Vec<&str>, usize)> = vec![
+        (vec!["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"], 1),
+        (vec!["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"], 2),
+        (vec!["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"], 5),
+        (vec!["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "10.0.0.3:1", "[::2]:1"], 1),
+        (vec!["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "10.0.0.3:1", "[::2]:1"], 3),
+        (vec!["10.0.0.1:1", "10.0.0.2:1"], 1),
+        (vec!["[::1]:1"], 2),
+    ];
+    let script = r#"
+import socket, sys
+from asyncio.base_events import _interleave_addrinfos
+for line in sys.stdin.read().splitlines():
+    n, *addrs = line.split()
+    infos = []
+    for a in addrs:
+        host, port = a.rsplit(':', 1)
+        fam = socket.AF_INET6 if host.startswith('[') else socket.AF_INET
+        infos.append((fam, socket.SOCK_STREAM, 6, '', (host, int(port))))
+    out = _interleave_addrinfos(infos, int(n))
+    print(' '.join(f"{i[4][0]}:{i[4][1]}" for i in out))
+"#;
+    let input: String = cases.iter().map(|(a, n)| format!("{n} {}\n", a.join(" "))).collect();
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let (ok, out, err) = wait_output(child, 30);
+    assert!(ok, "{err}");
+    for ((addrs, n), line) in cases.iter().zip(out.lines()) {
+        let parsed: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        let ours: Vec<String> = ferroloop::resolve::interleave(parsed, *n).iter().map(|a| a.to_string()).collect();
+        assert_eq!(ours.join(" "), line, "interleave({addrs:?}, {n})");
+    }
+    assert_eq!(out.lines().count(), cases.len());
+}

@@ -770,3 +770,29 @@ fn write_writelines_and_write_owned_keep_byte_order() {
     must(&lp, 10.0, "lost", || log.borrow().is_lost());
     assert_contract(&log.borrow(), true, true);
 }
+
+#[test]
+fn writelines_with_thousands_of_chunks_keeps_order() {
+    // More chunks than one writev takes (1024 in ferroloop, IOV_MAX on Linux).
+    // (Engine bug found by this test, fixed in transport/stream.rs: with an
+    // empty buffer, writelines wrote the first 1024 chunks and queued the
+    // rest with no writable edge to come, so they were never sent.)
+    let lp = EventLoop::new().unwrap();
+    let (t, log, peer) = connect_std_peer(&lp, Recorder::new());
+    let data = pattern(3000 * 10, 25);
+    let chunks: Vec<&[u8]> = (0..3000).map(|i| &data[i * 10..i * 10 + 1 + i % 10]).collect();
+    let want: Vec<u8> = chunks.concat();
+    t.writelines(chunks.iter().copied()).unwrap();
+    let big = pattern(8 << 20, 26);
+    let big_chunks: Vec<&[u8]> = big.chunks(4096).collect();
+    t.writelines(big_chunks.iter().copied()).unwrap();
+    t.writelines(chunks.iter().copied()).unwrap();
+    let want = [&want[..], &big[..], &want[..]].concat();
+    t.write_eof().unwrap();
+    let reader = spawn_reader(peer);
+    must(&lp, 20.0, "peer EOF", || reader.is_finished());
+    let (got, _) = reader.join().unwrap();
+    assert_bytes_eq(&got, &want, "writelines");
+    t.close();
+    must(&lp, 10.0, "lost", || log.borrow().is_lost());
+}

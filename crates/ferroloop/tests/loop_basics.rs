@@ -457,3 +457,42 @@ fn signal_handler_runs_on_the_loop_and_wakes_it() {
     }
     lp.close().unwrap();
 }
+
+#[test]
+fn add_reader_is_level_triggered_like_asyncio() {
+    // asyncio's add_reader calls back every iteration while the fd is
+    // readable; ferroloop emulates that on edge-triggered mio.
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let lp = EventLoop::new().unwrap();
+    let (mut rx, mut tx) = std::os::unix::net::UnixStream::pair().unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let calls = Rc::new(Cell::new(0));
+    let c2 = calls.clone();
+    lp.add_reader(rx.as_raw_fd(), Rc::new(move || c2.set(c2.get() + 1))).unwrap();
+    assert!(lp.has_watch(rx.as_raw_fd(), true));
+    run_for(&lp, 0.05);
+    assert_eq!(calls.get(), 0, "called although nothing is readable");
+    tx.write_all(b"x").unwrap();
+    must(&lp, 5.0, "reader called repeatedly while readable", || calls.get() >= 3);
+    let mut b = [0u8; 8];
+    assert_eq!(rx.read(&mut b).unwrap(), 1);
+    run_for(&lp, 0.03); // at most one more call in flight
+    let after = calls.get();
+    run_for(&lp, 0.05);
+    assert_eq!(calls.get(), after, "called after the fd was drained");
+
+    // add_writer: a socket with buffer space is writable.
+    let wcalls = Rc::new(Cell::new(0));
+    let w2 = wcalls.clone();
+    lp.add_writer(tx.as_raw_fd(), Rc::new(move || w2.set(w2.get() + 1))).unwrap();
+    must(&lp, 5.0, "writer called", || wcalls.get() >= 2);
+    assert!(lp.remove_writer(tx.as_raw_fd()));
+    assert!(!lp.remove_writer(tx.as_raw_fd()));
+    assert!(lp.remove_reader(rx.as_raw_fd()));
+    assert!(!lp.remove_reader(rx.as_raw_fd()));
+    let frozen = wcalls.get();
+    run_for(&lp, 0.05);
+    assert_eq!(wcalls.get(), frozen);
+    assert_eq!(lp.registered_sources(), 0);
+}

@@ -460,6 +460,17 @@ fn connect_to_localhost_resolves_off_the_loop_thread() {
 }
 
 #[test]
+fn connect_to_an_unresolvable_name_is_a_resolve_error() {
+    // asyncio: socket.gaierror from getaddrinfo.
+    let lp = EventLoop::new().unwrap();
+    let f = lp.create_connection(Recorder::new, "nonexistent.invalid", 80, ConnectOptions::default());
+    match complete(&lp, &f, 30.0) {
+        Err(Error::Resolve { host, .. }) => assert_eq!(host, "nonexistent.invalid"),
+        other => panic!("expected Error::Resolve, got {other:?}"),
+    }
+}
+
+#[test]
 fn connect_with_local_addr() {
     let lp = EventLoop::new().unwrap();
     let logs = new_logs();
@@ -639,6 +650,18 @@ fn happy_eyeballs_inner() {
         t.close();
     }
     server.close();
+
+    // Both refuse: the error of the attempts, with its errno. (asyncio's
+    // messages name each address, so it raises 'Multiple exceptions'; the
+    // Rust face's io errors read the same, so they collapse to the first.)
+    let refused = {
+        let l = TcpListener::bind(SocketAddr::new(second, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let opts = ConnectOptions { happy_eyeballs_delay: Some(0.25), ..Default::default() };
+    let f = lp.create_connection(Recorder::new, "he.test", refused, opts);
+    let e = complete(&lp, &f, 10.0).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ECONNREFUSED), "{e:?}");
 
     // 2. The first address does not answer (its accept queue is full, so the
     // kernel drops the SYN): the second attempt starts after the delay.

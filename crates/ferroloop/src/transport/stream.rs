@@ -664,13 +664,37 @@ impl StreamInner {
                 return Ok(());
             }
         }
-        // Nothing queued: one vectored write, queue what is left.
+        // Nothing queued: vectored writes of at most 1024 buffers (IOV_MAX)
+        // each until one is short, then queue what is left. Stopping after a
+        // full first group would strand the rest: no writable edge follows
+        // a write that was not short.
         let sent = {
             let sock = self.sock.borrow();
             match sock.as_ref() {
                 Some(s) => {
-                    let iov: Vec<IoSlice<'_>> = chunks.iter().take(1024).map(|c| IoSlice::new(c)).collect();
-                    write_retrying(|| s.write_vectored(&iov))
+                    let mut total = 0usize;
+                    let mut failed = None;
+                    for group in chunks.chunks(1024) {
+                        let iov: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
+                        let offered: usize = group.iter().map(|c| c.len()).sum();
+                        match write_retrying(|| s.write_vectored(&iov)) {
+                            Ok(n) => {
+                                total += n;
+                                if n < offered {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        Some(e) => Err(e),
+                        None => Ok(total),
+                    }
                 }
                 None => Ok(0),
             }
