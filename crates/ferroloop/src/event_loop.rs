@@ -130,8 +130,8 @@ impl LoopRemote {
     }
 
     /// Like `call_soon_threadsafe`, but the callback receives the loop.
-    pub(crate) fn call_with_loop(&self, f: RemoteTask) -> Result<()> {
-        self.push(None, f)
+    pub fn call_soon_threadsafe_with_loop<F: FnOnce(&EventLoop) + Send + 'static>(&self, f: F) -> Result<()> {
+        self.push(None, Box::new(f))
     }
 
     fn push(&self, flag: Option<Arc<AtomicBool>>, f: RemoteTask) -> Result<()> {
@@ -232,6 +232,7 @@ pub(crate) struct LoopInner {
     read_buf: Cell<Option<Box<[u8]>>>,
     resolutions: RefCell<Slab<LoopFuture<Vec<std::net::SocketAddr>>>>,
     signals: RefCell<Option<Rc<crate::signal::Signals>>>,
+    interrupt: RefCell<Option<Error>>,
 }
 
 impl LoopInner {
@@ -315,6 +316,7 @@ impl EventLoop {
                 read_buf: Cell::new(None),
                 resolutions: RefCell::new(Slab::new()),
                 signals: RefCell::new(None),
+                interrupt: RefCell::new(None),
             }),
         })
     }
@@ -589,6 +591,9 @@ impl EventLoop {
         // Run what is ready now; what these schedule waits for the next iteration.
         let ntodo = inner.ready.borrow().len();
         for _ in 0..ntodo {
+            if let Some(err) = inner.interrupt.borrow_mut().take() {
+                return Err(err);
+            }
             let item = inner.ready.borrow_mut().pop_front();
             match item {
                 Some(Ready::Handle(h)) => {
@@ -600,7 +605,18 @@ impl EventLoop {
                 None => break,
             }
         }
-        Ok(())
+        match inner.interrupt.borrow_mut().take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Make the current `run_once` (and so `run_forever`/`run_until*`) return
+    /// `err` as soon as the running callback returns; callbacks still queued
+    /// stay queued for the next run. For bindings whose callbacks raise
+    /// exceptions that must end the loop (Python's `KeyboardInterrupt`).
+    pub fn interrupt(&self, err: Error) {
+        *self.inner.interrupt.borrow_mut() = Some(err);
     }
 
     fn drain_remote(&self) {

@@ -57,11 +57,11 @@ pub(crate) fn resolve(lp: &EventLoop, host: Option<&str>, port: u16) -> LoopFutu
         let result = (host.as_str(), port).to_socket_addrs().map(|it| dedup(it.collect())).map_err(|e| {
             Error::Resolve { host: host.clone(), message: e.to_string() }
         });
-        let _ = remote.call_with_loop(Box::new(move |lp: &EventLoop| {
+        let _ = remote.call_soon_threadsafe_with_loop(move |lp: &EventLoop| {
             if let Some(fut) = lp.inner_resolutions_remove(key) {
                 fut.set(result);
             }
-        }));
+        });
     });
     if let Err(e) = spawned {
         if let Some(fut) = lp.inner_resolutions_remove(key) {

@@ -277,6 +277,13 @@ impl Transport {
         self.inner.fatal_error(err, message)
     }
 
+    /// Close at once because of `err`, without reporting it: the protocol
+    /// receives `connection_lost(Some(err))`. For bindings that reported the
+    /// failure themselves.
+    pub fn abort_with_error(&self, err: Error) {
+        self.inner.force_close(Some(err))
+    }
+
     /// Write `data`: sent at once if nothing is queued, the rest buffered.
     ///
     /// Errors: [`Error::InvalidState`] after `write_eof`. Writes after the
@@ -546,6 +553,10 @@ impl StreamInner {
         match buffered {
             None => ReadOutcome::Failed,
             Some(Some(ReadOutcome::EmptyBuffer)) => {
+                if self.st.borrow().closing {
+                    // The protocol failed in get_buffer and closed the transport itself.
+                    return ReadOutcome::Failed;
+                }
                 self.fatal_error(
                     Error::state("get_buffer() returned an empty buffer"),
                     "Fatal error: protocol.get_buffer() call failed.",

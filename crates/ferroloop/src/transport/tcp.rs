@@ -175,6 +175,14 @@ impl EventLoop {
         out
     }
 
+    /// Make a transport for `protocol` on a connected socket, synchronously
+    /// (bindings: the protocol object is built by the caller).
+    /// `connection_made` follows from the ready queue.
+    pub fn create_transport(&self, sock: StreamSocket, protocol: ProtocolRef) -> Result<Transport> {
+        let sock = sock.into_sock()?;
+        Transport::spawn(self, sock, protocol, None, None)
+    }
+
     /// Run a protocol on a socket accepted outside the loop (asyncio's
     /// `connect_accepted_socket`).
     pub fn connect_accepted_socket<P, F>(&self, factory: F, sock: impl Into<StreamSocket>) -> LoopFuture<Connection<P>>

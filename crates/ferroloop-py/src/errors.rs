@@ -1,0 +1,53 @@
+//! Engine errors as Python exceptions, with asyncio's types and messages.
+//!
+//! OS errors become `OSError(errno, strerror)`, which Python turns into the
+//! matching subclass (`ConnectionResetError`, ...), so `errno` is kept.
+
+use std::sync::Arc;
+
+use ferroloop::Error;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+/// Convert an engine error into the exception asyncio would raise.
+pub fn to_pyerr(err: Error) -> PyErr {
+    match err {
+        Error::External(e) => match e.downcast_ref::<PyErr>() {
+            Some(pyerr) => Python::attach(|py| pyerr.clone_ref(py)),
+            None => PyRuntimeError::new_err(e.to_string()),
+        },
+        Error::Io(e) => io_to_pyerr(&e),
+        Error::Bind { address, source } => PyOSError::new_err((
+            source.raw_os_error().unwrap_or(0),
+            format!("error while attempting to bind on address {address}: {}", err_text(&source).to_lowercase()),
+        )),
+        Error::InvalidArgument(m) => PyValueError::new_err(m),
+        e @ (Error::InvalidState(_) | Error::LoopClosed | Error::LoopStopped | Error::Panic(_)) => {
+            PyRuntimeError::new_err(e.to_string())
+        }
+        Error::Cancelled => pyo3::exceptions::asyncio::CancelledError::new_err(()),
+        other => PyRuntimeError::new_err(other.to_string()),
+    }
+}
+
+/// The C library's message for an OS error, without Rust's suffix.
+fn err_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `OSError(errno, strerror)` for an `io::Error`.
+pub fn io_to_pyerr(e: &std::io::Error) -> PyErr {
+    match e.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, err_text(e))),
+        None => PyOSError::new_err(e.to_string()),
+    }
+}
+
+/// Wrap a Python exception so that it travels through the engine unchanged.
+pub fn external(err: PyErr) -> Error {
+    Error::External(Arc::new(err))
+}

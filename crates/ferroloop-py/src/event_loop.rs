@@ -1,0 +1,217 @@
+//! `LoopCore`: the engine's event loop as seen from Python.
+//!
+//! The Python `ferroloop.Loop` keeps one `LoopCore` and routes scheduling,
+//! running, fd watching and transports through it. Callbacks are asyncio's
+//! own `Handle`/`TimerHandle` objects; the engine runs `handle._run()`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use ferroloop::{Blocker, EventLoop, ExceptionContext, LoopRemote, PollStep, TimerHandle};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyWeakrefReference};
+
+use crate::errors::{external, to_pyerr};
+
+/// Releases the GIL around a blocking poll and runs Python signal handlers
+/// afterwards (a `KeyboardInterrupt` ends `run_forever`).
+struct GilBlocker;
+
+impl Blocker for GilBlocker {
+    fn block(&self, step: PollStep<'_>) -> ferroloop::Result<()> {
+        Python::attach(|py| {
+            if step.timeout() == Some(Duration::ZERO) {
+                step.run()?;
+            } else {
+                py.detach(move || step.run())?;
+            }
+            py.check_signals().map_err(external)
+        })
+    }
+}
+
+/// Run an asyncio `Handle` unless it was cancelled. An exception escaping
+/// `_run()` (only `SystemExit`/`KeyboardInterrupt` do) ends the loop's run.
+pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
+    let h = handle.bind(py);
+    match h.getattr(intern!(py, "_cancelled")).and_then(|c| c.is_truthy()) {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => return lp.interrupt(external(e)),
+    }
+    if let Err(e) = h.call_method0(intern!(py, "_run")) {
+        lp.interrupt(external(e));
+    }
+}
+
+/// The engine loop behind a Python `ferroloop.Loop`.
+#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    pub(crate) lp: EventLoop,
+}
+
+impl LoopCore {
+    pub(crate) fn engine(&self) -> &EventLoop {
+        &self.lp
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    /// `owner` is the Python loop; it receives engine-level error reports
+    /// through its `call_exception_handler` (held weakly).
+    #[new]
+    fn new(owner: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let lp = EventLoop::new().map_err(to_pyerr)?;
+        lp.set_blocker(Some(Rc::new(GilBlocker)));
+        let weak: Py<PyAny> = PyWeakrefReference::new(owner)?.into_any().unbind();
+        lp.set_exception_handler(Some(Rc::new(move |_lp: &EventLoop, ctx: &ExceptionContext| {
+            Python::attach(|py| {
+                let Ok(owner) = weak.bind(py).call0() else { return };
+                if owner.is_none() {
+                    return;
+                }
+                let d = PyDict::new(py);
+                let _ = d.set_item("message", &ctx.message);
+                if let Some(e) = &ctx.error {
+                    let exc = to_pyerr(e.clone());
+                    let _ = d.set_item("exception", exc.value(py));
+                }
+                if let Err(e) = owner.call_method1("call_exception_handler", (d,)) {
+                    e.write_unraisable(py, None);
+                }
+            })
+        })));
+        Ok(LoopCore { lp })
+    }
+
+    /// Seconds on the monotonic clock.
+    fn time(&self) -> f64 {
+        self.lp.time()
+    }
+
+    /// Schedule `handle._run()` for the next iteration.
+    fn call_soon(&self, handle: Py<PyAny>) -> PyResult<()> {
+        let lp = self.lp.clone();
+        self.lp
+            .call_soon(move || Python::attach(|py| run_handle(py, &lp, &handle)))
+            .map(|_| ())
+            .map_err(to_pyerr)
+    }
+
+    /// Schedule a `TimerHandle` at loop time `when`; returns the engine timer.
+    fn call_at(&self, when: f64, handle: Py<PyAny>) -> PyResult<TimerRef> {
+        let lp = self.lp.clone();
+        let t = self
+            .lp
+            .call_at(when, move || {
+                Python::attach(|py| {
+                    let _ = handle.bind(py).setattr(intern!(py, "_scheduled"), false);
+                    run_handle(py, &lp, &handle)
+                })
+            })
+            .map_err(to_pyerr)?;
+        Ok(TimerRef { timer: t })
+    }
+
+    /// The thread-safe side of the loop.
+    fn remote(&self) -> RemoteCore {
+        RemoteCore { remote: self.lp.remote() }
+    }
+
+    /// Run until `stop()`.
+    fn run_forever(&self) -> PyResult<()> {
+        self.lp.run_forever().map_err(to_pyerr)
+    }
+
+    /// Run one iteration.
+    fn run_once(&self) -> PyResult<()> {
+        self.lp.run_once().map_err(to_pyerr)
+    }
+
+    fn stop(&self) {
+        self.lp.stop()
+    }
+
+    fn is_running(&self) -> bool {
+        self.lp.is_running()
+    }
+
+    fn close(&self) -> PyResult<()> {
+        self.lp.close().map_err(to_pyerr)
+    }
+
+    /// Watch `fd` for reading; `handle._run()` runs while it is readable.
+    fn add_reader(&self, fd: i32, handle: Py<PyAny>) -> PyResult<()> {
+        let lp = self.lp.clone();
+        self.lp
+            .add_reader(fd, Rc::new(move || Python::attach(|py| run_handle(py, &lp, &handle))))
+            .map_err(to_pyerr)
+    }
+
+    /// Watch `fd` for writing.
+    fn add_writer(&self, fd: i32, handle: Py<PyAny>) -> PyResult<()> {
+        let lp = self.lp.clone();
+        self.lp
+            .add_writer(fd, Rc::new(move || Python::attach(|py| run_handle(py, &lp, &handle))))
+            .map_err(to_pyerr)
+    }
+
+    fn remove_reader(&self, fd: i32) -> bool {
+        self.lp.remove_reader(fd)
+    }
+
+    fn remove_writer(&self, fd: i32) -> bool {
+        self.lp.remove_writer(fd)
+    }
+
+    /// Whether `fd` has a reader (or writer, with `reader=False`).
+    fn has_watch(&self, fd: i32, reader: bool) -> bool {
+        self.lp.has_watch(fd, reader)
+    }
+
+    /// Number of registered engine sources (diagnostics, tests).
+    fn registered_sources(&self) -> usize {
+        self.lp.registered_sources()
+    }
+}
+
+/// An engine timer behind an asyncio `TimerHandle`.
+#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+pub struct TimerRef {
+    timer: TimerHandle,
+}
+
+#[pymethods]
+impl TimerRef {
+    /// Drop the timer from the engine.
+    fn cancel(&self) {
+        self.timer.cancel()
+    }
+}
+
+/// The thread-safe half of a loop: `call_soon_threadsafe` and wake-ups.
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct RemoteCore {
+    remote: LoopRemote,
+}
+
+#[pymethods]
+impl RemoteCore {
+    /// Run `handle._run()` on the loop's thread in its next iteration.
+    fn call_soon_threadsafe(&self, handle: Py<PyAny>) -> PyResult<()> {
+        self.remote
+            .call_soon_threadsafe_with_loop(move |lp: &EventLoop| Python::attach(|py| run_handle(py, lp, &handle)))
+            .map_err(|e| match e {
+                ferroloop::Error::LoopClosed => PyRuntimeError::new_err("Event loop is closed"),
+                other => to_pyerr(other),
+            })
+    }
+
+    /// Wake the loop from its poll.
+    fn wake(&self) {
+        self.remote.wake()
+    }
+}

@@ -1,0 +1,21 @@
+//! `ferroloop._ferroloop`: the Python binding of the ferroloop engine.
+//!
+//! A thin layer: `LoopCore` (the engine loop), `StreamCore` (the engine's
+//! stream transport driving a Python protocol), errors as asyncio's
+//! exceptions. The asyncio API itself is assembled in `python/ferroloop`.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod event_loop;
+mod sys;
+mod transport;
+
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<event_loop::RemoteCore>()?;
+    m.add_class::<event_loop::TimerRef>()?;
+    m.add_class::<transport::stream::StreamCore>()?;
+    Ok(())
+}

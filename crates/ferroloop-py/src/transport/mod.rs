@@ -1,0 +1,3 @@
+//! Transport bindings, one file per engine transport.
+
+pub mod stream;

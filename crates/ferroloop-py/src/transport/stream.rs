@@ -1,0 +1,464 @@
+//! Python protocols on the engine's stream transport.
+//!
+//! [`StreamCore`] is the Rust core of `ferroloop._transports.StreamTransport`
+//! (a Python subclass of `asyncio.Transport`, which binds the core's methods
+//! into its instance dict). [`PyProtocolAdapter`] implements the engine's
+//! `Protocol` trait for a Python `Protocol`/`BufferedProtocol` object and
+//! reproduces asyncio's error handling for each callback.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use ferroloop::{Error, EventLoop, Protocol, ProtocolRef, StreamSocket, Transport};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::{external, io_to_pyerr, to_pyerr};
+use crate::event_loop::LoopCore;
+use crate::sys::WritableBuffer;
+
+/// Python objects shared by a transport's core and its protocol adapters.
+struct Shared {
+    lp: EventLoop,
+    /// The Python loop.
+    loop_obj: RefCell<Option<Py<PyAny>>>,
+    /// The Python transport object (released after `connection_lost`).
+    transport: RefCell<Option<Py<PyAny>>>,
+    /// The current Python protocol.
+    protocol: RefCell<Option<Py<PyAny>>>,
+    /// The contextvars Context every protocol callback runs in.
+    context: RefCell<Option<Py<PyAny>>>,
+    /// The Python socket object, closed after `connection_lost`.
+    sock: RefCell<Option<Py<PyAny>>>,
+    /// The asyncio `Server` that accepted the connection, if any.
+    server: RefCell<Option<Py<PyAny>>>,
+    /// Future completed after `connection_made`.
+    waiter: RefCell<Option<Py<PyAny>>>,
+    engine: RefCell<Option<Transport>>,
+}
+
+impl Shared {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.sock, &self.server, &self.waiter] {
+            if let Ok(b) = cell.try_borrow() {
+                if let Some(o) = b.as_ref() {
+                    visit.call(o)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.sock, &self.server, &self.waiter] {
+            if let Ok(mut b) = cell.try_borrow_mut() {
+                b.take();
+            }
+        }
+    }
+
+    fn get(cell: &RefCell<Option<Py<PyAny>>>, py: Python<'_>) -> Option<Py<PyAny>> {
+        cell.borrow().as_ref().map(|o| o.clone_ref(py))
+    }
+
+    /// `loop.call_exception_handler({...})` with transport and protocol.
+    fn report(&self, py: Python<'_>, message: &str, exc: Option<&PyErr>, protocol: Option<&Py<PyAny>>) {
+        let Some(lp) = Self::get(&self.loop_obj, py) else { return };
+        let d = PyDict::new(py);
+        let _ = d.set_item("message", message);
+        if let Some(e) = exc {
+            let _ = d.set_item("exception", e.value(py));
+        }
+        if let Some(t) = Self::get(&self.transport, py) {
+            let _ = d.set_item("transport", t);
+        }
+        if let Some(p) = protocol {
+            let _ = d.set_item("protocol", p);
+        }
+        if let Err(e) = lp.call_method1(py, intern!(py, "call_exception_handler"), (d,)) {
+            e.write_unraisable(py, None);
+        }
+    }
+
+    /// asyncio's `_fatal_error`: report non-OSErrors, then close at once with
+    /// the error. `SystemExit`/`KeyboardInterrupt` end the loop's run instead.
+    fn fatal(&self, py: Python<'_>, exc: PyErr, message: &str, protocol: &Py<PyAny>) {
+        if is_exit(py, &exc) {
+            self.lp.interrupt(external(exc));
+            return;
+        }
+        if !exc.is_instance_of::<PyOSError>(py) {
+            self.report(py, message, Some(&exc), Some(protocol));
+        }
+        let engine = self.engine.borrow().clone();
+        if let Some(t) = engine {
+            t.abort_with_error(external(exc));
+        }
+    }
+
+    /// An exception from a callback asyncio runs through a `Handle`.
+    fn callback_error(&self, py: Python<'_>, exc: PyErr, what: &str, protocol: &Py<PyAny>) {
+        if is_exit(py, &exc) {
+            self.lp.interrupt(external(exc));
+            return;
+        }
+        self.report(py, &format!("Exception in callback {what}"), Some(&exc), Some(protocol));
+    }
+
+    /// Call `method(*args)` inside the transport's context.
+    fn run_in_context<'py>(
+        &self,
+        py: Python<'py>,
+        method: &Bound<'py, PyAny>,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ctx = Self::get(&self.context, py);
+        match ctx {
+            Some(ctx) => {
+                let mut all = Vec::with_capacity(args.len() + 1);
+                all.push(method.clone());
+                all.extend(args.iter().cloned());
+                ctx.bind(py).call_method1(intern!(py, "run"), PyTuple::new(py, all)?)
+            }
+            None => method.call1(PyTuple::new(py, args)?),
+        }
+    }
+}
+
+fn is_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
+
+/// Drives one Python protocol object for the engine.
+pub(crate) struct PyProtocolAdapter {
+    shared: Rc<Shared>,
+    proto: Py<PyAny>,
+    buffered: bool,
+    buf: Option<WritableBuffer>,
+}
+
+impl PyProtocolAdapter {
+    fn new(py: Python<'_>, shared: Rc<Shared>, proto: Py<PyAny>) -> PyResult<Self> {
+        let asyncio = py.import(intern!(py, "asyncio"))?;
+        let buffered = proto.bind(py).is_instance(&asyncio.getattr(intern!(py, "BufferedProtocol"))?)?;
+        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None })
+    }
+
+    fn method<'py>(&self, py: Python<'py>, name: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.proto.bind(py).getattr(name)
+    }
+}
+
+impl Protocol for PyProtocolAdapter {
+    fn connection_made(&mut self, transport: Transport) {
+        *self.shared.engine.borrow_mut() = Some(transport);
+        Python::attach(|py| {
+            let tr = Shared::get(&self.shared.transport, py);
+            let r = self
+                .method(py, intern!(py, "connection_made"))
+                .and_then(|m| {
+                    let tr = tr.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
+                    self.shared.run_in_context(py, &m, &[tr])
+                });
+            if let Err(e) = r {
+                self.shared.callback_error(py, e, "connection_made()", &self.proto);
+            }
+            let waiter = self.shared.waiter.borrow_mut().take();
+            if let Some(w) = waiter {
+                let w = w.bind(py);
+                if !w.call_method0(intern!(py, "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(true) {
+                    let _ = w.call_method1(intern!(py, "set_result"), (py.None(),));
+                }
+            }
+        })
+    }
+
+    fn data_received(&mut self, data: &[u8]) {
+        Python::attach(|py| {
+            let bytes = PyBytes::new(py, data);
+            let r = self
+                .method(py, intern!(py, "data_received"))
+                .and_then(|m| self.shared.run_in_context(py, &m, &[bytes.into_any()]));
+            if let Err(e) = r {
+                self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
+            }
+        })
+    }
+
+    fn eof_received(&mut self) -> bool {
+        Python::attach(|py| {
+            let r = self
+                .method(py, intern!(py, "eof_received"))
+                .and_then(|m| self.shared.run_in_context(py, &m, &[]))
+                .and_then(|v| v.is_truthy());
+            match r {
+                Ok(keep) => keep,
+                Err(e) => {
+                    self.shared.fatal(py, e, "Fatal error: protocol.eof_received() call failed.", &self.proto);
+                    true
+                }
+            }
+        })
+    }
+
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        Python::attach(|py| {
+            let exc_obj: Py<PyAny> = match exc {
+                None => py.None(),
+                Some(e) => to_pyerr(e).into_value(py).into_any(),
+            };
+            let r = self
+                .method(py, intern!(py, "connection_lost"))
+                .and_then(|m| self.shared.run_in_context(py, &m, &[exc_obj.into_bound(py)]));
+            if let Err(e) = r {
+                self.shared.callback_error(py, e, "connection_lost()", &self.proto);
+            }
+            // asyncio closes the socket and detaches from the server after the protocol heard.
+            if let Some(sock) = self.shared.sock.borrow_mut().take() {
+                if let Err(e) = sock.call_method0(py, intern!(py, "close")) {
+                    e.write_unraisable(py, None);
+                }
+            }
+            let server = self.shared.server.borrow_mut().take();
+            if let Some(server) = server {
+                if let Err(e) = server.call_method0(py, intern!(py, "_detach")) {
+                    e.write_unraisable(py, None);
+                }
+            }
+            self.shared.protocol.borrow_mut().take();
+            self.shared.transport.borrow_mut().take();
+            self.shared.engine.borrow_mut().take();
+            self.shared.context.borrow_mut().take();
+            self.shared.waiter.borrow_mut().take();
+        })
+    }
+
+    fn pause_writing(&mut self) {
+        Python::attach(|py| {
+            let r = self.method(py, intern!(py, "pause_writing")).and_then(|m| self.shared.run_in_context(py, &m, &[]));
+            if let Err(e) = r {
+                if is_exit(py, &e) {
+                    return self.shared.lp.interrupt(external(e));
+                }
+                self.shared.report(py, "protocol.pause_writing() failed", Some(&e), Some(&self.proto));
+            }
+        })
+    }
+
+    fn resume_writing(&mut self) {
+        Python::attach(|py| {
+            let r = self.method(py, intern!(py, "resume_writing")).and_then(|m| self.shared.run_in_context(py, &m, &[]));
+            if let Err(e) = r {
+                if is_exit(py, &e) {
+                    return self.shared.lp.interrupt(external(e));
+                }
+                self.shared.report(py, "protocol.resume_writing() failed", Some(&e), Some(&self.proto));
+            }
+        })
+    }
+
+    fn get_buffer(&mut self, _size_hint: usize) -> Option<&mut [u8]> {
+        if !self.buffered {
+            return None;
+        }
+        self.buf = None;
+        let got: Result<WritableBuffer, PyErr> = Python::attach(|py| {
+            // asyncio passes -1: "any size".
+            let obj = self
+                .method(py, intern!(py, "get_buffer"))
+                .and_then(|m| self.shared.run_in_context(py, &m, &[(-1i64).into_pyobject(py)?.into_any()]))?;
+            let pybuf = PyBuffer::<u8>::get(&obj)?;
+            let wb = WritableBuffer::new(pybuf).map_err(PyTypeError::new_err)?;
+            Ok(wb)
+        });
+        match got {
+            Ok(mut wb) => {
+                if wb.as_mut_slice().is_empty() {
+                    Python::attach(|py| {
+                        self.shared.fatal(
+                            py,
+                            PyRuntimeError::new_err("get_buffer() returned an empty buffer"),
+                            "Fatal error: protocol.get_buffer() call failed.",
+                            &self.proto,
+                        )
+                    });
+                    return Some(&mut []);
+                }
+                self.buf = Some(wb);
+                self.buf.as_mut().map(|b| b.as_mut_slice())
+            }
+            Err(e) => {
+                Python::attach(|py| self.shared.fatal(py, e, "Fatal error: protocol.get_buffer() call failed.", &self.proto));
+                Some(&mut [])
+            }
+        }
+    }
+
+    fn buffer_updated(&mut self, nbytes: usize) {
+        self.buf = None;
+        Python::attach(|py| {
+            let r = self
+                .method(py, intern!(py, "buffer_updated"))
+                .and_then(|m| self.shared.run_in_context(py, &m, &[nbytes.into_pyobject(py)?.into_any()]));
+            if let Err(e) = r {
+                self.shared.fatal(py, e, "Fatal error: protocol.buffer_updated() call failed.", &self.proto);
+            }
+        })
+    }
+}
+
+/// The Rust core of a Python stream transport.
+#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+pub struct StreamCore {
+    t: Transport,
+    shared: Rc<Shared>,
+}
+
+/// Bytes of a `bytes`/`bytearray`/`memoryview`, or asyncio's `TypeError`.
+fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let buf = PyBuffer::<u8>::get(data)?;
+        let v = buf.to_vec(data.py())?;
+        return Ok(f(&v));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )
+    .replace('"', "'")))
+}
+
+#[pymethods]
+impl StreamCore {
+    /// Make the transport: `fd` is duplicated (the Python socket `sock`
+    /// keeps its own descriptor and is closed after `connection_lost`).
+    #[new]
+    #[pyo3(signature = (core, loop_obj, transport, sock, protocol, waiter=None, server=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        core: PyRef<'_, LoopCore>,
+        loop_obj: Py<PyAny>,
+        transport: Py<PyAny>,
+        sock: Py<PyAny>,
+        protocol: Py<PyAny>,
+        waiter: Option<Py<PyAny>>,
+        server: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let lp = core.engine().clone();
+        let fd: i32 = sock.call_method0(py, intern!(py, "fileno"))?.extract(py)?;
+        let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+        let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
+        let shared = Rc::new(Shared {
+            lp: lp.clone(),
+            loop_obj: RefCell::new(Some(loop_obj)),
+            transport: RefCell::new(Some(transport)),
+            protocol: RefCell::new(Some(protocol.clone_ref(py))),
+            context: RefCell::new(Some(context)),
+            sock: RefCell::new(Some(sock)),
+            server: RefCell::new(server),
+            waiter: RefCell::new(waiter),
+            engine: RefCell::new(None),
+        });
+        let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
+        let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
+        let t = lp.create_transport(stream, proto).map_err(to_pyerr)?;
+        *shared.engine.borrow_mut() = Some(t.clone());
+        Ok(StreamCore { t, shared })
+    }
+
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_data(data, |b| self.t.write(b))?.map_err(to_pyerr)
+    }
+
+    fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut owned: Vec<Vec<u8>> = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            owned.push(with_data(&item, |b| b.to_vec())?);
+        }
+        let _ = py;
+        self.t.writelines(owned.iter().map(|v| v.as_slice())).map_err(to_pyerr)
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        self.t.write_eof().map_err(to_pyerr)
+    }
+
+    fn can_write_eof(&self) -> bool {
+        self.t.can_write_eof()
+    }
+
+    fn close(&self) {
+        self.t.close()
+    }
+
+    fn abort(&self) {
+        self.t.abort()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.t.is_closing()
+    }
+
+    fn pause_reading(&self) {
+        self.t.pause_reading()
+    }
+
+    fn resume_reading(&self) {
+        self.t.resume_reading()
+    }
+
+    fn is_reading(&self) -> bool {
+        self.t.is_reading()
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.t.get_write_buffer_size()
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.t.get_write_buffer_limits()
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(&self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        self.t.set_write_buffer_limits_signed(high, low).map_err(to_pyerr)
+    }
+
+    /// Whether `pause_writing` was called without `resume_writing` yet.
+    fn is_writing_paused(&self) -> bool {
+        self.t.is_writing_paused()
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) -> PyResult<()> {
+        *self.shared.protocol.borrow_mut() = Some(protocol.clone_ref(py));
+        let adapter = PyProtocolAdapter::new(py, self.shared.clone(), protocol)?;
+        self.t.set_protocol(Rc::new(RefCell::new(adapter)));
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        Shared::get(&self.shared.protocol, py)
+    }
+
+    /// The engine's (duplicated) descriptor, or -1 once closed.
+    fn fileno(&self) -> i32 {
+        self.t.socket_fd().unwrap_or(-1)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.shared.traverse(&visit)
+    }
+
+    fn __clear__(&mut self) {
+        self.shared.clear()
+    }
+}

@@ -1,0 +1,636 @@
+"""The ferroloop event loop: asyncio's API on the Rust engine.
+
+Scheduling (``call_soon``, timers, ``call_soon_threadsafe``), the run loop,
+file-descriptor watching and stream transports are the engine's
+(``_ferroloop.LoopCore``); this class adapts them to
+``asyncio.AbstractEventLoop``. The high-level coroutines that only combine
+those primitives (``create_connection``'s resolution and Happy Eyeballs,
+``create_server``'s socket set-up, executors, async generators) come from
+``asyncio.base_events.BaseEventLoop``, whose I/O all lands on the hooks below
+(``_make_socket_transport``, ``_start_serving``, ``sock_*``...). Python's
+selector loop is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+import weakref
+
+from asyncio import base_events, constants, coroutines, events, sslproto, trsock
+
+from . import _ferroloop
+from ._transports import StreamTransport
+
+_monotonic = time.monotonic
+
+__all__ = ("Loop",)
+
+
+def _fileobj_to_fd(fileobj):
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _sighandler_noop(signum, frame):
+    """Dummy signal handler: the wakeup fd does the work."""
+
+
+class _TimerHandle(events.TimerHandle):
+    """asyncio's TimerHandle, plus the engine timer it is scheduled as."""
+
+    __slots__ = ("_fl_timer",)
+
+
+class Loop(base_events.BaseEventLoop):
+    """An asyncio event loop driven by the ferroloop engine."""
+
+    def __init__(self):
+        super().__init__()
+        self._core = _ferroloop.LoopCore(self)
+        self._remote = self._core.remote()
+        self._transports = weakref.WeakValueDictionary()
+        self._readers = {}
+        self._writers = {}
+        self._signal_handlers = {}
+        self._sig_rsock = None
+        self._sig_wsock = None
+
+    def __repr__(self):
+        return (
+            f"<{self.__class__.__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    # ----- time and scheduling -------------------------------------------
+
+    def time(self):
+        return _monotonic()
+
+    def call_soon(self, callback, *args, context=None):
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._core.call_soon(handle)
+        return handle
+
+    def _call_soon(self, callback, args, context):
+        handle = events.Handle(callback, args, self, context)
+        self._core.call_soon(handle)
+        return handle
+
+    def call_at(self, when, callback, *args, context=None):
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+        timer = _TimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        timer._fl_timer = self._core.call_at(float(when), timer)
+        timer._scheduled = True
+        return timer
+
+    def _timer_handle_cancelled(self, handle):
+        timer = getattr(handle, "_fl_timer", None)
+        if timer is not None:
+            timer.cancel()
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._remote.call_soon_threadsafe(handle)
+        return handle
+
+    def _write_to_self(self):
+        self._remote.wake()
+
+    # ----- running ---------------------------------------------------------
+
+    def run_forever(self):
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._core.run_forever()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _run_once(self):
+        self._core.run_once()
+
+    def stop(self):
+        self._stopping = True
+        self._core.stop()
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if self._signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on a non-main thread; "
+                f"signal handlers were not removed",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
+        if self._sig_rsock is not None:
+            self._sig_rsock.close()
+            self._sig_wsock.close()
+            self._sig_rsock = self._sig_wsock = None
+        super().close()
+        self._readers.clear()
+        self._writers.clear()
+        self._core.close()
+
+    # ----- file descriptors -------------------------------------------------
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def _add_reader(self, fd, callback, *args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = events.Handle(callback, args, self, None)
+        old = self._readers.get(fd)
+        self._core.add_reader(fd, handle)
+        self._readers[fd] = handle
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _remove_reader(self, fd):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        handle = self._readers.pop(fd, None)
+        self._core.remove_reader(fd)
+        if handle is not None:
+            handle.cancel()
+            return True
+        return False
+
+    def _add_writer(self, fd, callback, *args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = events.Handle(callback, args, self, None)
+        old = self._writers.get(fd)
+        self._core.add_writer(fd, handle)
+        self._writers[fd] = handle
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _remove_writer(self, fd):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        handle = self._writers.pop(fd, None)
+        self._core.remove_writer(fd)
+        if handle is not None:
+            handle.cancel()
+            return True
+        return False
+
+    def add_reader(self, fd, callback, *args):
+        """Call ``callback(*args)`` whenever ``fd`` is readable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd):
+        """Stop watching ``fd`` for reading; True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        """Call ``callback(*args)`` whenever ``fd`` is writable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd):
+        """Stop watching ``fd`` for writing; True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    # ----- low-level socket operations --------------------------------------
+
+    def _check_sock(self, sock):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    def _wait_io(self, sock, writer, attempt):
+        """Run ``attempt(fut)`` now and, while it raises BlockingIOError,
+        again each time ``sock`` is ready; ``attempt`` completes ``fut``."""
+        fut = self.create_future()
+
+        def step():
+            if fut.done():
+                return True
+            try:
+                attempt(fut)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return True
+
+        if not step():
+            fd = sock.fileno()
+            self._ensure_fd_no_transport(fd)
+            if writer:
+                handle = self._add_writer(fd, step)
+                remove = self._remove_writer
+            else:
+                handle = self._add_reader(fd, step)
+                remove = self._remove_reader
+
+            def done(_fut, fd=fd, handle=handle, remove=remove):
+                if not handle.cancelled():
+                    remove(fd)
+
+            fut.add_done_callback(done)
+        return fut
+
+    async def sock_recv(self, sock, n):
+        self._check_sock(sock)
+        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recv(n)))
+
+    async def sock_recv_into(self, sock, buf):
+        self._check_sock(sock)
+        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recv_into(buf)))
+
+    async def sock_recvfrom(self, sock, bufsize):
+        self._check_sock(sock)
+        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recvfrom(bufsize)))
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        self._check_sock(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recvfrom_into(buf, nbytes)))
+
+    async def sock_sendall(self, sock, data):
+        self._check_sock(sock)
+        view = memoryview(data)
+        pos = [0]
+
+        def attempt(fut):
+            while pos[0] < len(view):
+                pos[0] += sock.send(view[pos[0]:])
+            fut.set_result(None)
+
+        return await self._wait_io(sock, True, attempt)
+
+    async def sock_sendto(self, sock, data, address):
+        self._check_sock(sock)
+        return await self._wait_io(sock, True, lambda fut: fut.set_result(sock.sendto(data, address)))
+
+    async def sock_connect(self, sock, address):
+        self._check_sock(sock)
+        if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            _, _, _, _, address = resolved[0]
+        started = [False]
+
+        def attempt(fut):
+            if not started[0]:
+                started[0] = True
+                sock.connect(address)
+            else:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err != 0:
+                    raise OSError(err, f"Connect call failed {address}")
+            fut.set_result(None)
+
+        fut = self._wait_io(sock, True, attempt)
+        try:
+            return await fut
+        finally:
+            fut = None
+
+    async def sock_accept(self, sock):
+        self._check_sock(sock)
+
+        def attempt(fut):
+            conn, address = sock.accept()
+            conn.setblocking(False)
+            fut.set_result((conn, address))
+
+        return await self._wait_io(sock, False, attempt)
+
+    # ----- transports ---------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return StreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # TLS is asyncio's own SSLProtocol (a BufferedProtocol) over the
+        # engine's stream transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        StreamTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        raise NotImplementedError("ferroloop: datagram (UDP) transports are not implemented yet")
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        raise NotImplementedError("ferroloop: pipe transports are not implemented yet")
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        raise NotImplementedError("ferroloop: pipe transports are not implemented yet")
+
+    async def _make_subprocess_transport(
+        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
+    ):
+        raise NotImplementedError("ferroloop: subprocess transports are not implemented yet")
+
+    # ----- servers ------------------------------------------------------------
+
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        self._add_reader(
+            sock.fileno(),
+            self._accept_connection,
+            protocol_factory,
+            sock,
+            sslcontext,
+            server,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+
+    def _stop_serving(self, sock):
+        self._remove_reader(sock.fileno())
+        sock.close()
+
+    def _accept_connection(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # Several connections may wait: accept up to `backlog` per readiness.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.call_exception_handler(
+                        {
+                            "message": "socket.accept() out of system resource",
+                            "exception": exc,
+                            "socket": trsock.TransportSocket(sock),
+                        }
+                    )
+                    self._remove_reader(sock.fileno())
+                    self.call_later(
+                        constants.ACCEPT_RETRY_DELAY,
+                        self._start_serving,
+                        protocol_factory,
+                        sock,
+                        sslcontext,
+                        server,
+                        backlog,
+                        ssl_handshake_timeout,
+                        ssl_shutdown_timeout,
+                    )
+                    return
+                raise
+            extra = {"peername": addr}
+            if sslcontext:
+                self.create_task(
+                    self._accept_tls(
+                        protocol_factory, conn, extra, sslcontext, server,
+                        ssl_handshake_timeout, ssl_shutdown_timeout,
+                    )
+                )
+                continue
+            protocol = transport = None
+            try:
+                protocol = protocol_factory()
+                transport = self._make_socket_transport(conn, protocol, extra=extra, server=server)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                conn.close()
+                self._report_accept_error(exc, protocol, transport)
+
+    async def _accept_tls(
+        self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+    ):
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            transport = self._make_ssl_transport(
+                conn,
+                protocol,
+                sslcontext,
+                waiter=waiter,
+                server_side=True,
+                extra=extra,
+                server=server,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report_accept_error(exc, protocol, transport)
+
+    def _report_accept_error(self, exc, protocol, transport):
+        # asyncio reports these only in debug mode.
+        if self._debug:
+            context = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            if transport is not None:
+                context["transport"] = transport
+            self.call_exception_handler(context)
+
+    # Unix stream sockets: asyncio's argument handling (stdlib), on our transports.
+    from asyncio.unix_events import _UnixSelectorEventLoop as _unix
+
+    create_unix_connection = _unix.create_unix_connection
+    create_unix_server = _unix.create_unix_server
+    del _unix
+
+    # ----- signals ------------------------------------------------------------
+
+    def _check_signal(self, sig):
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def _read_signals(self):
+        while True:
+            try:
+                data = self._sig_rsock.recv(4096)
+            except InterruptedError:
+                continue
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            for signum in data:
+                handle = self._signal_handlers.get(signum)
+                if handle is None:
+                    continue
+                if handle._cancelled:
+                    self.remove_signal_handler(signum)
+                else:
+                    self._core.call_soon(handle)
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Run ``callback(*args)`` on the loop when signal ``sig`` arrives."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        if self._sig_rsock is None:
+            self._sig_rsock, self._sig_wsock = socket.socketpair()
+            self._sig_rsock.setblocking(False)
+            self._sig_wsock.setblocking(False)
+            self._add_reader(self._sig_rsock.fileno(), self._read_signals)
+        try:
+            # Raises ValueError outside the main thread.
+            signal.set_wakeup_fd(self._sig_wsock.fileno())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        handle = events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError):
+                    pass
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+
+    def remove_signal_handler(self, sig):
+        """Remove the handler of ``sig``; True if there was one."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError):
+                pass
+        return True

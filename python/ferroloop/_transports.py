@@ -1,0 +1,104 @@
+"""Python transport classes over the engine's Rust transports.
+
+A transport must be an instance of ``asyncio.Transport`` (libraries and
+CPython's tests check), which a Rust class cannot inherit from. So the
+transport is a small Python subclass holding the Rust core; its hot methods
+(``write``, ``close``, ...) are the core's builtin methods placed in the
+instance dict, so no Python frame runs per call.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+
+from asyncio import constants, transports, trsock
+
+from . import _ferroloop
+
+_BOUND = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "close",
+    "abort",
+    "is_closing",
+    "pause_reading",
+    "resume_reading",
+    "is_reading",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+    "get_protocol",
+    "set_protocol",
+)
+
+
+class StreamTransport(transports._FlowControlMixin, transports.Transport):
+    """A TCP or Unix stream transport driven by the engine."""
+
+    # BaseEventLoop.start_tls() and sendfile() look for these.
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
+        self._extra = {} if extra is None else extra
+        self._loop = loop
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._server = server
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        core = _ferroloop.StreamCore(loop._core, loop, self, sock, protocol, waiter, server)
+        self._core = core
+        d = self.__dict__
+        for name in _BOUND:
+            d[name] = getattr(core, name)
+        loop._transports[self._sock_fd] = self
+        if server is not None:
+            server._attach()
+
+    @property
+    def _protocol_paused(self):
+        return self._core.is_writing_paused()
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._core.fileno() == -1:
+            info.append("closed")
+        elif self._core.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._core.fileno() != -1:
+            info.append("read=" + ("polling" if self._core.is_reading() else "idle"))
+            size = self._core.get_write_buffer_size()
+            info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        core = self.__dict__.get("_core")
+        if core is not None and core.fileno() != -1 and not core.is_closing():
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.abort()
