@@ -9,12 +9,16 @@ instance dict, so no Python frame runs per call.
 
 from __future__ import annotations
 
+import inspect
 import socket
 import warnings
 
-from asyncio import constants, transports, trsock
+from asyncio import base_events, constants, transports, trsock
 
 from . import _ferroloop
+
+# asyncio 3.12 changed Server._attach()/_detach() to take the transport.
+_SERVER_ATTACH_TAKES_TRANSPORT = "transport" in inspect.signature(base_events.Server._attach).parameters
 
 _BOUND = (
     "write",
@@ -64,14 +68,29 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        core = _ferroloop.StreamCore(loop._core, loop, self, sock, protocol, waiter, server)
+        core = _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
         self._core = core
         d = self.__dict__
         for name in _BOUND:
             d[name] = getattr(core, name)
         loop._transports[self._sock_fd] = self
         if server is not None:
-            server._attach()
+            if _SERVER_ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+
+    def _finish(self):
+        """After ``connection_lost``: close the socket, leave the server."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        server, self._server = self._server, None
+        if server is not None:
+            if _SERVER_ATTACH_TAKES_TRANSPORT:
+                server._detach(self)
+            else:
+                server._detach()
 
     @property
     def _protocol_paused(self):

@@ -32,10 +32,6 @@ struct Shared {
     protocol: RefCell<Option<Py<PyAny>>>,
     /// The contextvars Context every protocol callback runs in.
     context: RefCell<Option<Py<PyAny>>>,
-    /// The Python socket object, closed after `connection_lost`.
-    sock: RefCell<Option<Py<PyAny>>>,
-    /// The asyncio `Server` that accepted the connection, if any.
-    server: RefCell<Option<Py<PyAny>>>,
     /// Future completed after `connection_made`.
     waiter: RefCell<Option<Py<PyAny>>>,
     engine: RefCell<Option<Transport>>,
@@ -43,7 +39,7 @@ struct Shared {
 
 impl Shared {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.sock, &self.server, &self.waiter] {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.waiter] {
             if let Ok(b) = cell.try_borrow() {
                 if let Some(o) = b.as_ref() {
                     visit.call(o)?;
@@ -54,7 +50,7 @@ impl Shared {
     }
 
     fn clear(&self) {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.sock, &self.server, &self.waiter] {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.waiter] {
             if let Ok(mut b) = cell.try_borrow_mut() {
                 b.take();
             }
@@ -217,20 +213,15 @@ impl Protocol for PyProtocolAdapter {
             if let Err(e) = r {
                 self.shared.callback_error(py, e, "connection_lost()", &self.proto);
             }
-            // asyncio closes the socket and detaches from the server after the protocol heard.
-            if let Some(sock) = self.shared.sock.borrow_mut().take() {
-                if let Err(e) = sock.call_method0(py, intern!(py, "close")) {
-                    e.write_unraisable(py, None);
-                }
-            }
-            let server = self.shared.server.borrow_mut().take();
-            if let Some(server) = server {
-                if let Err(e) = server.call_method0(py, intern!(py, "_detach")) {
-                    e.write_unraisable(py, None);
-                }
-            }
+            // As asyncio: after the protocol heard, close the socket and
+            // detach from the server (the Python transport's `_finish`).
             self.shared.protocol.borrow_mut().take();
-            self.shared.transport.borrow_mut().take();
+            let tr = self.shared.transport.borrow_mut().take();
+            if let Some(tr) = tr {
+                if let Err(e) = tr.call_method0(py, intern!(py, "_finish")) {
+                    e.write_unraisable(py, Some(tr.bind(py)));
+                }
+            }
             self.shared.engine.borrow_mut().take();
             self.shared.context.borrow_mut().take();
             self.shared.waiter.borrow_mut().take();
@@ -337,23 +328,20 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 
 #[pymethods]
 impl StreamCore {
-    /// Make the transport: `fd` is duplicated (the Python socket `sock`
-    /// keeps its own descriptor and is closed after `connection_lost`).
+    /// Make the transport on a duplicate of `fd`; the Python transport keeps
+    /// its socket object and closes it in `_finish()` after `connection_lost`.
     #[new]
-    #[pyo3(signature = (core, loop_obj, transport, sock, protocol, waiter=None, server=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None))]
     fn new(
         py: Python<'_>,
         core: PyRef<'_, LoopCore>,
         loop_obj: Py<PyAny>,
         transport: Py<PyAny>,
-        sock: Py<PyAny>,
+        fd: i32,
         protocol: Py<PyAny>,
         waiter: Option<Py<PyAny>>,
-        server: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let lp = core.engine().clone();
-        let fd: i32 = sock.call_method0(py, intern!(py, "fileno"))?.extract(py)?;
         let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
         let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
         let shared = Rc::new(Shared {
@@ -362,8 +350,6 @@ impl StreamCore {
             transport: RefCell::new(Some(transport)),
             protocol: RefCell::new(Some(protocol.clone_ref(py))),
             context: RefCell::new(Some(context)),
-            sock: RefCell::new(Some(sock)),
-            server: RefCell::new(server),
             waiter: RefCell::new(waiter),
             engine: RefCell::new(None),
         });
