@@ -309,6 +309,19 @@ fn call_soon_threadsafe_wakes_a_blocked_loop() {
     let remote = lp.remote();
     let flag = Arc::new(AtomicBool::new(false));
     let order = Arc::new(Mutex::new(Vec::new()));
+    // Scheduled and cancelled from another thread while the loop is not
+    // running: it never runs. (Cancelling while the loop runs is a race, in
+    // asyncio too.)
+    {
+        let (r2, o2) = (remote.clone(), order.clone());
+        std::thread::spawn(move || {
+            let h = r2.call_soon_threadsafe(move || o2.lock().unwrap().push(-1)).unwrap();
+            h.cancel();
+            assert!(h.cancelled());
+        })
+        .join()
+        .unwrap();
+    }
     let (f2, o2) = (flag.clone(), order.clone());
     let th = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
@@ -316,11 +329,6 @@ fn call_soon_threadsafe_wakes_a_blocked_loop() {
             let o3 = o2.clone();
             remote.call_soon_threadsafe(move || o3.lock().unwrap().push(i)).unwrap();
         }
-        // Cancelled before it runs: never runs.
-        let o4 = o2.clone();
-        let h = remote.call_soon_threadsafe(move || o4.lock().unwrap().push(-1)).unwrap();
-        h.cancel();
-        assert!(h.cancelled());
         let f3 = f2.clone();
         remote.call_soon_threadsafe(move || f3.store(true, Ordering::Release)).unwrap();
     });
