@@ -394,6 +394,30 @@ fn bind_to_a_busy_port_is_a_bind_error_with_eaddrinuse() {
 }
 
 #[test]
+fn reuse_address_allows_rebinding_over_time_wait() {
+    // The server side closes first, so its end of the connection sits in
+    // TIME_WAIT: rebinding the port needs SO_REUSEADDR (asyncio's default on
+    // Unix, ferroloop's reuse_address: None).
+    let lp = EventLoop::new().unwrap();
+    let logs = new_logs();
+    let server = start_server(&lp, &logs, "127.0.0.1", 0, ServerOptions::default()).unwrap();
+    let port = addrs(&server)[0].port();
+    let c = echo_roundtrip(&lp, addrs(&server)[0], b"x");
+    server.close();
+    server.close_clients();
+    assert!(pump_read_to_eof(&lp, &c).is_empty());
+    drop(c);
+    complete(&lp, &server.wait_closed(), 10.0).unwrap();
+    let e = start_server(&lp, &logs, "127.0.0.1", port, ServerOptions { reuse_address: Some(false), ..Default::default() })
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EADDRINUSE), "{e:?}");
+    let again = start_server(&lp, &logs, "127.0.0.1", port, ServerOptions::default()).unwrap();
+    assert_eq!(addrs(&again)[0].port(), port);
+    echo_roundtrip(&lp, addrs(&again)[0], b"rebound");
+    again.close();
+}
+
+#[test]
 fn a_panicking_protocol_factory_is_reported_and_the_server_keeps_serving() {
     let lp = EventLoop::new().unwrap();
     let reports = record_exceptions(&lp);
@@ -649,6 +673,14 @@ fn happy_eyeballs_inner() {
         assert!(took < Duration::from_millis(200), "delay {delay:?}: a refusal must start the next attempt at once ({took:?})");
         t.close();
     }
+    // The family filter keeps only the matching addresses.
+    let v4 = ConnectOptions { family: Some(ferroloop::Family::V4), ..Default::default() };
+    let v6 = ConnectOptions { family: Some(ferroloop::Family::V6), ..Default::default() };
+    let (good, bad) = if second.is_ipv4() { (v4, v6) } else { (v6, v4) };
+    let (t, _p) = complete(&lp, &lp.create_connection(Recorder::new, "he.test", port, good), 10.0).unwrap();
+    t.close();
+    let e = complete(&lp, &lp.create_connection(Recorder::new, "he.test", port, bad), 10.0).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ECONNREFUSED), "{e:?}");
     server.close();
 
     // Both refuse: the error of the attempts, with its errno. (asyncio's
@@ -691,4 +723,87 @@ fn happy_eyeballs_inner() {
     server.close();
     must(&lp, 5.0, "everything closed", || lp.registered_sources() == 0);
     drop(fillers);
+}
+
+// ---------------------------------------------------------------------------
+// Accepting with no file descriptor left (EMFILE): asyncio reports
+// "socket.accept() out of system resource", stops accepting for 1 s
+// (ACCEPT_RETRY_DELAY), then accepts what waited in the backlog.
+// RLIMIT_NOFILE is process-wide, so the inner test runs in its own process.
+
+const EMFILE_ENV: &str = "FERROLOOP_EMFILE_INNER";
+
+#[test]
+fn accept_out_of_file_descriptors_pauses_then_recovers() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["accept_emfile_inner", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(EMFILE_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "inner EMFILE test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "helper: run by accept_out_of_file_descriptors_pauses_then_recovers in its own process"]
+fn accept_emfile_inner() {
+    assert_eq!(std::env::var(EMFILE_ENV).as_deref(), Ok("1"));
+    let lp = EventLoop::new().unwrap();
+    let reports = record_exceptions(&lp);
+    let logs = new_logs();
+    let opts = ServerOptions { start_serving: false, ..Default::default() };
+    let server = start_server(&lp, &logs, "127.0.0.1", 0, opts).unwrap();
+    let addr = addrs(&server)[0];
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+
+    // Use up every descriptor number below the new soft limit.
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer to a local struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+    let saved = rl;
+    let mut fillers = Vec::new();
+    let limit = loop {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        fillers.push(f);
+        let max_in_use = std::fs::read_dir("/proc/self/fd").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).max().unwrap();
+        // `open` returns the lowest free number: at the top, no gap is left
+        // below it. The highest number listed is read_dir's own descriptor
+        // (fd + 1), closed again by now.
+        if fd >= max_in_use - 1 {
+            break max_in_use as libc::rlim_t;
+        }
+    };
+    let tight = libc::rlimit { rlim_cur: limit, rlim_max: saved.rlim_max };
+    // SAFETY: valid pointer to a local struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &tight) }, 0);
+    // Every descriptor number below the limit is taken now.
+    server.start_serving().unwrap();
+    must(&lp, 5.0, "the accept failure report", || !reports.borrow().is_empty());
+    let start = Instant::now();
+    // SAFETY: valid pointer to a local struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &saved) }, 0);
+    {
+        let reps = reports.borrow();
+        assert_eq!(reps[0].message, "socket.accept() out of system resource");
+        let errno = reps[0].error.as_ref().and_then(|e| e.errno());
+        assert!(errno == Some(libc::EMFILE), "{:?}", reps[0]);
+    }
+    assert_eq!(logs.borrow().len(), 0);
+    run_for(&lp, 0.5);
+    assert_eq!(logs.borrow().len(), 0, "accepted again before the retry delay");
+    must(&lp, 5.0, "all five accepted after the retry", || logs.borrow().len() == 5);
+    assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(&[i as u8; 3]).unwrap();
+        assert_eq!(pump_read_exact(&lp, c, 3), [i as u8; 3]);
+    }
+    drop(fillers);
+    assert!(server.is_serving());
+    server.close();
 }
