@@ -1,0 +1,128 @@
+# ferroloop: asyncio's transports and protocols on a Rust engine.
+#
+#   make demo         build, then run the spec's examples with their transcripts
+#   make test         every test: cargo's, then pytest's (once python/tests exists)
+#   make deps         Debian packages the tests use, and the .venv for the Python side
+#   make conformance  CPython's test_asyncio against ferroloop (once the Python face has it)
+#   make clean        remove build products (distclean: the .venv too)
+#
+# Needs only cargo and CPython 3.11 with pip; `deps` installs the rest.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := demo
+# The demos listen on fixed ports: never run two recipes at once, even under -j.
+.NOTPARALLEL:
+
+CARGO   ?= cargo
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+EXAMPLES := target/release/examples
+
+APT_PACKAGES := socat openssl curl
+PY_PACKAGES  := 'maturin>=1.5,<2' pytest pytest-timeout aiohttp uvloop
+# Per-test limit for pytest (pytest-timeout); a hung test fails instead of hanging CI.
+PYTEST_FLAGS ?= --timeout=120
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The stamp's name carries a checksum of the package list: editing the list reinstalls.
+VENV_STAMP := $(VENV)/.stamp-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
+
+.PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python \
+        conformance doc clean distclean
+
+# ---------------------------------------------------------------------------- deps
+
+deps: apt-deps venv
+
+# Installs only what is missing, so a re-run costs a few dpkg-query calls. apt-get
+# update runs first when the package lists are empty, and again if an install fails.
+apt-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: Debian packages present ($(APT_PACKAGES))"; exit 0; fi; \
+	echo "deps: installing$$missing"; \
+	apt_install() { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; \
+	apt_update() { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q; }; \
+	if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then apt_update; fi; \
+	apt_install || { apt_update && apt_install; }
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP):
+	@rm -f $(VENV)/.stamp-*
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(PY_PACKAGES)
+	@touch $@
+
+# ---------------------------------------------------------------------------- build
+
+build:
+	$(CARGO) build --release --examples -p ferroloop
+
+# Build the Python face (crates/ferroloop-py + python/ferroloop) into the .venv.
+# Only meaningful once pyproject.toml exists.
+develop: venv
+	@if [ -f pyproject.toml ]; then \
+	  VIRTUAL_ENV=$(abspath $(VENV)) PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin develop --release -q; \
+	else echo "develop: no pyproject.toml yet: the Python face is not built"; fi
+
+# ---------------------------------------------------------------------------- demo
+
+# The spec's examples, run the way a person would: the echo server in the
+# background, the client once the port accepts, then Ctrl+C (SIGINT) for the server.
+demo: build demo-rust demo-python
+
+demo-rust: build
+	@scripts/demo.sh pair 8888 "$(EXAMPLES)/tcp_echo_server" "$(EXAMPLES)/tcp_echo_client"
+	@scripts/demo.sh run $(EXAMPLES)/register_open_socket
+	@scripts/demo.sh run $(EXAMPLES)/flow_control_echo
+
+# Hook for the Python face: Python examples are added by the Python face.
+# Runs examples/python/*.py under ferroloop (`python -m ferroloop script.py`), if the
+# directory exists; a `NAME_server.py` runs in the background for its `NAME_client.py`.
+demo-python:
+	@if [ -d examples/python ]; then \
+	  $(MAKE) --no-print-directory develop; \
+	  scripts/demo.sh python-examples examples/python "$(PY) -m ferroloop"; \
+	else echo "demo-python: no examples/python yet"; fi
+
+# ---------------------------------------------------------------------------- test
+
+test: deps test-rust test-python
+
+# Debug build: the whole suite (with its 1000-connection stress test) takes well
+# under a minute, less than a release build would.
+test-rust:
+	$(CARGO) test --workspace --no-fail-fast
+
+# pytest exits 5 when it collects nothing: that is not a failure of the code.
+test-python:
+	@if [ -d python/tests ]; then \
+	  $(MAKE) --no-print-directory develop; \
+	  rc=0; $(PY) -m pytest $(PYTEST_FLAGS) python/tests || rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "test-python: no tests collected in python/tests"; rc=0; fi; \
+	  exit $$rc; \
+	else echo "test-python: no python/tests yet (the Python face adds them)"; fi
+
+conformance:
+	@if [ -f python/conformance/run.py ]; then \
+	  $(MAKE) --no-print-directory develop; \
+	  $(PY) python/conformance/run.py; \
+	else echo "conformance: the Python face is not built yet (no python/conformance/run.py)"; fi
+
+doc:
+	$(CARGO) doc -p ferroloop --no-deps
+
+# ---------------------------------------------------------------------------- clean
+
+clean:
+	$(CARGO) clean
+	rm -rf dist build python/ferroloop/*.so
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
