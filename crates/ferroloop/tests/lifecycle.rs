@@ -123,6 +123,49 @@ fn eof_arriving_together_with_the_last_data_is_not_lost() {
 }
 
 #[test]
+fn a_client_that_sends_and_closes_before_it_is_accepted_is_served() {
+    // Data and FIN wait in the accepted socket before the transport exists
+    // (HTTP/1.0 clients, health checks): one readiness edge announces both.
+    // The server does not answer: a write of its own could bring a fresh
+    // edge and hide a lost EOF.
+    let lp = EventLoop::new().unwrap();
+    let logs: Shared<Vec<Shared<Log>>> = Rc::new(RefCell::new(Vec::new()));
+    let l2 = logs.clone();
+    let factory = move || {
+        let r = Recorder::new();
+        l2.borrow_mut().push(r.log.clone());
+        r
+    };
+    let opts = ServerOptions { start_serving: false, ..Default::default() };
+    let server = complete(&lp, &lp.create_server(factory, "127.0.0.1", 0, opts), 10.0).unwrap();
+    let addr = match &server.sockets()[0].address {
+        Some(ferroloop::Address::Inet(a)) => *a,
+        other => panic!("{other:?}"),
+    };
+    let mut clients = Vec::new();
+    for i in 0..5u8 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(&[b'a' + i; 10]).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    server.start_serving().unwrap();
+    must(&lp, 5.0, "every early client served to the end", || {
+        logs.borrow().len() == 5 && logs.borrow().iter().all(|l| l.borrow().is_lost())
+    });
+    for l in logs.borrow().iter() {
+        let l = l.borrow();
+        assert_eq!(l.kinds(), ["made", "data", "eof", "lost"]);
+        assert_eq!(l.data.len(), 10);
+    }
+    for c in &clients {
+        assert!(pump_read_to_eof(&lp, c).is_empty());
+    }
+    server.close();
+}
+
+#[test]
 fn peer_reset_while_our_buffer_is_full_is_an_error() {
     let lp = EventLoop::new().unwrap();
     let reports = record_exceptions(&lp);

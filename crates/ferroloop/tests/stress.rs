@@ -161,8 +161,10 @@ struct Short {
     t: Option<Transport>,
     msg: Vec<u8>,
     got: Vec<u8>,
-    on_end: Option<Box<dyn FnOnce(Result<(), String>)>>,
+    on_end: Option<OnEnd>,
 }
+
+type OnEnd = Box<dyn FnOnce(Result<(), String>)>;
 
 impl Protocol for Short {
     fn connection_made(&mut self, t: Transport) {

@@ -556,7 +556,7 @@ pub fn raise_nofile(want: u64) -> u64 {
                 rl.rlim_cur = target;
             }
         }
-        rl.rlim_cur as u64
+        rl.rlim_cur
     }
 }
 
