@@ -46,7 +46,7 @@ pub enum Error {
     /// Every connection attempt failed; one error per address tried, in order.
     /// With a single attempt, or when all errors read the same, the engine
     /// reports [`Error::Io`] instead, as asyncio does.
-    Connect(Vec<io::Error>),
+    Connect(Vec<Error>),
     /// The operation was cancelled.
     Cancelled,
     /// A callback or protocol method panicked; the payload's message.
@@ -86,13 +86,13 @@ impl Error {
     /// Build the error reported after a list of failed connection attempts,
     /// following asyncio: one error is itself, identical messages collapse to
     /// the first, otherwise "Multiple exceptions".
-    pub(crate) fn from_attempts(mut errors: Vec<io::Error>) -> Error {
+    pub(crate) fn from_attempts(mut errors: Vec<Error>) -> Error {
         if errors.is_empty() {
             return Error::Io(io::Error::new(io::ErrorKind::Other, "no addresses to connect to"));
         }
         let first = errors[0].to_string();
         if errors.len() == 1 || errors.iter().all(|e| e.to_string() == first) {
-            return Error::Io(errors.swap_remove(0));
+            return errors.swap_remove(0);
         }
         Error::Connect(errors)
     }
@@ -118,7 +118,7 @@ impl fmt::Display for Error {
                     if i > 0 {
                         f.write_str(", ")?;
                     }
-                    f.write_str(&fmt_io(e))?;
+                    write!(f, "{e}")?;
                 }
                 Ok(())
             }
@@ -173,7 +173,7 @@ impl Clone for Error {
             Error::LoopClosed => Error::LoopClosed,
             Error::LoopStopped => Error::LoopStopped,
             Error::Resolve { host, message } => Error::Resolve { host: host.clone(), message: message.clone() },
-            Error::Connect(v) => Error::Connect(v.iter().map(clone_io).collect()),
+            Error::Connect(v) => Error::Connect(v.clone()),
             Error::Cancelled => Error::Cancelled,
             Error::Panic(m) => Error::Panic(m.clone()),
             Error::External(e) => Error::External(e.clone()),

@@ -512,7 +512,6 @@ fn connect_with_local_addr() {
 }
 
 #[test]
-#[ignore = "engine bug: create_connection(local_addr=busy) loses the errno (transport/tcp.rs Connector::open wraps the bind error in io::Error::new(kind, msg)) and its message ends in ' (os error 98)'"]
 fn connect_with_a_busy_local_addr_fails_with_eaddrinuse() {
     // asyncio: OSError(errno, 'error while attempting to bind on address
     // (...): address already in use') - the errno is kept.

@@ -203,7 +203,7 @@ struct Connector {
     local: Option<SocketAddr>,
     delay: Option<f64>,
     attempts: RefCell<Vec<Rc<Attempt>>>,
-    errors: RefCell<Vec<io::Error>>,
+    errors: RefCell<Vec<Error>>,
     timer: RefCell<Option<TimerHandle>>,
     done: RefCell<Option<Done>>,
 }
@@ -267,32 +267,25 @@ impl Connector {
         }
     }
 
-    fn open(self: &Rc<Self>, addr: SocketAddr) -> io::Result<Rc<Attempt>> {
+    fn open(self: &Rc<Self>, addr: SocketAddr) -> Result<Rc<Attempt>> {
         let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
         let sock = Socket::new(domain, Type::STREAM.cloexec(), None)?;
         sock.set_nonblocking(true)?;
         if let Some(local) = self.local {
             if let Err(e) = sock.bind(&local.into()) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("error while attempting to bind on address {local}: {}", e.to_string().to_lowercase()),
-                ));
+                return Err(Error::Bind { address: local.to_string(), source: e });
             }
         }
         match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(Error::Io(e)),
         }
         let mut stream = mio::net::TcpStream::from_std(sock.into());
         let attempt = Rc::new(Attempt { connector: self.clone(), sock: RefCell::new(None), token: Cell::new(Token(0)) });
         let token = self
             .lp
-            .register(&mut stream, Interest::WRITABLE, attempt.clone())
-            .map_err(|e| match e {
-                Error::Io(e) => e,
-                other => io::Error::new(io::ErrorKind::Other, other.to_string()),
-            })?;
+            .register(&mut stream, Interest::WRITABLE, attempt.clone())?;
         attempt.token.set(token);
         *attempt.sock.borrow_mut() = Some(stream);
         Ok(attempt)
@@ -320,7 +313,7 @@ impl Connector {
                 self.finish(Ok(s));
             }
             (Err(e), _) => {
-                self.errors.borrow_mut().push(e);
+                self.errors.borrow_mut().push(Error::Io(e));
                 // RFC 8305: a failure starts the next attempt at once.
                 self.start_next();
             }
