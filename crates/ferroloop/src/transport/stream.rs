@@ -91,6 +91,13 @@ impl Sock {
         }
     }
 
+    fn sock_ref(&self) -> socket2::SockRef<'_> {
+        match self {
+            Sock::Tcp(s) => socket2::SockRef::from(s),
+            Sock::Unix(s) => socket2::SockRef::from(s),
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -497,7 +504,7 @@ impl StreamInner {
         let me = self.clone();
         self.lp.schedule(Box::new(move || {
             me.st.borrow_mut().read_scheduled = false;
-            me.do_read();
+            me.do_read(true);
         }));
     }
 
@@ -506,7 +513,14 @@ impl StreamInner {
         st.started && !st.closing && !st.read_paused && !st.read_eof
     }
 
-    fn do_read(self: &Rc<Self>) {
+    /// Read and deliver until drained. `speculative`: no readiness event
+    /// says data is waiting (start of reading, `resume_reading`); peek first
+    /// so that a buffered protocol's `get_buffer` is only called when there
+    /// is something to read, as in asyncio.
+    fn do_read(self: &Rc<Self>, speculative: bool) {
+        if speculative && self.can_read() && !self.st.borrow().read_hup && !self.sock_has_input() {
+            return;
+        }
         for _ in 0..READS_PER_EVENT {
             if !self.can_read() {
                 return;
@@ -577,6 +591,17 @@ impl StreamInner {
                 self.lp.put_read_buf(buf);
                 outcome
             }
+        }
+    }
+
+    /// Whether a read would return data, EOF or an error (not `WouldBlock`).
+    fn sock_has_input(&self) -> bool {
+        let sock = self.sock.borrow();
+        let Some(s) = sock.as_ref() else { return false };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match s.sock_ref().peek(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            _ => true,
         }
     }
 
@@ -962,7 +987,7 @@ impl IoSource for StreamInner {
             self.st.borrow_mut().read_hup = true;
         }
         if ready.readable || ready.read_closed || ready.error {
-            self.do_read();
+            self.do_read(false);
         }
         if ready.writable || ready.write_closed || ready.error {
             self.do_write();
