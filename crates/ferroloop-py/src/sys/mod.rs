@@ -34,3 +34,38 @@ impl WritableBuffer {
         unsafe { std::slice::from_raw_parts_mut(self.buf.buf_ptr() as *mut u8, len) }
     }
 }
+
+/// A `contextvars.Context` entered for the duration of a protocol callback
+/// (what `Context.run` does, without building an argument tuple).
+pub struct EnteredContext<'py> {
+    ctx: pyo3::Bound<'py, pyo3::PyAny>,
+}
+
+impl<'py> EnteredContext<'py> {
+    /// Enter `ctx`, which must be a `contextvars.Context`. Fails like
+    /// `Context.run` if the context is already entered.
+    pub fn enter(ctx: pyo3::Bound<'py, pyo3::PyAny>) -> pyo3::PyResult<Self> {
+        // SAFETY: the GIL is held (we have a `Bound<'py>`); PyContext_CheckExact
+        // only reads the object's type.
+        if unsafe { pyo3::ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+            return Err(pyo3::exceptions::PyTypeError::new_err("an instance of Context was expected"));
+        }
+        // SAFETY: `ctx` is a live Context (checked above) and the GIL is held.
+        if unsafe { pyo3::ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+            return Err(pyo3::PyErr::fetch(ctx.py()));
+        }
+        Ok(EnteredContext { ctx })
+    }
+}
+
+impl Drop for EnteredContext<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `enter` succeeded on this same context, which `self` keeps
+        // alive, and the GIL is still held (the `'py` lifetime). Exiting a
+        // context we entered cannot fail; if it did, the error is reported
+        // as unraisable rather than lost.
+        if unsafe { pyo3::ffi::PyContext_Exit(self.ctx.as_ptr()) } != 0 {
+            pyo3::PyErr::fetch(self.ctx.py()).write_unraisable(self.ctx.py(), None);
+        }
+    }
+}

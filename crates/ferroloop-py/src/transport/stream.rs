@@ -19,7 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::sys::WritableBuffer;
+use crate::sys::{EnteredContext, WritableBuffer};
 
 /// Python objects shared by a transport's core and its protocol adapters.
 struct Shared {
@@ -113,14 +113,14 @@ impl Shared {
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<Bound<'py, PyAny>> {
         let ctx = Self::get(&self.context, py);
-        match ctx {
-            Some(ctx) => {
-                let mut all = Vec::with_capacity(args.len() + 1);
-                all.push(method.clone());
-                all.extend(args.iter().cloned());
-                ctx.bind(py).call_method1(intern!(py, "run"), PyTuple::new(py, all)?)
-            }
-            None => method.call1(PyTuple::new(py, args)?),
+        let _entered = match ctx {
+            Some(ctx) => Some(EnteredContext::enter(ctx.into_bound(py))?),
+            None => None,
+        };
+        match args {
+            [] => method.call0(),
+            [a] => method.call1((a,)),
+            _ => method.call1(PyTuple::new(py, args)?),
         }
     }
 }
@@ -134,6 +134,9 @@ pub(crate) struct PyProtocolAdapter {
     shared: Rc<Shared>,
     proto: Py<PyAny>,
     buffered: bool,
+    /// The per-read method, bound once: `data_received`, or `buffer_updated`
+    /// for a buffered protocol (as uvloop does).
+    on_data: Option<Py<PyAny>>,
     buf: Option<WritableBuffer>,
 }
 
@@ -141,7 +144,18 @@ impl PyProtocolAdapter {
     fn new(py: Python<'_>, shared: Rc<Shared>, proto: Py<PyAny>) -> PyResult<Self> {
         let asyncio = py.import(intern!(py, "asyncio"))?;
         let buffered = proto.bind(py).is_instance(&asyncio.getattr(intern!(py, "BufferedProtocol"))?)?;
-        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None })
+        let name = if buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") };
+        // A missing method fails at call time, as in asyncio.
+        let on_data = proto.bind(py).getattr(name).ok().map(Bound::unbind);
+        Ok(PyProtocolAdapter { shared, proto, buffered, on_data, buf: None })
+    }
+
+    /// The bound per-read method (looked up again if it was missing).
+    fn data_method<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.on_data {
+            Some(m) => Ok(m.bind(py).clone()),
+            None => self.method(py, if self.buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") }),
+        }
     }
 
     fn method<'py>(&self, py: Python<'py>, name: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
@@ -176,9 +190,7 @@ impl Protocol for PyProtocolAdapter {
     fn data_received(&mut self, data: &[u8]) {
         Python::attach(|py| {
             let bytes = PyBytes::new(py, data);
-            let r = self
-                .method(py, intern!(py, "data_received"))
-                .and_then(|m| self.shared.run_in_context(py, &m, &[bytes.into_any()]));
+            let r = self.data_method(py).and_then(|m| self.shared.run_in_context(py, &m, &[bytes.into_any()]));
             if let Err(e) = r {
                 self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
             }
@@ -293,7 +305,7 @@ impl Protocol for PyProtocolAdapter {
         self.buf = None;
         Python::attach(|py| {
             let r = self
-                .method(py, intern!(py, "buffer_updated"))
+                .data_method(py)
                 .and_then(|m| self.shared.run_in_context(py, &m, &[nbytes.into_pyobject(py)?.into_any()]));
             if let Err(e) = r {
                 self.shared.fatal(py, e, "Fatal error: protocol.buffer_updated() call failed.", &self.proto);
