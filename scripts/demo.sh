@@ -25,6 +25,7 @@ server_log=""
 cleanup() {
     if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
         kill -KILL "$server_pid" 2>/dev/null || true
+        { wait "$server_pid"; } 2>/dev/null || true   # no "Killed" job notice
     fi
     if [ -n "$server_log" ]; then rm -f "$server_log"; fi
 }

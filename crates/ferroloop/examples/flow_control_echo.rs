@@ -49,6 +49,8 @@ const TOTAL: usize = 8 * 1024 * 1024;
 const CLIENT_RCVBUF: usize = 16 * 1024;
 /// The client's reader sleeps this long after each read.
 const READ_PAUSE: Duration = Duration::from_micros(1500);
+/// The whole run's time limit, in seconds.
+const WATCHDOG: f64 = 20.0;
 /// Pause/resume events printed in full; later ones are only counted.
 const PRINT_EVENTS: usize = 10;
 
@@ -187,7 +189,7 @@ fn run_client(addr: SocketAddr) -> io::Result<(usize, usize, Option<String>)> {
     let sent = match write_thread.join() {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(io::Error::new(io::ErrorKind::Other, "writer thread panicked")),
+        Err(_) => return Err(io::Error::other("writer thread panicked")),
     };
     if problem.is_none() && received != sent {
         problem = Some(format!("received {received} bytes, expected {sent}"));
@@ -235,7 +237,7 @@ fn run() -> ferroloop::Result<bool> {
 
     // Watchdog: never hang, whatever happens (the client gives up after 10 s).
     let l2 = lp.clone();
-    lp.call_later(30.0, move || l2.stop())?;
+    lp.call_later(WATCHDOG, move || l2.stop())?;
     // Run until the client's report arrives and the server saw the connection end.
     let done = Rc::new(RefCell::new(None::<ClientReport>));
     let d2 = done.clone();
@@ -248,11 +250,12 @@ fn run() -> ferroloop::Result<bool> {
     });
 
     server.close();
+    server.abort_clients(); // nothing left to abort, unless the run timed out
     lp.run_until_complete(&server.wait_closed())?;
     lp.close()?;
 
     if let Err(Error::LoopStopped) = ran {
-        eprintln!("FAILED: timed out after 30 s");
+        eprintln!("FAILED: timed out after {WATCHDOG} s");
         return Ok(false);
     }
     ran?;
