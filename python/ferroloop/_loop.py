@@ -592,12 +592,13 @@ class Loop(base_events.BaseEventLoop):
             self._sig_rsock, self._sig_wsock = socket.socketpair()
             self._sig_rsock.setblocking(False)
             self._sig_wsock.setblocking(False)
-            self._add_reader(self._sig_rsock.fileno(), self._read_signals)
         try:
             # Raises ValueError outside the main thread.
             signal.set_wakeup_fd(self._sig_wsock.fileno())
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc))
+        if self._sig_rsock.fileno() not in self._readers:
+            self._add_reader(self._sig_rsock.fileno(), self._read_signals)
         handle = events.Handle(callback, args, self, None)
         self._signal_handlers[sig] = handle
         try:

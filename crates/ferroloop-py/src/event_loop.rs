@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyWeakrefReference};
 
 use crate::errors::{external, to_pyerr};
+use crate::sys::GilBound;
 
 /// Releases the GIL around a blocking poll and runs Python signal handlers
 /// afterwards (a `KeyboardInterrupt` ends `run_forever`).
@@ -47,14 +48,14 @@ pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
 }
 
 /// The engine loop behind a Python `ferroloop.Loop`.
-#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+#[pyclass(module = "ferroloop._ferroloop")]
 pub struct LoopCore {
-    pub(crate) lp: EventLoop,
+    lp: GilBound<EventLoop>,
 }
 
 impl LoopCore {
-    pub(crate) fn engine(&self) -> &EventLoop {
-        &self.lp
+    pub(crate) fn engine(&self) -> PyResult<&EventLoop> {
+        Ok(self.lp.get())
     }
 }
 
@@ -84,18 +85,18 @@ impl LoopCore {
                 }
             })
         })));
-        Ok(LoopCore { lp })
+        Ok(LoopCore { lp: GilBound::new(lp) })
     }
 
     /// Seconds on the monotonic clock.
-    fn time(&self) -> f64 {
-        self.lp.time()
+    fn time(&self) -> PyResult<f64> {
+        Ok(self.engine()?.time())
     }
 
     /// Schedule `handle._run()` for the next iteration.
     fn call_soon(&self, handle: Py<PyAny>) -> PyResult<()> {
-        let lp = self.lp.clone();
-        self.lp
+        let lp = self.engine()?.clone();
+        self.engine()?
             .call_soon(move || Python::attach(|py| run_handle(py, &lp, &handle)))
             .map(|_| ())
             .map_err(to_pyerr)
@@ -103,9 +104,9 @@ impl LoopCore {
 
     /// Schedule a `TimerHandle` at loop time `when`; returns the engine timer.
     fn call_at(&self, when: f64, handle: Py<PyAny>) -> PyResult<TimerRef> {
-        let lp = self.lp.clone();
+        let lp = self.engine()?.clone();
         let t = self
-            .lp
+            .engine()?
             .call_at(when, move || {
                 Python::attach(|py| {
                     let _ = handle.bind(py).setattr(intern!(py, "_scheduled"), false);
@@ -113,82 +114,84 @@ impl LoopCore {
                 })
             })
             .map_err(to_pyerr)?;
-        Ok(TimerRef { timer: t })
+        Ok(TimerRef { timer: GilBound::new(t) })
     }
 
     /// The thread-safe side of the loop.
-    fn remote(&self) -> RemoteCore {
-        RemoteCore { remote: self.lp.remote() }
+    fn remote(&self) -> PyResult<RemoteCore> {
+        Ok(RemoteCore { remote: self.engine()?.remote() })
     }
 
     /// Run until `stop()`.
     fn run_forever(&self) -> PyResult<()> {
-        self.lp.run_forever().map_err(to_pyerr)
+        self.engine()?.run_forever().map_err(to_pyerr)
     }
 
     /// Run one iteration.
     fn run_once(&self) -> PyResult<()> {
-        self.lp.run_once().map_err(to_pyerr)
+        self.engine()?.run_once().map_err(to_pyerr)
     }
 
-    fn stop(&self) {
-        self.lp.stop()
+    fn stop(&self) -> PyResult<()> {
+        self.engine()?.stop();
+        Ok(())
     }
 
-    fn is_running(&self) -> bool {
-        self.lp.is_running()
+    fn is_running(&self) -> PyResult<bool> {
+        Ok(self.engine()?.is_running())
     }
 
     fn close(&self) -> PyResult<()> {
-        self.lp.close().map_err(to_pyerr)
+        self.engine()?.close().map_err(to_pyerr)
     }
 
     /// Watch `fd` for reading; `handle._run()` runs while it is readable.
     fn add_reader(&self, fd: i32, handle: Py<PyAny>) -> PyResult<()> {
-        let lp = self.lp.clone();
-        self.lp
+        let lp = self.engine()?.clone();
+        self.engine()?
             .add_reader(fd, Rc::new(move || Python::attach(|py| run_handle(py, &lp, &handle))))
             .map_err(to_pyerr)
     }
 
     /// Watch `fd` for writing.
     fn add_writer(&self, fd: i32, handle: Py<PyAny>) -> PyResult<()> {
-        let lp = self.lp.clone();
-        self.lp
+        let lp = self.engine()?.clone();
+        self.engine()?
             .add_writer(fd, Rc::new(move || Python::attach(|py| run_handle(py, &lp, &handle))))
             .map_err(to_pyerr)
     }
 
-    fn remove_reader(&self, fd: i32) -> bool {
-        self.lp.remove_reader(fd)
+    fn remove_reader(&self, fd: i32) -> PyResult<bool> {
+        Ok(self.engine()?.remove_reader(fd))
     }
 
-    fn remove_writer(&self, fd: i32) -> bool {
-        self.lp.remove_writer(fd)
+    fn remove_writer(&self, fd: i32) -> PyResult<bool> {
+        Ok(self.engine()?.remove_writer(fd))
     }
 
     /// Whether `fd` has a reader (or writer, with `reader=False`).
-    fn has_watch(&self, fd: i32, reader: bool) -> bool {
-        self.lp.has_watch(fd, reader)
+    fn has_watch(&self, fd: i32, reader: bool) -> PyResult<bool> {
+        Ok(self.engine()?.has_watch(fd, reader))
     }
 
     /// Number of registered engine sources (diagnostics, tests).
-    fn registered_sources(&self) -> usize {
-        self.lp.registered_sources()
+    fn registered_sources(&self) -> PyResult<usize> {
+        Ok(self.engine()?.registered_sources())
     }
 }
 
 /// An engine timer behind an asyncio `TimerHandle`.
-#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+#[pyclass(module = "ferroloop._ferroloop")]
 pub struct TimerRef {
-    timer: TimerHandle,
+    timer: GilBound<TimerHandle>,
 }
 
 #[pymethods]
 impl TimerRef {
     /// Drop the timer from the engine.
-    fn cancel(&self) {
-        self.timer.cancel()
+    fn cancel(&self) -> PyResult<()> {
+        self.timer.get().cancel();
+        Ok(())
     }
 }
 

@@ -69,3 +69,33 @@ impl Drop for EnteredContext<'_> {
         }
     }
 }
+
+/// An engine value (`Rc`-based, so neither `Send` nor `Sync`) held by a
+/// Python object, which Python may touch from any thread.
+///
+/// Every access happens inside a `#[pymethods]` call or a `tp_dealloc`/GC
+/// slot, which PyO3 runs with the GIL held (this module is not declared
+/// free-threading safe, so the interpreter always has a GIL). The GIL
+/// serialises those accesses and its acquire/release orders their memory
+/// effects, so the value is never used by two threads at once. A loop made
+/// on one thread may thus be run on another, as in asyncio.
+pub struct GilBound<T> {
+    value: T,
+}
+
+// SAFETY: see the type's documentation: all uses are serialised by the GIL.
+unsafe impl<T> Send for GilBound<T> {}
+// SAFETY: as above; shared references are only used while the GIL is held.
+unsafe impl<T> Sync for GilBound<T> {}
+
+impl<T> GilBound<T> {
+    /// Wrap `value` (called with the GIL held).
+    pub fn new(value: T) -> Self {
+        GilBound { value }
+    }
+
+    /// The value (callers hold the GIL: they are PyO3 methods).
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+}

@@ -19,7 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::sys::{EnteredContext, WritableBuffer};
+use crate::sys::{EnteredContext, GilBound, WritableBuffer};
 
 /// Python objects shared by a transport's core and its protocol adapters.
 struct Shared {
@@ -315,10 +315,19 @@ impl Protocol for PyProtocolAdapter {
 }
 
 /// The Rust core of a Python stream transport.
-#[pyclass(unsendable, module = "ferroloop._ferroloop")]
+#[pyclass(module = "ferroloop._ferroloop")]
 pub struct StreamCore {
-    t: Transport,
-    shared: Rc<Shared>,
+    inner: GilBound<(Transport, Rc<Shared>)>,
+}
+
+impl StreamCore {
+    fn t(&self) -> PyResult<&Transport> {
+        Ok(&self.inner.get().0)
+    }
+
+    fn shared(&self) -> PyResult<&Rc<Shared>> {
+        Ok(&self.inner.get().1)
+    }
 }
 
 /// Bytes of a `bytes`/`bytearray`/`memoryview`, or asyncio's `TypeError`.
@@ -353,7 +362,7 @@ impl StreamCore {
         protocol: Py<PyAny>,
         waiter: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let lp = core.engine().clone();
+        let lp = core.engine()?.clone();
         let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
         let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
         let shared = Rc::new(Shared {
@@ -369,11 +378,12 @@ impl StreamCore {
         let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
         let t = lp.create_transport(stream, proto).map_err(to_pyerr)?;
         *shared.engine.borrow_mut() = Some(t.clone());
-        Ok(StreamCore { t, shared })
+        Ok(StreamCore { inner: GilBound::new((t, shared)) })
     }
 
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_data(data, |b| self.t.write(b))?.map_err(to_pyerr)
+        let t = self.t()?;
+        with_data(data, |b| t.write(b))?.map_err(to_pyerr)
     }
 
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -383,80 +393,85 @@ impl StreamCore {
             owned.push(with_data(&item, |b| b.to_vec())?);
         }
         let _ = py;
-        self.t.writelines(owned.iter().map(|v| v.as_slice())).map_err(to_pyerr)
+        self.t()?.writelines(owned.iter().map(|v| v.as_slice())).map_err(to_pyerr)
     }
 
     fn write_eof(&self) -> PyResult<()> {
-        self.t.write_eof().map_err(to_pyerr)
+        self.t()?.write_eof().map_err(to_pyerr)
     }
 
-    fn can_write_eof(&self) -> bool {
-        self.t.can_write_eof()
+    fn can_write_eof(&self) -> PyResult<bool> {
+        Ok(self.t()?.can_write_eof())
     }
 
-    fn close(&self) {
-        self.t.close()
+    fn close(&self) -> PyResult<()> {
+        self.t()?.close();
+        Ok(())
     }
 
-    fn abort(&self) {
-        self.t.abort()
+    fn abort(&self) -> PyResult<()> {
+        self.t()?.abort();
+        Ok(())
     }
 
-    fn is_closing(&self) -> bool {
-        self.t.is_closing()
+    fn is_closing(&self) -> PyResult<bool> {
+        Ok(self.t()?.is_closing())
     }
 
-    fn pause_reading(&self) {
-        self.t.pause_reading()
+    fn pause_reading(&self) -> PyResult<()> {
+        self.t()?.pause_reading();
+        Ok(())
     }
 
-    fn resume_reading(&self) {
-        self.t.resume_reading()
+    fn resume_reading(&self) -> PyResult<()> {
+        self.t()?.resume_reading();
+        Ok(())
     }
 
-    fn is_reading(&self) -> bool {
-        self.t.is_reading()
+    fn is_reading(&self) -> PyResult<bool> {
+        Ok(self.t()?.is_reading())
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.t.get_write_buffer_size()
+    fn get_write_buffer_size(&self) -> PyResult<usize> {
+        Ok(self.t()?.get_write_buffer_size())
     }
 
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.t.get_write_buffer_limits()
+    fn get_write_buffer_limits(&self) -> PyResult<(usize, usize)> {
+        Ok(self.t()?.get_write_buffer_limits())
     }
 
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(&self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        self.t.set_write_buffer_limits_signed(high, low).map_err(to_pyerr)
+        self.t()?.set_write_buffer_limits_signed(high, low).map_err(to_pyerr)
     }
 
     /// Whether `pause_writing` was called without `resume_writing` yet.
-    fn is_writing_paused(&self) -> bool {
-        self.t.is_writing_paused()
+    fn is_writing_paused(&self) -> PyResult<bool> {
+        Ok(self.t()?.is_writing_paused())
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) -> PyResult<()> {
-        *self.shared.protocol.borrow_mut() = Some(protocol.clone_ref(py));
-        let adapter = PyProtocolAdapter::new(py, self.shared.clone(), protocol)?;
-        self.t.set_protocol(Rc::new(RefCell::new(adapter)));
+        let shared = self.shared()?;
+        *shared.protocol.borrow_mut() = Some(protocol.clone_ref(py));
+        let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
+        self.t()?.set_protocol(Rc::new(RefCell::new(adapter)));
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        Shared::get(&self.shared.protocol, py)
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(Shared::get(&self.shared()?.protocol, py))
     }
 
     /// The engine's (duplicated) descriptor, or -1 once closed.
-    fn fileno(&self) -> i32 {
-        self.t.socket_fd().unwrap_or(-1)
+    fn fileno(&self) -> PyResult<i32> {
+        Ok(self.t()?.socket_fd().unwrap_or(-1))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.shared.traverse(&visit)
+        self.inner.get().1.traverse(&visit)
     }
 
     fn __clear__(&mut self) {
-        self.shared.clear()
+        self.inner.get().1.clear()
     }
 }
