@@ -126,3 +126,13 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------- bench
+
+# Benchmarks against tokio, a raw mio loop, uvloop, asyncio and rloop (bench/run.py):
+# the full matrix in about 10 minutes, QUICK=1 for a 2-minute subset. Writes
+# bench/results/ (JSON, latest.md, latest.png); see docs/benchmarks.md. No timing is
+# ever asserted in `test`; `python3 bench/run.py --smoke` checks correctness only.
+.PHONY: bench
+bench:
+	QUICK="$(QUICK)" $(PYTHON) bench/run.py

@@ -1,0 +1,1030 @@
+#!/usr/bin/env python3
+"""Benchmark driver: ferroloop against tokio, a raw mio loop, uvloop, stock
+asyncio and rloop, all measured in the same run.
+
+    python3 bench/run.py            # the full matrix (about 10 minutes)
+    QUICK=1 python3 bench/run.py    # a subset (about 2 minutes); or --quick
+    python3 bench/run.py --smoke    # correctness only: every server echoes byte-exact
+
+What it does:
+
+1. Set-up: ``cargo build --release -p ferroloop-bench`` (the load generator and
+   the Rust echo servers); a virtualenv ``bench/.venv`` with uvloop, rloop,
+   matplotlib and maturin from PyPI (rloop is optional: when it cannot be
+   installed it is recorded as unavailable); ferroloop's Python face built
+   with maturin in release mode, as the Makefile's ``develop`` target does,
+   but as a wheel installed into bench/.venv, so that the run measures a
+   fixed build and does not touch the tree's own .venv.
+2. Every echo server runs pinned to CPU 0 (``taskset -c 0``), the load
+   generator pinned to CPU 1. For each workload cell, rounds of runs go over
+   all servers in turn (a rotated order each round), so that drift in the
+   machine's load hits every server alike; each run has its own warm-up.
+3. The headline figure is the server's CPU time per message: utime+stime of
+   the server process from /proc/PID/stat across the measured window,
+   divided by the messages echoed in it; medians over the runs. Throughput,
+   latency p50/p99 and the user-space share sit beside it. Ratios: Python
+   servers against uvloop in the same mode; ferroloop's Rust face against
+   tokio and the raw mio loop.
+4. Extra cells: a bulk transfer (1 GiB, MB/s), idle connections (RSS growth
+   per connection over 10,000 connections, each server in a fresh process),
+   and instructions per message under callgrind (user space only; ``perf
+   stat`` counters are not available on this VM; callgrind counts the same
+   on a loaded machine).
+5. Writes bench/results/<timestamp>.json (every run), bench/results/latest.md
+   (tables), bench/results/latest.png (chart), and, for a full run, the
+   results section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+VENV = BENCH / ".venv"
+VPY = VENV / "bin" / "python"
+RESULTS = BENCH / "results"
+WORK = BENCH / "target"  # wheels, logs, callgrind files (ignored by git)
+DOCS = ROOT / "docs" / "benchmarks.md"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+LOADGEN = TARGET / "loadgen"
+
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+
+# Packages of the bench venv. rloop is optional (recorded as unavailable if it fails).
+VENV_REQUIRED = ["maturin>=1.5,<2", "uvloop", "matplotlib"]
+VENV_OPTIONAL = ["rloop"]
+
+MIB = 1024 * 1024
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One echo server under test."""
+
+    face: str  # "rust" or "python"
+    impl: str  # ferroloop, tokio, mio, uvloop, asyncio, rloop
+    mode: str  # protocol, buffered, streams, or "" (tokio/mio have one way)
+
+    @property
+    def key(self) -> str:
+        prefix = "rs" if self.face == "rust" else "py"
+        return f"{prefix}:{self.impl}" + (f"/{self.mode}" if self.mode else "")
+
+    def argv(self, endpoint: list[str], py_gc: str = "on") -> list[str]:
+        if self.face == "rust":
+            argv = [str(TARGET / f"echo-{self.impl}")]
+            if self.mode:
+                argv += ["--mode", self.mode]
+            return argv + endpoint
+        argv = [str(VPY), str(BENCH / "servers" / "echo.py"), "--loop", self.impl, "--mode", self.mode]
+        if py_gc != "on":
+            argv += ["--gc", py_gc]
+        return argv + endpoint
+
+
+RUST_SPECS = [
+    Spec("rust", "ferroloop", "protocol"),
+    Spec("rust", "ferroloop", "buffered"),
+    Spec("rust", "tokio", ""),
+    Spec("rust", "mio", ""),
+]
+PY_LOOPS = ["ferroloop", "uvloop", "asyncio", "rloop"]
+PY_MODES = ["protocol", "buffered", "streams"]
+PY_SPECS = [Spec("python", lp, m) for lp in PY_LOOPS for m in PY_MODES]
+ALL_SPECS = RUST_SPECS + PY_SPECS
+
+
+class ServerError(Exception):
+    pass
+
+
+class Unsupported(Exception):
+    pass
+
+
+class Server:
+    """A running echo server, pinned to SERVER_CPU."""
+
+    def __init__(self, spec: Spec, transport: str = "tcp", py_gc: str = "on", wrap: list[str] | None = None,
+                 ready_timeout: float = 30.0):
+        self.spec = spec
+        self.transport = transport
+        self.sock_path = None
+        if transport == "unix":
+            self.sock_path = f"{tempfile.gettempdir()}/flbench-{os.getpid()}-{re.sub(r'[^a-z0-9]+', '-', spec.key)}.sock"
+            endpoint = ["--unix", self.sock_path]
+        else:
+            endpoint = ["--tcp", "127.0.0.1:0"]
+        (WORK / "logs").mkdir(parents=True, exist_ok=True)
+        self.log_path = WORK / "logs" / (re.sub(r"[^a-z0-9]+", "-", f"{spec.key}-{transport}") + ".log")
+        self.log_file = open(self.log_path, "ab")
+        argv = ["taskset", "-c", SERVER_CPU] + (wrap or []) + spec.argv(endpoint, py_gc)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log_file, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT)
+        self.address = self._wait_ready(ready_timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise ServerError(f"{self.spec.key}: not listening after {timeout:.0f} s")
+            r, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+            elif self.proc.poll() is not None:
+                break
+        line = buf.decode(errors="replace").strip().splitlines()[0] if buf.strip() else ""
+        if line.startswith("LISTENING "):
+            where = line.split(" ", 1)[1]
+            return where.split(":", 1)[1]
+        self.stop()
+        if line.startswith("UNSUPPORTED "):
+            raise Unsupported(line.split(" ", 1)[1])
+        raise ServerError(f"{self.spec.key}: did not start ({line or 'no output'}); log tail: {self.log_tail()}")
+
+    def endpoint_args(self) -> list[str]:
+        return ["--unix", self.address] if self.transport == "unix" else ["--tcp", self.address]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 400) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        if self.sock_path:
+            try:
+                os.unlink(self.sock_path)
+            except OSError:
+                pass
+        return self.proc.returncode
+
+
+# ---------------------------------------------------------------------------- /proc
+
+
+def proc_stat_cpu() -> dict:
+    """Machine-wide CPU counters (microseconds) from /proc/stat."""
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    v = [int(x) * 1e6 / hz for x in fields]
+    total = sum(v[:8])
+    idle = v[3] + v[4]
+    return {"busy": total - idle, "steal": v[7] if len(v) > 7 else 0.0}
+
+
+def proc_cpu_us(pid: int) -> float:
+    hz = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) * 1e6 / hz
+
+
+def children_cpu_us() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1e6
+
+
+# ---------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Cell:
+    id: str
+    label: str
+    kind: str  # pingpong, bulk, idle
+    transport: str = "tcp"
+    conns: int = 1
+    size: int = 100
+    depth: int = 1
+    bulk: int = 0
+    runs: int = 3
+
+    def loadgen_args(self, cfg: "Config") -> list[str]:
+        a = ["--conns", str(self.conns), "--size", str(self.size)]
+        if self.kind == "pingpong":
+            a += ["--depth", str(self.depth), "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
+        elif self.kind == "bulk":
+            a += ["--bulk", str(self.bulk)]
+        elif self.kind == "idle":
+            a += ["--idle", "--hold", "0.5"]
+        return a
+
+
+def size_label(n: int) -> str:
+    if n >= MIB and n % MIB == 0:
+        return f"{n // MIB} MiB" if n < 1024 * MIB else f"{n // (1024 * MIB)} GiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+def pp(size: int, conns: int, transport: str = "tcp", runs: int = 3) -> Cell:
+    return Cell(
+        id=f"pp-{transport}-{size}b-{conns}c",
+        label=f"{size_label(size)} x{conns}" + (" unix" if transport == "unix" else ""),
+        kind="pingpong",
+        transport=transport,
+        conns=conns,
+        size=size,
+        runs=runs,
+    )
+
+
+def matrix(quick: bool, runs: int) -> list[Cell]:
+    if quick:
+        cells = [pp(100, 1, runs=runs), pp(100, 50, runs=runs), pp(64 * 1024, 50, runs=runs)]
+        cells.append(Cell(id="bulk-256m", label="bulk 256 MiB", kind="bulk", size=65536, bulk=256 * MIB, runs=1))
+        cells.append(Cell(id="idle-1000", label="idle x1000", kind="idle", conns=1000, size=100, runs=1))
+        return cells
+    cells = [
+        pp(100, 1, runs=runs),
+        pp(100, 50, runs=runs),
+        pp(100, 1000, runs=runs),
+        pp(1024, 50, runs=runs),
+        pp(64 * 1024, 50, runs=runs),
+        pp(100, 50, "unix", runs=runs),
+    ]
+    cells.append(Cell(id="bulk-1g", label="bulk 1 GiB", kind="bulk", size=65536, bulk=1024 * MIB, runs=runs))
+    cells.append(Cell(id="idle-10000", label="idle x10000", kind="idle", conns=10000, size=100, runs=1))
+    return cells
+
+
+@dataclass
+class Config:
+    quick: bool
+    duration: float
+    warmup: float
+    runs: int
+    py_gc: str
+    callgrind: bool
+    only: str | None
+    cells_filter: str | None
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def sh(argv: list, **kw) -> subprocess.CompletedProcess:
+    log("$ " + " ".join(str(a) for a in argv))
+    return subprocess.run([str(a) for a in argv], cwd=ROOT, **kw)
+
+
+def setup(with_python: bool = True) -> dict:
+    """Build the Rust binaries and the bench venv. Returns what is available."""
+    info: dict = {"unavailable": {}}
+    cargo = os.environ.get("CARGO", "cargo")
+    r = sh([cargo, "build", "--release", "-q", "-p", "ferroloop-bench"])
+    if r.returncode != 0:
+        raise SystemExit("cargo build failed")
+    if not with_python:
+        return info
+    stamp = VENV / (".stamp-" + hashlib.sha1(" ".join(VENV_REQUIRED + VENV_OPTIONAL).encode()).hexdigest()[:12])
+    if not VPY.exists():
+        r = sh([sys.executable, "-m", "venv", VENV])
+        if r.returncode != 0:
+            raise SystemExit("python3 -m venv failed")
+    if not stamp.exists():
+        r = sh([VPY, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + VENV_REQUIRED)
+        if r.returncode != 0:
+            raise SystemExit("pip install of the bench venv's packages failed")
+        ok = True
+        for pkg in VENV_OPTIONAL:
+            r = sh([VPY, "-m", "pip", "install", "-q", "--disable-pip-version-check", pkg])
+            ok = ok and r.returncode == 0
+        if ok:
+            for old in VENV.glob(".stamp-*"):
+                old.unlink()
+            stamp.touch()
+    # ferroloop's Python face: maturin --release (as `make develop`), as a wheel.
+    wheels = WORK / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    env = dict(os.environ, VIRTUAL_ENV=str(VENV), PATH=f"{VENV / 'bin'}:{os.environ.get('PATH', '')}")
+    r = sh([VENV / "bin" / "maturin", "build", "--release", "-q", "-i", VPY, "--out", wheels], env=env)
+    built = sorted(wheels.glob("ferroloop-*.whl"))
+    if r.returncode != 0 or not built:
+        raise SystemExit("maturin build of ferroloop's Python face failed")
+    r = sh([VPY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall", "--no-deps",
+            built[-1]])
+    if r.returncode != 0:
+        raise SystemExit("pip install of the ferroloop wheel failed")
+    return info
+
+
+def py_available() -> dict[str, str | None]:
+    """For each Python loop: None when importable, else the reason."""
+    out: dict[str, str | None] = {}
+    for lp in PY_LOOPS:
+        if lp == "asyncio":
+            out[lp] = None
+            continue
+        r = subprocess.run([str(VPY), "-c", f"import {lp}"], capture_output=True, text=True)
+        out[lp] = None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["import failed"])[-1]
+    return out
+
+
+def versions() -> dict:
+    def cmd(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return ""
+
+    v = {
+        "rustc": cmd(["rustc", "--version"]),
+        "python": cmd([str(VPY), "-c", "import sys; print(sys.version.split()[0])"]) if VPY.exists() else "",
+    }
+    if VPY.exists():
+        code = ("import importlib.metadata as m\n"
+                "for p in ('uvloop','rloop','ferroloop','matplotlib'):\n"
+                "    try: print(p, m.version(p))\n"
+                "    except Exception: print(p, '-')\n")
+        for line in cmd([str(VPY), "-c", code]).splitlines():
+            k, _, val = line.partition(" ")
+            v[k] = val
+    tokio = re.search(r'name = "tokio"\nversion = "([^"]+)"', (ROOT / "Cargo.lock").read_text())
+    mio = re.search(r'name = "mio"\nversion = "([^"]+)"', (ROOT / "Cargo.lock").read_text())
+    v["tokio"] = tokio.group(1) if tokio else ""
+    v["mio"] = mio.group(1) if mio else ""
+    return v
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+        "loadavg_start": os.getloadavg(),
+        "git": git + ("-dirty" if dirty else ""),
+    }
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def run_loadgen(server: Server, args: list[str], timeout: float = 180.0) -> dict:
+    """One load-generator run against `server`; returns its JSON plus machine-load figures."""
+    cmd = ["taskset", "-c", LOADGEN_CPU, str(LOADGEN)] + server.endpoint_args() + args
+    cmd += ["--server-pid", str(server.pid), "--timeout", str(int(timeout - 10))]
+    s0, c0, t0 = proc_stat_cpu(), children_cpu_us(), time.monotonic()
+    try:
+        srv0 = proc_cpu_us(server.pid)
+    except OSError:
+        srv0 = None
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"loadgen timed out after {timeout:.0f} s"}
+    wall = time.monotonic() - t0
+    s1, c1 = proc_stat_cpu(), children_cpu_us()
+    try:
+        srv1 = proc_cpu_us(server.pid)
+    except OSError:
+        srv1 = None
+    try:
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        res = {"ok": False, "error": f"loadgen exit {p.returncode}: {p.stderr.strip()[-300:]}"}
+    if p.returncode != 0 and res.get("ok"):
+        res = {"ok": False, "error": f"loadgen exit {p.returncode}"}
+    # CPU used on this machine by anything but the server and the load generator, during the run.
+    if srv0 is not None and srv1 is not None:
+        foreign = (s1["busy"] - s0["busy"]) - (srv1 - srv0) - (c1 - c0)
+        res["foreign_cpu_share"] = round(max(0.0, foreign) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
+        res["steal_share"] = round((s1["steal"] - s0["steal"]) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
+    if not res.get("ok"):
+        res["server_alive"] = server.alive()
+        if not server.alive():
+            res["server_log_tail"] = server.log_tail()
+    return res
+
+
+def med(values):
+    vals = [v for v in values if isinstance(v, (int, float)) and v == v]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    ok = [r for r in runs if r.get("ok")]
+    s: dict = {"n": len(runs), "n_ok": len(ok), "errors": sorted({r.get("error", "?") for r in runs if not r.get("ok")})}
+    if not ok:
+        return s
+    for k in ("server_cpu_us_per_msg", "server_sched_us_per_msg", "msgs_per_s", "mb_per_s", "lat_p50_us",
+              "lat_p99_us", "server_util", "client_util", "foreign_cpu_share", "steal_share", "rss_per_conn_bytes",
+              "elapsed_s"):
+        s[k] = med(r.get(k) for r in ok)
+    s["server_user_us_per_msg"] = med(
+        r["server_user_us"] / r["messages"] for r in ok if r.get("server_user_us") is not None and r.get("messages"))
+    s["server_cpu_s_per_gib"] = med(
+        r["server_cpu_us"] / 1e6 / (r["bytes"] / (1024 * MIB)) for r in ok
+        if r.get("server_cpu_us") is not None and r.get("bytes"))
+    return s
+
+
+class Bench:
+    def __init__(self, cfg: Config, out: dict, unavailable_loops: dict[str, str]):
+        self.cfg = cfg
+        self.out = out
+        self.pool: dict[tuple[str, str], Server] = {}
+        self.unavailable = unavailable_loops
+        self.unsupported: dict[str, str] = out.setdefault("unsupported", {})
+        self.done = 0
+        self.total = 0
+
+    def specs(self) -> list[Spec]:
+        specs = [s for s in ALL_SPECS if s.face == "rust" or s.impl not in self.unavailable]
+        if self.cfg.only:
+            specs = [s for s in specs if re.search(self.cfg.only, s.key)]
+        return specs
+
+    def server(self, spec: Spec, transport: str) -> Server | None:
+        k = (spec.key, transport)
+        unsup_key = f"{spec.key} {transport}"
+        if unsup_key in self.unsupported:
+            return None
+        srv = self.pool.get(k)
+        if srv is not None and srv.alive():
+            return srv
+        if srv is not None:
+            srv.stop()
+        try:
+            srv = Server(spec, transport, self.cfg.py_gc)
+        except Unsupported as e:
+            self.unsupported[unsup_key] = str(e)
+            log(f"  {spec.key} {transport}: unsupported: {e}")
+            return None
+        except ServerError as e:
+            self.unsupported[unsup_key] = f"failed to start: {e}"
+            log(f"  {spec.key} {transport}: {e}")
+            return None
+        self.pool[k] = srv
+        return srv
+
+    def stop_pool(self, transport: str | None = None) -> None:
+        for k in list(self.pool):
+            if transport is None or k[1] == transport:
+                self.pool.pop(k).stop()
+
+    def run_cells(self, cells: list[Cell]) -> None:
+        specs = self.specs()
+        measured = [c for c in cells if c.kind != "idle"]
+        self.total = sum(c.runs for c in measured) * len(specs) + sum(len(specs) for c in cells if c.kind == "idle")
+        results = self.out.setdefault("cells", {})
+        for cell in cells:
+            log(f"== {cell.label} ({cell.kind}, {cell.transport}, {cell.runs} run(s) per server)")
+            cres = results.setdefault(cell.id, {"cell": cell.__dict__, "servers": {}})
+            if cell.kind == "idle":
+                self.run_idle(cell, specs, cres)
+                continue
+            for rnd in range(cell.runs):
+                order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
+                for spec in order:
+                    self.done += 1
+                    entry = cres["servers"].setdefault(spec.key, {"runs": []})
+                    srv = self.server(spec, cell.transport)
+                    if srv is None:
+                        entry["unsupported"] = self.unsupported.get(f"{spec.key} {cell.transport}")
+                        continue
+                    r = run_loadgen(srv, cell.loadgen_args(self.cfg))
+                    entry["runs"].append(r)
+                    self.progress(spec, cell, r)
+            for key, entry in cres["servers"].items():
+                entry["summary"] = summarize(entry["runs"])
+            if cell.transport == "unix":
+                self.stop_pool("unix")
+
+    def run_idle(self, cell: Cell, specs: list[Spec], cres: dict) -> None:
+        for spec in specs:
+            self.done += 1
+            entry = cres["servers"].setdefault(spec.key, {"runs": []})
+            try:
+                srv = Server(spec, cell.transport, self.cfg.py_gc)
+            except (Unsupported, ServerError) as e:
+                entry["unsupported"] = str(e)
+                continue
+            try:
+                time.sleep(0.2)
+                r = run_loadgen(srv, cell.loadgen_args(self.cfg), timeout=120)
+            finally:
+                srv.stop()
+            entry["runs"].append(r)
+            entry["summary"] = summarize(entry["runs"])
+            self.progress(spec, cell, r)
+
+    def progress(self, spec: Spec, cell: Cell, r: dict) -> None:
+        head = f"  [{self.done:3d}/{self.total}] {spec.key:26s}"
+        if not r.get("ok"):
+            log(f"{head} FAILED: {r.get('error')}")
+        elif cell.kind == "idle":
+            log(f"{head} {r.get('rss_per_conn_bytes')} B RSS/conn")
+        elif cell.kind == "bulk":
+            log(f"{head} {r.get('mb_per_s')} MB/s, server CPU {r.get('server_cpu_us', 0) / 1e6:.2f} s")
+        else:
+            log(f"{head} {r.get('server_cpu_us_per_msg')} us/msg, {r.get('msgs_per_s'):.0f} msg/s, "
+                f"p99 {r.get('lat_p99_us')} us, server util {r.get('server_util')}, other load {r.get('foreign_cpu_share')}")
+
+
+# ---------------------------------------------------------------------------- callgrind
+
+
+CALLGRIND_MESSAGES = (2000, 12000)
+
+
+def callgrind_total(path: Path) -> int | None:
+    try:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def run_callgrind(bench: Bench, specs: list[Spec]) -> dict:
+    """Instructions per message (user space) by difference of two runs of different lengths."""
+    if not shutil.which("valgrind"):
+        return {"available": False, "reason": "valgrind not installed"}
+    out: dict = {"available": True, "messages": list(CALLGRIND_MESSAGES), "conns": 1, "size": 100, "servers": {}}
+    cgdir = WORK / "callgrind"
+    shutil.rmtree(cgdir, ignore_errors=True)
+    cgdir.mkdir(parents=True)
+    for spec in specs:
+        totals = []
+        err = None
+        for m in CALLGRIND_MESSAGES:
+            f = cgdir / (re.sub(r"[^a-z0-9]+", "-", spec.key) + f"-{m}.out")
+            wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={f}"]
+            try:
+                srv = Server(spec, "tcp", bench.cfg.py_gc, wrap=wrap, ready_timeout=180)
+            except (Unsupported, ServerError) as e:
+                err = str(e)
+                break
+            try:
+                r = run_loadgen(srv, ["--conns", "1", "--size", "100", "--messages", str(m), "--warmup", "0"],
+                                timeout=600)
+            finally:
+                srv.stop(timeout=120)
+            if not r.get("ok"):
+                err = r.get("error")
+                break
+            totals.append(callgrind_total(f))
+        if err or len(totals) != 2 or None in totals:
+            out["servers"][spec.key] = {"error": err or "no callgrind totals"}
+            log(f"  callgrind {spec.key}: {err or 'no totals'}")
+            continue
+        per = (totals[1] - totals[0]) / (CALLGRIND_MESSAGES[1] - CALLGRIND_MESSAGES[0])
+        out["servers"][spec.key] = {"totals": totals, "instructions_per_msg": round(per)}
+        log(f"  callgrind {spec.key}: {per:,.0f} instructions/msg")
+    return out
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and v >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def cell_value(out: dict, cell_id: str, key: str, field_: str = "server_cpu_us_per_msg"):
+    e = out["cells"].get(cell_id, {}).get("servers", {}).get(key)
+    if not e:
+        return None
+    return (e.get("summary") or {}).get(field_)
+
+
+def cell_note(out: dict, cell_id: str, key: str) -> str:
+    e = out["cells"].get(cell_id, {}).get("servers", {}).get(key)
+    if e is None:
+        return "n/a"
+    if e.get("unsupported"):
+        return "unsupported"
+    s = e.get("summary") or {}
+    if not s.get("n_ok"):
+        return "FAIL"
+    if s["n_ok"] < s["n"]:
+        return f"{s['n'] - s['n_ok']}/{s['n']} failed"
+    return ""
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def compute_ratios(out: dict) -> dict:
+    """Ratios of server CPU per message within this run."""
+    ratios: dict = {}
+    for cid, c in out["cells"].items():
+        if c["cell"]["kind"] != "pingpong":
+            continue
+        rc = ratios.setdefault(cid, {})
+        for spec in ALL_SPECS:
+            v = cell_value(out, cid, spec.key)
+            if v is None:
+                continue
+            if spec.face == "python":
+                base = cell_value(out, cid, f"py:uvloop/{spec.mode}")
+                rc[spec.key] = {"vs_uvloop": ratio(v, base)}
+            else:
+                rc[spec.key] = {"vs_tokio": ratio(v, cell_value(out, cid, "rs:tokio")),
+                                "vs_mio": ratio(v, cell_value(out, cid, "rs:mio"))}
+    return ratios
+
+
+def markdown(out: dict) -> str:
+    cells = [c for c in out["cells"].values()]
+    pcells = [c for c in cells if c["cell"]["kind"] == "pingpong"]
+    bulk = [c for c in cells if c["cell"]["kind"] == "bulk"]
+    idle = [c for c in cells if c["cell"]["kind"] == "idle"]
+    present = [s for s in ALL_SPECS if any(s.key in c["servers"] for c in cells)]
+    m = out["machine"]
+    L = []
+    L.append(f"Run {out['started']} ({'QUICK subset' if out['config']['quick'] else 'full matrix'}, "
+             f"{out['config']['runs']} runs per cell, median; window {out['config']['duration']} s after "
+             f"{out['config']['warmup']} s warm-up), ferroloop {m['git']}.")
+    L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
+             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}. "
+             f"Server on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU}.")
+    v = out.get("versions", {})
+    L.append(f"Versions: {v.get('rustc', '')}; tokio {v.get('tokio')}, mio {v.get('mio')}; Python {v.get('python')}, "
+             f"uvloop {v.get('uvloop')}, rloop {v.get('rloop')}.")
+    if out.get("config", {}).get("py_gc") != "on":
+        L.append(f"**Python servers ran with the cyclic GC {out['config']['py_gc']} (diagnostic run).**")
+    for k, why in out.get("unavailable", {}).items():
+        L.append(f"Unavailable: {k}: {why}.")
+    L.append("")
+
+    def table(title, specs, note_fn):
+        L.append(f"### {title}")
+        L.append("")
+        L.append("| server | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
+        L.append("|---|" + "---|" * len(pcells))
+        for s in specs:
+            row = []
+            for c in pcells:
+                v = cell_value(out, c["cell"]["id"], s.key)
+                note = cell_note(out, c["cell"]["id"], s.key)
+                txt = fmt(v, 2) if v is not None else (note or "—")
+                extra = note_fn(c["cell"]["id"], s) if v is not None else ""
+                if v is not None and note:
+                    extra += f" ({note})"
+                row.append(txt + extra)
+            L.append(f"| {s.key} | " + " | ".join(row) + " |")
+        L.append("")
+
+    rat = out.get("ratios", {})
+
+    def py_note(cid, s):
+        r = rat.get(cid, {}).get(s.key, {}).get("vs_uvloop")
+        return f" ({r:.2f}×)" if r is not None and s.impl != "uvloop" else ""
+
+    def rs_note(cid, s):
+        r = rat.get(cid, {}).get(s.key, {})
+        if s.impl != "ferroloop" or r.get("vs_tokio") is None:
+            return ""
+        return f" ({r['vs_tokio']:.2f}× tokio, {r['vs_mio']:.2f}× mio)" if r.get("vs_mio") else f" ({r['vs_tokio']:.2f}× tokio)"
+
+    L.append("Server CPU time per message, µs (utime+stime of the server process / messages echoed; lower is "
+             "better). A message is one request of the given size echoed back; `x50` = 50 connections, each with "
+             "one message in flight.")
+    L.append("")
+    table("Python face (ratio against uvloop in the same mode)", [s for s in present if s.face == "python"], py_note)
+    table("Rust face (ratio against tokio current_thread and the raw mio loop)", [s for s in present if s.face == "rust"],
+          rs_note)
+
+    # Throughput and latency.
+    L.append("### Throughput and latency")
+    L.append("")
+    L.append("msg/s, and round-trip latency p50 / p99 in µs, medians of the runs. Throughput depends on the load "
+             "generator too (it has one core); CPU per message does not.")
+    L.append("")
+    L.append("| server | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
+    L.append("|---|" + "---|" * len(pcells))
+    for s in present:
+        row = []
+        for c in pcells:
+            cid = c["cell"]["id"]
+            r = cell_value(out, cid, s.key, "msgs_per_s")
+            if r is None:
+                row.append(cell_note(out, cid, s.key) or "—")
+                continue
+            row.append(f"{r / 1000:.1f}k · {fmt(cell_value(out, cid, s.key, 'lat_p50_us'), 0)}/"
+                       f"{fmt(cell_value(out, cid, s.key, 'lat_p99_us'), 0)}")
+        L.append(f"| {s.key} | " + " | ".join(row) + " |")
+    L.append("")
+    L.append("User-space share of the server's CPU time (utime / (utime+stime)), the part the event loop itself "
+             "controls; the rest is the kernel's TCP path:")
+    L.append("")
+    L.append("| server | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
+    L.append("|---|" + "---|" * len(pcells))
+    for s in present:
+        row = []
+        for c in pcells:
+            cid = c["cell"]["id"]
+            u, t = cell_value(out, cid, s.key, "server_user_us_per_msg"), cell_value(out, cid, s.key)
+            row.append(f"{100 * u / t:.0f}%" if u is not None and t else "—")
+        L.append(f"| {s.key} | " + " | ".join(row) + " |")
+    L.append("")
+
+    if bulk or idle:
+        cols = [c["cell"]["label"] + h for c in bulk for h in (" MB/s", " server CPU s/GiB")]
+        cols += [c["cell"]["label"] + " RSS/conn" for c in idle]
+        L.append("### Bulk transfer and idle connections")
+        L.append("")
+        L.append("Bulk: one connection streams the bytes through the echo server and back (1 MiB window), MB/s of "
+                 "echoed data; idle: growth of the server's RSS per connection (VmRSS, user-space memory only; kernel "
+                 "socket buffers are not in it), each server in a fresh process.")
+        L.append("")
+        L.append("| server | " + " | ".join(cols) + " |")
+        L.append("|---|" + "---|" * len(cols))
+        for s in present:
+            row = []
+            for c in bulk:
+                cid = c["cell"]["id"]
+                mb = cell_value(out, cid, s.key, "mb_per_s")
+                row.append(fmt(mb, 0) if mb is not None else (cell_note(out, cid, s.key) or "—"))
+                row.append(fmt(cell_value(out, cid, s.key, "server_cpu_s_per_gib"), 2))
+            for c in idle:
+                cid = c["cell"]["id"]
+                b = cell_value(out, cid, s.key, "rss_per_conn_bytes")
+                row.append(f"{b / 1024:.1f} KiB" if b is not None else (cell_note(out, cid, s.key) or "—"))
+            L.append(f"| {s.key} | " + " | ".join(row) + " |")
+        L.append("")
+
+    cg = out.get("callgrind")
+    if cg and cg.get("available") and cg.get("servers"):
+        L.append("### Instructions per message (callgrind)")
+        L.append("")
+        L.append(f"User-space instructions per message, 1 connection, 100 B ping-pong: the difference between a "
+                 f"{cg['messages'][1]:,}-message and a {cg['messages'][0]:,}-message run, divided by the difference "
+                 f"(start-up cancels out). Kernel work is not counted.")
+        L.append("")
+        L.append("| server | instructions/msg | ratio |")
+        L.append("|---|---|---|")
+        base_py = cg["servers"].get("py:uvloop/protocol", {}).get("instructions_per_msg")
+        base_rs = cg["servers"].get("rs:tokio", {}).get("instructions_per_msg")
+        for key, e in cg["servers"].items():
+            if "instructions_per_msg" not in e:
+                L.append(f"| {key} | {e.get('error', 'error')} | |")
+                continue
+            base = base_py if key.startswith("py:") else base_rs
+            rr = f"{e['instructions_per_msg'] / base:.2f}× {'uvloop' if key.startswith('py:') else 'tokio'}" if base else ""
+            L.append(f"| {key} | {e['instructions_per_msg']:,} | {rr} |")
+        L.append("")
+    elif cg and not cg.get("available"):
+        L.append(f"Instructions per message: not measured ({cg.get('reason')}).")
+        L.append("")
+
+    unsup = out.get("unsupported", {})
+    failures = []
+    for c in cells:
+        for key, e in c["servers"].items():
+            s = e.get("summary") or {}
+            if s.get("errors"):
+                failures.append(f"- {c['cell']['label']}, {key}: {s['n'] - s['n_ok']}/{s['n']} runs failed: "
+                                f"{'; '.join(s['errors'])[:300]}")
+    if unsup or failures:
+        L.append("### Not measured or failed")
+        L.append("")
+        for k, why in unsup.items():
+            L.append(f"- {k}: {why}")
+        L.extend(failures)
+        L.append("")
+    share = [r.get("foreign_cpu_share") for c in cells for e in c["servers"].values() for r in e["runs"]
+             if r.get("foreign_cpu_share") is not None]
+    if share:
+        L.append(f"Other load on the machine during the runs (CPU share of both cores used by neither the server nor "
+                 f"the load generator): median {100 * statistics.median(share):.1f}%, max {100 * max(share):.1f}%.")
+        L.append("")
+    return "\n".join(L)
+
+
+def update_docs(md: str, chart_rel: str) -> None:
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if not DOCS.exists():
+        log(f"{DOCS} does not exist: not updated")
+        return
+    text = DOCS.read_text()
+    if start not in text or end not in text:
+        log(f"{DOCS} has no results markers: not updated")
+        return
+    block = f"{start}\n\n{md}\n![Server CPU per message, throughput and memory]({chart_rel})\n\n{end}"
+    text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    DOCS.write_text(text)
+    log(f"updated {DOCS.relative_to(ROOT)}")
+
+
+# ---------------------------------------------------------------------------- smoke
+
+
+def smoke(args) -> int:
+    """Every server echoes byte-exact, over TCP and Unix sockets. No timing."""
+    setup()
+    avail = py_available()
+    workloads = [
+        ("1 B x4, 200 msgs", ["--conns", "4", "--size", "1", "--messages", "200", "--warmup", "0"]),
+        ("100 B x32, 3000 msgs", ["--conns", "32", "--size", "100", "--messages", "3000", "--warmup", "0"]),
+        ("64 KiB x3 depth 2, 60 msgs", ["--conns", "3", "--size", "65536", "--depth", "2", "--messages", "60",
+                                        "--warmup", "0"]),
+        ("stream 4 MiB x2", ["--conns", "2", "--size", "1000", "--bulk", str(4 * MIB)]),
+    ]
+    passed = failed = skipped = 0
+    for spec in ALL_SPECS:
+        if args.only and not re.search(args.only, spec.key):
+            continue
+        if spec.face == "python" and avail.get(spec.impl):
+            log(f"SKIP {spec.key}: {avail[spec.impl]}")
+            skipped += 1
+            continue
+        for transport in ("tcp", "unix"):
+            try:
+                srv = Server(spec, transport, args.py_gc)
+            except Unsupported as e:
+                log(f"SKIP {spec.key} {transport}: {e}")
+                skipped += 1
+                continue
+            except ServerError as e:
+                log(f"FAIL {spec.key} {transport}: {e}")
+                failed += 1
+                continue
+            try:
+                for name, wl in workloads:
+                    r = run_loadgen(srv, wl, timeout=60)
+                    if r.get("ok"):
+                        passed += 1
+                        log(f"ok   {spec.key} {transport} {name}")
+                    else:
+                        failed += 1
+                        log(f"FAIL {spec.key} {transport} {name}: {r.get('error')}")
+                        if not srv.alive():
+                            srv.stop()
+                            srv = Server(spec, transport, args.py_gc)
+            finally:
+                rc = srv.stop()
+            if rc not in (0, None):
+                failed += 1
+                log(f"FAIL {spec.key} {transport}: exit status {rc} after SIGTERM; log: {srv.log_tail(300)}")
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="ferroloop benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
+                    help="the QUICK subset (also QUICK=1 in the environment)")
+    ap.add_argument("--smoke", action="store_true", help="correctness only: every server echoes byte-exact")
+    ap.add_argument("--runs", type=int, help="runs per cell (default 3)")
+    ap.add_argument("--duration", type=float, help="measured window per run, s (default 1.0; quick 0.5)")
+    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.3; quick 0.15)")
+    ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
+    ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
+    ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
+    ap.add_argument("--callgrind", choices=["auto", "on", "off"], default="auto",
+                    help="instructions per message under callgrind (auto: full runs only)")
+    ap.add_argument("--py-gc", choices=["on", "off"], default="on",
+                    help="off: Python servers run with gc.disable() (a diagnostic, not the default)")
+    ap.add_argument("--docs", choices=["auto", "on", "off"], default="auto",
+                    help="update docs/benchmarks.md's results section (auto: full runs only)")
+    args = ap.parse_args()
+
+    if args.smoke:
+        return smoke(args)
+
+    quick = args.quick
+    cfg = Config(
+        quick=quick,
+        duration=args.duration or (0.5 if quick else 1.0),
+        warmup=args.warmup if args.warmup is not None else (0.15 if quick else 0.3),
+        runs=args.runs or 3,
+        py_gc=args.py_gc,
+        callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick),
+        only=args.only,
+        cells_filter=args.cells,
+    )
+    if (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 CPUs: the server and the load generator share a core")
+    t_start = time.monotonic()
+    started = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    out: dict = {"started": started.isoformat().replace("+00:00", "Z"), "config": cfg.__dict__, "machine": machine()}
+    if not args.no_setup:
+        setup()
+    avail = py_available()
+    out["unavailable"] = {f"py:{k}": v for k, v in avail.items() if v}
+    out["versions"] = versions()
+    bench = Bench(cfg, out, {k: v for k, v in avail.items() if v})
+
+    cells = matrix(quick, cfg.runs)
+    if cfg.cells_filter:
+        cells = [c for c in cells if re.search(cfg.cells_filter, c.id)]
+    try:
+        bench.run_cells(cells)
+    finally:
+        bench.stop_pool()
+    if cfg.callgrind:
+        log("== callgrind: instructions per message")
+        keys = {"rs:ferroloop/protocol", "rs:ferroloop/buffered", "rs:tokio", "rs:mio", "py:ferroloop/protocol",
+                "py:uvloop/protocol", "py:asyncio/protocol", "py:rloop/protocol"}
+        out["callgrind"] = run_callgrind(bench, [s for s in bench.specs() if s.key in keys])
+    out["ratios"] = compute_ratios(out)
+    out["elapsed_s"] = round(time.monotonic() - t_start, 1)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if quick else "")
+    jpath = RESULTS / f"{stamp}.json"
+    jpath.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    md = markdown(out)
+    (RESULTS / "latest.md").write_text(f"# Benchmark results\n\nFrom `{jpath.name}`.\n\n{md}\n")
+    chart = RESULTS / "latest.png"
+    r = subprocess.run([str(VPY), str(BENCH / "chart.py"), str(jpath), str(chart)], cwd=ROOT)
+    if r.returncode != 0:
+        log("chart: failed (see above)")
+    if args.docs == "on" or (args.docs == "auto" and not quick):
+        update_docs(f"Results file: `bench/results/{jpath.name}`.\n\n{md}", "../bench/results/latest.png")
+    log(f"wrote {jpath.relative_to(ROOT)}, bench/results/latest.md, bench/results/latest.png "
+        f"({out['elapsed_s']:.0f} s)")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+//! Shared bits of the benchmark binaries: a tiny `--key value` argument
+//! parser, the listen-address convention every echo server follows, and the
+//! few OS helpers (file-descriptor limit, reading another process's CPU time
+//! and RSS from `/proc`).
+//!
+//! Every echo server (Rust or Python) takes `--tcp HOST:PORT` (port 0 picks a
+//! free port) or `--unix PATH`, and prints one line `LISTENING tcp:HOST:PORT`
+//! or `LISTENING unix:PATH` on stdout once it accepts connections. It exits
+//! cleanly (status 0) on SIGTERM or SIGINT, so that tools such as callgrind
+//! can write their results.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+
+/// `--key value` and `--flag` arguments.
+pub struct Args {
+    values: HashMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    /// Parse `std::env::args()`. `flags` lists the options that take no value.
+    pub fn parse(flags: &[&str]) -> Args {
+        let mut values = HashMap::new();
+        let mut seen_flags = Vec::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let Some(key) = a.strip_prefix("--") else {
+                die(&format!("unexpected argument {a:?}"));
+            };
+            if let Some((k, v)) = key.split_once('=') {
+                values.insert(k.to_string(), v.to_string());
+            } else if flags.contains(&key) {
+                seen_flags.push(key.to_string());
+            } else {
+                let v = it.next().unwrap_or_else(|| die(&format!("--{key} needs a value")));
+                values.insert(key.to_string(), v);
+            }
+        }
+        Args { values, flags: seen_flags }
+    }
+
+    /// The value of `--key`, if given.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The value of `--key` parsed as `T`, or `default`.
+    pub fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+        match self.get(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| die(&format!("--{key}: cannot parse {v:?}"))),
+        }
+    }
+
+    /// Whether `--flag` was given.
+    pub fn flag(&self, key: &str) -> bool {
+        self.flags.iter().any(|f| f == key)
+    }
+}
+
+/// Print `msg` and exit with status 2.
+pub fn die(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
+}
+
+/// Where a server listens or a client connects.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// A TCP address (`host:port`).
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket path.
+    Unix(String),
+}
+
+impl Endpoint {
+    /// From `--tcp HOST:PORT` or `--unix PATH`; `default_tcp` when neither is given.
+    pub fn from_args(args: &Args, default_tcp: &str) -> Endpoint {
+        if let Some(p) = args.get("unix") {
+            return Endpoint::Unix(p.to_string());
+        }
+        let s = args.get("tcp").unwrap_or(default_tcp);
+        Endpoint::Tcp(s.parse().unwrap_or_else(|_| die(&format!("--tcp: not an address: {s:?}"))))
+    }
+}
+
+/// Announce the listening address on stdout (the driver waits for this line).
+pub fn announce(ep: &Endpoint) {
+    let line = match ep {
+        Endpoint::Tcp(a) => format!("LISTENING tcp:{a}"),
+        Endpoint::Unix(p) => format!("LISTENING unix:{p}"),
+    };
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Remove a stale Unix socket file before binding.
+pub fn unlink_stale(path: &str) {
+    let _ = fs::remove_file(path);
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (10,000 connections need it).
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+            return rl.rlim_cur as u64;
+        }
+    }
+    0
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` times.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// CPU time of a process, all threads: utime+stime from `/proc/<pid>/stat`
+/// (clock ticks, converted to microseconds), and the sum over its threads of
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU, a finer cross-check).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSample {
+    /// utime+stime in microseconds (resolution one clock tick, usually 10 ms).
+    pub stat_us: f64,
+    /// utime alone (user space), microseconds.
+    pub user_us: f64,
+    /// Time on CPU from schedstat, microseconds (0 when unavailable).
+    pub sched_us: f64,
+}
+
+/// Read the CPU time of `pid`.
+pub fn cpu_sample(pid: u32) -> io::Result<CpuSample> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let tick_us = 1e6 / clock_ticks() as f64;
+    let stat_us = (utime + stime) as f64 * tick_us;
+    let user_us = utime as f64 * tick_us;
+    let mut sched_ns = 0u64;
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in dir.flatten() {
+            if let Ok(s) = fs::read_to_string(e.path().join("schedstat")) {
+                sched_ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    Ok(CpuSample { stat_us, user_us, sched_us: sched_ns as f64 / 1e3 })
+}
+
+/// Resident set size of `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in s.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            return Ok(v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
+        }
+    }
+    Ok(0)
+}
+
+/// Block SIGTERM and SIGINT in this thread and return a non-blocking
+/// signalfd that becomes readable when one arrives (for the raw mio loop).
+pub fn termination_signalfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the sigset is initialised by sigemptyset before use; signalfd
+    // returns a new descriptor that we own (checked for -1).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
