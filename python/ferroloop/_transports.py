@@ -73,6 +73,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         d = self.__dict__
         for name in _BOUND:
             d[name] = getattr(core, name)
+        d["_force_close"] = core.force_close
         loop._transports[self._sock_fd] = self
         if server is not None:
             if _SERVER_ATTACH_TAKES_TRANSPORT:

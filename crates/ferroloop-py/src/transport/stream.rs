@@ -432,6 +432,17 @@ impl StreamCore {
         Ok(self.t()?.is_reading())
     }
 
+    /// asyncio's `_force_close(exc)`: close at once; the protocol receives
+    /// `connection_lost(exc)` (used by asyncio's own SSLProtocol).
+    fn force_close(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let t = self.t()?;
+        match exc {
+            Some(e) if !e.is_none(py) => t.abort_with_error(external(PyErr::from_value(e.into_bound(py)))),
+            _ => t.abort(),
+        }
+        Ok(())
+    }
+
     fn get_write_buffer_size(&self) -> PyResult<usize> {
         Ok(self.t()?.get_write_buffer_size())
     }
@@ -467,11 +478,23 @@ impl StreamCore {
         Ok(self.t()?.socket_fd().unwrap_or(-1))
     }
 
+    /// While the connection is live, the engine's protocol adapter co-owns
+    /// the shared references: they are then not this object's to report,
+    /// or the GC would take a live transport for garbage. Once the adapter
+    /// is gone (after `connection_lost`), they are, so cycles through a
+    /// closed transport are collected.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.inner.get().1.traverse(&visit)
+        let shared = &self.inner.get().1;
+        if Rc::strong_count(shared) == 1 {
+            shared.traverse(&visit)?;
+        }
+        Ok(())
     }
 
     fn __clear__(&mut self) {
-        self.inner.get().1.clear()
+        let shared = &self.inner.get().1;
+        if Rc::strong_count(shared) == 1 {
+            shared.clear()
+        }
     }
 }
