@@ -63,6 +63,7 @@ class Loop(base_events.BaseEventLoop):
     def __init__(self):
         super().__init__()
         self._core = _ferroloop.LoopCore(self)
+        self._core.set_debug(self._debug)
         self._remote = self._core.remote()
         self._transports = weakref.WeakValueDictionary()
         self._readers = {}
@@ -124,8 +125,31 @@ class Loop(base_events.BaseEventLoop):
         handle = events.Handle(callback, args, self, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
-        self._remote.call_soon_threadsafe(handle)
+        # Engine calls are serialised by the GIL, so another thread may append
+        # to the ready queue directly: FIFO order with call_soon, as asyncio.
+        self._core.call_soon(handle)
+        self._remote.wake()
         return handle
+
+    def set_debug(self, enabled):
+        super().set_debug(enabled)
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core.set_debug(bool(enabled))
+
+    def _run_debug(self, handle):
+        """Run ``handle`` in debug mode: log it if slower than slow_callback_duration."""
+        self._current_handle = handle
+        try:
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                base_events.logger.warning(
+                    "Executing %s took %.3f seconds", base_events._format_handle(handle), dt
+                )
+        finally:
+            self._current_handle = None
 
     def _write_to_self(self):
         self._remote.wake()

@@ -42,7 +42,13 @@ pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
         Ok(false) => {}
         Err(e) => return lp.interrupt(external(e)),
     }
-    if let Err(e) = h.call_method0(intern!(py, "_run")) {
+    let r = if lp.get_debug() {
+        // Debug mode: the Python loop times the callback and logs slow ones.
+        h.getattr(intern!(py, "_loop")).and_then(|l| l.call_method1(intern!(py, "_run_debug"), (h,)))
+    } else {
+        h.call_method0(intern!(py, "_run"))
+    };
+    if let Err(e) = r {
         lp.interrupt(external(e));
     }
 }
@@ -130,6 +136,11 @@ impl LoopCore {
     /// Run one iteration.
     fn run_once(&self) -> PyResult<()> {
         self.engine()?.run_once().map_err(to_pyerr)
+    }
+
+    fn set_debug(&self, enabled: bool) -> PyResult<()> {
+        self.engine()?.set_debug(enabled);
+        Ok(())
     }
 
     fn stop(&self) -> PyResult<()> {
