@@ -29,7 +29,9 @@ crash (the process died in it, e.g. a segfault: the file restarts after it).
 
 Results go to python/conformance/results/{stock,ferroloop}.json (and a log
 per file and side). Exclusions (tests of selector-loop internals, which
-cannot apply to a loop that is not a selector loop) are in excluded.txt.
+cannot apply to a loop that is not a selector loop) are in excluded.txt;
+flaky.txt lists tests that run and count as usual but never enter the
+baseline (so that `make test` does not fail at random).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXCLUDED_PATH = os.path.join(HERE, "excluded.txt")
+FLAKY_PATH = os.path.join(HERE, "flaky.txt")  # run and reported, never put in the baseline
 BASELINE_PATH = os.path.join(HERE, "baseline.json")
 RESULTS_DIR = os.path.join(HERE, "results")
 PACKAGE = "test.test_asyncio."
@@ -734,12 +737,21 @@ def read_baseline():
         return json.load(f)
 
 
-def write_baseline(ferro):
-    passing = sorted(tid for res in ferro.values() for tid, t in res["tests"].items() if t["outcome"] == "pass")
+def write_baseline(ferro, names=None):
+    """baseline.json = the ferroloop passes of this run, minus flaky.txt.
+    With ``names`` (a partial run), the other files' entries are kept."""
+    flaky = load_patterns(FLAKY_PATH)
+    passing = {tid for res in ferro.values() for tid, t in res["tests"].items()
+               if t["outcome"] == "pass" and not match_patterns(tid, flaky)}
+    if names is not None:
+        try:
+            passing |= {t for t in read_baseline() if t.split(".", 1)[0] not in names}
+        except FileNotFoundError:
+            pass
     with open(BASELINE_PATH, "w", encoding="utf-8") as f:
-        json.dump(passing, f, indent=0)
+        json.dump(sorted(passing), f, indent=0)
         f.write("\n")
-    print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests")
+    print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests (flaky.txt left out)")
 
 
 def do_check(opts, specs):
@@ -866,21 +878,10 @@ def main(argv=None):
         for side, files in results.items():
             print_failures(side, files, verbose=opts.verbose)
     if opts.update_baseline:
-        if opts.files:
-            # Keep the other files' baseline entries.
-            names = {s.name for s in specs}
-            try:
-                old = [t for t in read_baseline() if t.split(".", 1)[0] not in names]
-            except FileNotFoundError:
-                old = []
-            passing = sorted(set(old) | {tid for res in results["ferroloop"].values()
-                                         for tid, t in res["tests"].items() if t["outcome"] == "pass"})
-            with open(BASELINE_PATH, "w", encoding="utf-8") as f:
-                json.dump(passing, f, indent=0)
-                f.write("\n")
-            print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests")
+        if only is not None:
+            print("--update-baseline ignored with --tests")
         else:
-            write_baseline(results["ferroloop"])
+            write_baseline(results["ferroloop"], names={s.name for s in specs} if opts.files else None)
     print(f"conformance: done in {time.monotonic() - t0:.0f} s")
     return 0
 
