@@ -517,6 +517,7 @@ impl EventLoop {
         let inner = &*self.inner;
         let timeout = if inner.stopping.get()
             || !inner.ready.borrow().is_empty()
+            || !inner.pending_events.borrow().is_empty()
             || inner.remote.notified.load(Ordering::Acquire)
         {
             Some(Duration::ZERO)
@@ -541,54 +542,12 @@ impl EventLoop {
             }
         }
 
-        // Copy the events out so that handlers may register and deregister freely.
-        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
-        {
-            let events = inner.events.borrow();
-            for ev in events.iter() {
-                pending.push((
-                    ev.token(),
-                    Readiness {
-                        readable: ev.is_readable(),
-                        writable: ev.is_writable(),
-                        error: ev.is_error(),
-                        read_closed: ev.is_read_closed(),
-                        write_closed: ev.is_write_closed(),
-                    },
-                ));
-            }
-        }
-        for (token, ready) in pending.drain(..) {
-            if token == WAKER_TOKEN {
-                continue;
-            }
-            let source = {
-                let key = token.0 & 0xffff_ffff;
-                let gen = (token.0 >> 32) as u32;
-                match inner.sources.borrow().get(key) {
-                    Some((g, s)) if *g == gen => Some(s.clone()),
-                    _ => None,
-                }
-            };
-            if let Some(source) = source {
-                source.on_ready(self, ready);
-            }
-        }
-        *inner.pending_events.borrow_mut() = pending;
-
+        // Callbacks queued from other threads join the ready queue now.
         self.drain_remote();
 
-        // Due timers, judged against one reading of the clock.
-        let end = self.time() + inner.clock_resolution;
-        loop {
-            let due = inner.timers.borrow_mut().pop_due(end);
-            match due {
-                Some(h) => inner.ready.borrow_mut().push_back(Ready::Handle(h)),
-                None => break,
-            }
-        }
-
-        // Run what is ready now; what these schedule waits for the next iteration.
+        // asyncio's order within an iteration: first the callbacks that were
+        // ready before the poll, then the I/O callbacks, then the due timers.
+        // What any of them schedules waits for the next iteration.
         let ntodo = inner.ready.borrow().len();
         for _ in 0..ntodo {
             if let Some(err) = inner.interrupt.borrow_mut().take() {
@@ -601,6 +560,67 @@ impl EventLoop {
                 }
                 Some(Ready::Task(f)) => {
                     self.guarded("Exception in callback", f);
+                }
+                None => break,
+            }
+        }
+
+        // Copy the events out so that handlers may register and deregister
+        // freely. Events left over by an interrupted iteration come first:
+        // readiness is edge-triggered, so none may be dropped.
+        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
+        {
+            let events = inner.events.borrow();
+            for ev in events.iter() {
+                if ev.token() == WAKER_TOKEN {
+                    continue;
+                }
+                pending.push((
+                    ev.token(),
+                    Readiness {
+                        readable: ev.is_readable(),
+                        writable: ev.is_writable(),
+                        error: ev.is_error(),
+                        read_closed: ev.is_read_closed(),
+                        write_closed: ev.is_write_closed(),
+                    },
+                ));
+            }
+            drop(events);
+            inner.events.borrow_mut().clear();
+        }
+        let mut dispatched = 0;
+        while dispatched < pending.len() {
+            if inner.interrupt.borrow().is_some() {
+                break;
+            }
+            let (token, ready) = pending[dispatched];
+            dispatched += 1;
+            let source = {
+                let key = token.0 & 0xffff_ffff;
+                let gen = (token.0 >> 32) as u32;
+                match inner.sources.borrow().get(key) {
+                    Some((g, s)) if *g == gen => Some(s.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(source) = source {
+                source.on_ready(self, ready);
+            }
+        }
+        pending.drain(..dispatched);
+        *inner.pending_events.borrow_mut() = pending;
+
+        // Due timers, judged against one reading of the clock.
+        let end = self.time() + inner.clock_resolution;
+        loop {
+            if let Some(err) = inner.interrupt.borrow_mut().take() {
+                return Err(err);
+            }
+            let due = inner.timers.borrow_mut().pop_due(end);
+            match due {
+                Some(h) => {
+                    self.guarded("Exception in callback", || h.run());
                 }
                 None => break,
             }

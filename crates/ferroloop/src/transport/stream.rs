@@ -91,13 +91,6 @@ impl Sock {
         }
     }
 
-    fn sock_ref(&self) -> socket2::SockRef<'_> {
-        match self {
-            Sock::Tcp(s) => socket2::SockRef::from(s),
-            Sock::Unix(s) => socket2::SockRef::from(s),
-        }
-    }
-
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -342,7 +335,7 @@ impl Transport {
             }
             st.read_paused = false;
         }
-        self.inner.schedule_read();
+        self.inner.rearm();
     }
 
     /// True unless reading is paused or the transport is closing.
@@ -489,8 +482,10 @@ impl StreamInner {
         if let Some(cb) = on_made {
             cb(if ok { Ok(self.transport()) } else { Err(Error::state("connection_made() failed")) });
         }
-        // asyncio starts reading in the iteration after connection_made.
-        self.schedule_read();
+        // Start reading: readiness seen before connection_made was ignored,
+        // so re-arm the registration; the next poll reports what is waiting
+        // (asyncio adds its reader right after connection_made, too).
+        self.rearm();
     }
 
     pub(crate) fn schedule_read(self: &Rc<Self>) {
@@ -504,7 +499,7 @@ impl StreamInner {
         let me = self.clone();
         self.lp.schedule(Box::new(move || {
             me.st.borrow_mut().read_scheduled = false;
-            me.do_read(true);
+            me.do_read();
         }));
     }
 
@@ -513,14 +508,18 @@ impl StreamInner {
         st.started && !st.closing && !st.read_paused && !st.read_eof
     }
 
-    /// Read and deliver until drained. `speculative`: no readiness event
-    /// says data is waiting (start of reading, `resume_reading`); peek first
-    /// so that a buffered protocol's `get_buffer` is only called when there
-    /// is something to read, as in asyncio.
-    fn do_read(self: &Rc<Self>, speculative: bool) {
-        if speculative && self.can_read() && !self.st.borrow().read_hup && !self.sock_has_input() {
-            return;
+    /// Ask the poll to report the socket's current readiness again
+    /// (`EPOLL_CTL_MOD` re-arms an edge-triggered registration).
+    fn rearm(self: &Rc<Self>) {
+        let mut sock = self.sock.borrow_mut();
+        if let Some(s) = sock.as_mut() {
+            // Fails only once the socket is being closed; nothing to re-arm then.
+            let _ = self.lp.reregister(s.source(), self.token.get(), Interest::READABLE | Interest::WRITABLE);
         }
+    }
+
+    /// Read and deliver until drained (or the per-event budget is used).
+    fn do_read(self: &Rc<Self>) {
         for _ in 0..READS_PER_EVENT {
             if !self.can_read() {
                 return;
@@ -591,17 +590,6 @@ impl StreamInner {
                 self.lp.put_read_buf(buf);
                 outcome
             }
-        }
-    }
-
-    /// Whether a read would return data, EOF or an error (not `WouldBlock`).
-    fn sock_has_input(&self) -> bool {
-        let sock = self.sock.borrow();
-        let Some(s) = sock.as_ref() else { return false };
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match s.sock_ref().peek(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            _ => true,
         }
     }
 
@@ -987,7 +975,7 @@ impl IoSource for StreamInner {
             self.st.borrow_mut().read_hup = true;
         }
         if ready.readable || ready.read_closed || ready.error {
-            self.do_read(false);
+            self.do_read();
         }
         if ready.writable || ready.write_closed || ready.error {
             self.do_write();
