@@ -40,5 +40,7 @@ def install() -> None:
 
 def run(main, *, loop_factory=new_event_loop, debug=None, **run_kwargs):
     """Run the coroutine ``main`` on a new ferroloop loop (as ``asyncio.run``)."""
+    if __asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     with __asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
         return runner.run(main)

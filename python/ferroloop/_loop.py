@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import io
+import os
 import signal
 import socket
 import sys
@@ -24,7 +26,7 @@ import time
 import warnings
 import weakref
 
-from asyncio import base_events, constants, coroutines, events, sslproto, trsock
+from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock
 
 from . import _ferroloop
 from ._transports import StreamTransport
@@ -395,6 +397,72 @@ class Loop(base_events.BaseEventLoop):
             fut.set_result((conn, address))
 
         return await self._wait_io(sock, False, attempt)
+
+    # ----- sendfile -------------------------------------------------------------
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        """``os.sendfile`` from ``file`` to ``sock``, waiting for writability
+        between chunks (zero-copy; BaseEventLoop.sock_sendfile falls back to
+        read+send when this raises SendfileNotAvailableError)."""
+        try:
+            os.sendfile
+        except AttributeError:
+            raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # empty file
+        fd = sock.fileno()
+        state = {"offset": offset, "total": 0}
+
+        def attempt(fut):
+            while True:
+                remaining = (count - state["total"]) if count else blocksize
+                if remaining <= 0:
+                    break
+                try:
+                    sent = os.sendfile(fd, fileno, state["offset"], remaining)
+                except (BlockingIOError, InterruptedError):
+                    raise
+                except OSError as exc:
+                    if state["total"] == 0 and exc.errno in (errno.ENOTSOCK, errno.ENOTCONN, errno.EINVAL) and not isinstance(exc, ConnectionError):
+                        raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
+                    raise
+                if sent == 0:
+                    break  # EOF
+                state["offset"] += sent
+                state["total"] += sent
+            if state["total"] > 0:
+                file.seek(offset + state["total"])
+            fut.set_result(state["total"])
+
+        try:
+            return await self._wait_io(sock, True, attempt)
+        except BaseException:
+            if state["total"] > 0:
+                file.seek(offset + state["total"])
+            raise
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # The transport hands its socket to os.sendfile once its buffer is empty.
+        self._transports.pop(transp._sock_fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[transp._sock_fd] = transp
 
     # ----- transports ---------------------------------------------------------
 

@@ -44,7 +44,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
 
     # BaseEventLoop.start_tls() and sendfile() look for these.
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
@@ -93,6 +93,31 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             else:
                 server._detach()
 
+    _empty_waiter = None
+
+    def _make_empty_waiter(self):
+        """A future done once the write buffer is empty; write() is refused
+        until ``_reset_empty_waiter`` (asyncio's sendfile protocol)."""
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        waiter = self._empty_waiter = self._loop.create_future()
+        self._core.set_write_blocked(True)
+
+        def drained(exc, waiter=waiter):
+            if waiter.done():
+                return
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+        self._core.wait_drained(drained)
+        return waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+        self._core.set_write_blocked(False)
+
     @property
     def _protocol_paused(self):
         return self._core.is_writing_paused()
@@ -121,4 +146,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         core = self.__dict__.get("_core")
         if core is not None and core.fileno() != -1 and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.abort()
+            core.close_socket()
+            sock = self.__dict__.get("_sock")
+            if sock is not None:
+                sock.close()

@@ -91,6 +91,18 @@ impl LoopCore {
                 }
             })
         })));
+        // Warnings go to asyncio's logger, as asyncio logs them.
+        lp.set_warning_handler(Some(Rc::new(|msg: &str| {
+            Python::attach(|py| {
+                let r = py
+                    .import(intern!(py, "asyncio.log"))
+                    .and_then(|m| m.getattr(intern!(py, "logger")))
+                    .and_then(|l| l.call_method1(intern!(py, "warning"), (msg,)));
+                if let Err(e) = r {
+                    e.write_unraisable(py, None);
+                }
+            })
+        })));
         Ok(LoopCore { lp: GilBound::new(lp) })
     }
 

@@ -54,7 +54,15 @@ pub(crate) struct Readiness {
 /// Something registered in the poll that reacts to readiness.
 pub(crate) trait IoSource {
     fn on_ready(self: Rc<Self>, lp: &EventLoop, ready: Readiness);
+
+    /// The loop is closing: drop references that would keep user objects
+    /// alive (a transport its protocol). Sockets stay open; their owners
+    /// close them.
+    fn on_loop_close(&self) {}
 }
+
+/// Signature of a warning handler (see [`EventLoop::set_warning_handler`]).
+pub type WarningHandler = Rc<dyn Fn(&str)>;
 
 /// What an exception handler receives.
 #[derive(Debug)]
@@ -233,6 +241,7 @@ pub(crate) struct LoopInner {
     resolutions: RefCell<Slab<LoopFuture<Vec<std::net::SocketAddr>>>>,
     signals: RefCell<Option<Rc<crate::signal::Signals>>>,
     interrupt: RefCell<Option<Error>>,
+    warning_handler: RefCell<Option<WarningHandler>>,
 }
 
 impl LoopInner {
@@ -317,6 +326,7 @@ impl EventLoop {
                 resolutions: RefCell::new(Slab::new()),
                 signals: RefCell::new(None),
                 interrupt: RefCell::new(None),
+                warning_handler: RefCell::new(None),
             }),
         })
     }
@@ -444,6 +454,26 @@ impl EventLoop {
         match &ctx.error {
             Some(e) => eprintln!("ferroloop: {}: {}", ctx.message, e),
             None => eprintln!("ferroloop: {}", ctx.message),
+        }
+    }
+
+    /// Install (or with `None`, remove) the handler of warnings: conditions
+    /// asyncio logs at WARNING level without an exception (for example
+    /// repeated writes to a lost connection). The default prints to stderr.
+    pub fn set_warning_handler(&self, handler: Option<WarningHandler>) {
+        *self.inner.warning_handler.borrow_mut() = handler;
+    }
+
+    /// Report a warning to the warning handler.
+    pub fn warn(&self, message: &str) {
+        let handler = self.inner.warning_handler.borrow().clone();
+        match handler {
+            Some(h) => {
+                if catch_unwind(AssertUnwindSafe(|| h(message))).is_err() {
+                    eprintln!("ferroloop: {message}");
+                }
+            }
+            None => eprintln!("ferroloop: {message}"),
         }
     }
 
@@ -671,6 +701,9 @@ impl EventLoop {
         let ready = std::mem::take(&mut *self.inner.ready.borrow_mut());
         let timers = self.inner.timers.borrow_mut().clear();
         let sources = std::mem::take(&mut *self.inner.sources.borrow_mut());
+        for (_, (_, source)) in sources.iter() {
+            source.on_loop_close();
+        }
         let watches = std::mem::take(&mut *self.inner.watches.borrow_mut());
         let remote = std::mem::take(&mut *self.inner.remote.queue.lock().unwrap_or_else(|p| p.into_inner()));
         let resolutions = std::mem::take(&mut *self.inner.resolutions.borrow_mut());
@@ -680,6 +713,7 @@ impl EventLoop {
         drop((ready, timers, sources, watches, remote, resolutions));
         *self.inner.exception_handler.borrow_mut() = None;
         *self.inner.blocker.borrow_mut() = None;
+        *self.inner.warning_handler.borrow_mut() = None;
         Ok(())
     }
 

@@ -45,7 +45,7 @@ mod timer;
 pub mod transport;
 
 pub use error::{Error, Result};
-pub use event_loop::{Blocker, EventLoop, ExceptionContext, ExceptionHandler, LoopRemote, PollStep};
+pub use event_loop::{Blocker, EventLoop, ExceptionContext, ExceptionHandler, LoopRemote, PollStep, WarningHandler};
 pub use flow::WriteFlow;
 pub use future::LoopFuture;
 pub use handle::{Handle, RemoteHandle, TimerHandle};

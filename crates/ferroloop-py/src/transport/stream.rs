@@ -35,6 +35,8 @@ struct Shared {
     /// Future completed after `connection_made`.
     waiter: RefCell<Option<Py<PyAny>>>,
     engine: RefCell<Option<Transport>>,
+    /// Set while `sendfile` owns the socket: `write()` is refused.
+    write_blocked: std::cell::Cell<bool>,
 }
 
 impl Shared {
@@ -134,9 +136,6 @@ pub(crate) struct PyProtocolAdapter {
     shared: Rc<Shared>,
     proto: Py<PyAny>,
     buffered: bool,
-    /// The per-read method, bound once: `data_received`, or `buffer_updated`
-    /// for a buffered protocol (as uvloop does).
-    on_data: Option<Py<PyAny>>,
     buf: Option<WritableBuffer>,
 }
 
@@ -144,18 +143,13 @@ impl PyProtocolAdapter {
     fn new(py: Python<'_>, shared: Rc<Shared>, proto: Py<PyAny>) -> PyResult<Self> {
         let asyncio = py.import(intern!(py, "asyncio"))?;
         let buffered = proto.bind(py).is_instance(&asyncio.getattr(intern!(py, "BufferedProtocol"))?)?;
-        let name = if buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") };
-        // A missing method fails at call time, as in asyncio.
-        let on_data = proto.bind(py).getattr(name).ok().map(Bound::unbind);
-        Ok(PyProtocolAdapter { shared, proto, buffered, on_data, buf: None })
+        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None })
     }
 
-    /// The bound per-read method (looked up again if it was missing).
+    /// The per-read method, looked up at each call as asyncio does (code,
+    /// CPython's tests among it, replaces protocol methods on the fly).
     fn data_method<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.on_data {
-            Some(m) => Ok(m.bind(py).clone()),
-            None => self.method(py, if self.buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") }),
-        }
+        self.method(py, if self.buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") })
     }
 
     fn method<'py>(&self, py: Python<'py>, name: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
@@ -321,6 +315,13 @@ pub struct StreamCore {
 }
 
 impl StreamCore {
+    fn check_writable(&self) -> PyResult<()> {
+        if self.inner.get().1.write_blocked.get() {
+            return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+        }
+        Ok(())
+    }
+
     fn t(&self) -> PyResult<&Transport> {
         Ok(&self.inner.get().0)
     }
@@ -373,6 +374,7 @@ impl StreamCore {
             context: RefCell::new(Some(context)),
             waiter: RefCell::new(waiter),
             engine: RefCell::new(None),
+            write_blocked: std::cell::Cell::new(false),
         });
         let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
         let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
@@ -382,11 +384,13 @@ impl StreamCore {
     }
 
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_writable()?;
         let t = self.t()?;
         with_data(data, |b| t.write(b))?.map_err(to_pyerr)
     }
 
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_writable()?;
         let mut owned: Vec<Vec<u8>> = Vec::new();
         for item in list_of_data.try_iter()? {
             let item = item?;
@@ -430,6 +434,35 @@ impl StreamCore {
 
     fn is_reading(&self) -> PyResult<bool> {
         Ok(self.t()?.is_reading())
+    }
+
+    /// Refuse (`True`) or allow `write()`: sendfile owns the socket meanwhile.
+    fn set_write_blocked(&self, blocked: bool) -> PyResult<()> {
+        self.shared()?.write_blocked.set(blocked);
+        Ok(())
+    }
+
+    /// Call `callback(None)` once the write buffer is empty, or
+    /// `callback(ConnectionError)` if the connection is lost first.
+    fn wait_drained(&self, callback: Py<PyAny>) -> PyResult<()> {
+        self.t()?.on_drained(move |r| {
+            Python::attach(|py| {
+                let arg: Py<PyAny> = match r {
+                    Ok(()) => py.None(),
+                    Err(e) => pyo3::exceptions::PyConnectionError::new_err(e.to_string()).into_value(py).into_any(),
+                };
+                if let Err(e) = callback.call1(py, (arg,)) {
+                    e.write_unraisable(py, None);
+                }
+            })
+        });
+        Ok(())
+    }
+
+    /// Close the socket now, without `connection_lost` (finalizer).
+    fn close_socket(&self) -> PyResult<()> {
+        self.t()?.close_socket();
+        Ok(())
     }
 
     /// asyncio's `_force_close(exc)`: close at once; the protocol receives

@@ -186,6 +186,8 @@ pub(crate) struct StreamInner {
     peername: Option<Address>,
     sockname: Option<Address>,
     on_made: RefCell<Option<Box<dyn FnOnce(Result<Transport>)>>>,
+    /// Called once the write buffer is empty (or the connection is lost).
+    on_drained: RefCell<Option<Box<dyn FnOnce(Result<()>)>>>,
 }
 
 /// A stream transport (TCP or Unix socket), asyncio's `Transport`.
@@ -239,6 +241,7 @@ impl Transport {
             peername,
             sockname,
             on_made: RefCell::new(on_made),
+            on_drained: RefCell::new(None),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
@@ -282,6 +285,19 @@ impl Transport {
     /// failure themselves.
     pub fn abort_with_error(&self, err: Error) {
         self.inner.force_close(Some(err))
+    }
+
+    /// Close the socket at once, without telling the protocol: for
+    /// finalizers of transports that were never closed (asyncio's
+    /// `__del__` does the same). Buffered data is dropped.
+    pub fn close_socket(&self) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            st.closing = true;
+            st.lost = true;
+            st.conn_lost = st.conn_lost.max(1);
+        }
+        self.inner.release();
     }
 
     /// Write `data`: sent at once if nothing is queued, the rest buffered.
@@ -397,6 +413,22 @@ impl Transport {
     /// The socket's file descriptor while the transport owns an open socket.
     pub fn socket_fd(&self) -> Option<RawFd> {
         self.inner.sock.borrow().as_ref().map(|s| s.fd())
+    }
+
+    /// Run `f` once everything written so far has been handed to the kernel
+    /// (at once if nothing is queued), or with an error if the connection is
+    /// lost first. Replaces a previous callback. (asyncio's "empty waiter",
+    /// used by `sendfile`.)
+    pub fn on_drained<F: FnOnce(Result<()>) + 'static>(&self, f: F) {
+        if self.inner.st.borrow().buf.is_empty() && !self.inner.is_lost() {
+            f(Ok(()));
+            return;
+        }
+        if self.inner.is_lost() {
+            f(Err(Error::state("Connection is closed by peer")));
+            return;
+        }
+        *self.inner.on_drained.borrow_mut() = Some(Box::new(f));
     }
 
     /// Switch the protocol; later events go to `protocol`. Allowed from
@@ -628,7 +660,10 @@ impl StreamInner {
             }
             if st.conn_lost > 0 {
                 if st.conn_lost >= CONNLOST_WRITE_LOG_THRESHOLD {
-                    eprintln!("ferroloop: socket.send() raised exception.");
+                    drop(st);
+                    self.lp.warn("socket.send() raised exception.");
+                    self.st.borrow_mut().conn_lost += 1;
+                    return Ok(());
                 }
                 st.conn_lost += 1;
                 return Ok(());
@@ -808,6 +843,10 @@ impl StreamInner {
         if !empty {
             return;
         }
+        let drained = self.on_drained.borrow_mut().take();
+        if let Some(f) = drained {
+            f(Ok(()));
+        }
         if closing {
             if conn_lost == 0 {
                 self.st.borrow_mut().conn_lost = 1;
@@ -927,6 +966,10 @@ impl StreamInner {
         self.st.borrow_mut().buf.clear();
         let on_made = self.on_made.borrow_mut().take();
         drop(on_made);
+        let drained = self.on_drained.borrow_mut().take();
+        if let Some(f) = drained {
+            f(Err(Error::state("Connection is closed by peer")));
+        }
         let server = self.server.borrow_mut().take();
         if let Some((srv, id)) = server {
             if let Some(srv) = srv.upgrade() {
@@ -970,6 +1013,19 @@ impl ReadOutcome {
 }
 
 impl IoSource for StreamInner {
+    fn on_loop_close(&self) {
+        // Break the transport -> protocol link (a protocol usually holds its
+        // transport): the pair can then be freed, and the socket closes when
+        // the last handle goes.
+        let proto = self.protocol.borrow_mut().take();
+        drop(proto);
+        self.notes.borrow_mut().clear();
+        let on_made = self.on_made.borrow_mut().take();
+        drop(on_made);
+        let drained = self.on_drained.borrow_mut().take();
+        drop(drained);
+    }
+
     fn on_ready(self: Rc<Self>, _lp: &EventLoop, ready: Readiness) {
         if ready.read_closed || ready.error {
             self.st.borrow_mut().read_hup = true;
