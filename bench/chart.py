@@ -43,9 +43,14 @@ def bars(ax, res, cells, keys, title):
         xs, ys = [], []
         for j, c in enumerate(cells):
             v = value(res, c["cell"]["id"], key)
+            x = j - 0.4 + width * (i + 0.5)
             if v is not None:
-                xs.append(j - 0.4 + width * (i + 0.5))
+                xs.append(x)
                 ys.append(v)
+            elif key in c["servers"]:
+                e = c["servers"][key]
+                why = "n/a" if e.get("unsupported") else "FAIL"
+                ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7, color="#c92a2a")
         ax.bar(xs, ys, width, label=key.split(":", 1)[1], color=COLORS.get(impl_of(key), "#999"),
                hatch=HATCH.get(mode_of(key), ""), edgecolor="white", linewidth=0.3)
     ax.set_xticks(range(len(cells)))

@@ -463,6 +463,7 @@ def run_loadgen(server: Server, args: list[str], timeout: float = 180.0) -> dict
         foreign = (s1["busy"] - s0["busy"]) - (srv1 - srv0) - (c1 - c0)
         res["foreign_cpu_share"] = round(max(0.0, foreign) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
         res["steal_share"] = round((s1["steal"] - s0["steal"]) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
+    res["wall_s"] = round(wall, 3)
     if not res.get("ok"):
         res["server_alive"] = server.alive()
         if not server.alive():
@@ -541,11 +542,14 @@ class Bench:
         measured = [c for c in cells if c.kind != "idle"]
         self.total = sum(c.runs for c in measured) * len(specs) + sum(len(specs) for c in cells if c.kind == "idle")
         results = self.out.setdefault("cells", {})
+        timing = self.out.setdefault("timing_s", {})
         for cell in cells:
             log(f"== {cell.label} ({cell.kind}, {cell.transport}, {cell.runs} run(s) per server)")
+            t0 = time.monotonic()
             cres = results.setdefault(cell.id, {"cell": cell.__dict__, "servers": {}})
             if cell.kind == "idle":
                 self.run_idle(cell, specs, cres)
+                timing[cell.id] = round(time.monotonic() - t0, 1)
                 continue
             for rnd in range(cell.runs):
                 order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
@@ -563,6 +567,7 @@ class Bench:
                 entry["summary"] = summarize(entry["runs"])
             if cell.transport == "unix":
                 self.stop_pool("unix")
+            timing[cell.id] = round(time.monotonic() - t0, 1)
 
     def run_idle(self, cell: Cell, specs: list[Spec], cres: dict) -> None:
         for spec in specs:
@@ -731,6 +736,8 @@ def markdown(out: dict) -> str:
     L.append("")
 
     def table(title, specs, note_fn):
+        if not pcells or not specs:
+            return
         L.append(f"### {title}")
         L.append("")
         L.append("| server | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
@@ -746,6 +753,12 @@ def markdown(out: dict) -> str:
                     extra += f" ({note})"
                 row.append(txt + extra)
             L.append(f"| {s.key} | " + " | ".join(row) + " |")
+        loads = []
+        for c in pcells:
+            sh_ = [r.get("foreign_cpu_share") for k, e in c["servers"].items() if k in {x.key for x in specs}
+                   for r in e["runs"] if r.get("foreign_cpu_share") is not None]
+            loads.append(f"{100 * statistics.median(sh_):.0f}%" if sh_ else "—")
+        L.append("| *other load on the machine (median)* | " + " | ".join(loads) + " |")
         L.append("")
 
     rat = out.get("ratios", {})
@@ -769,6 +782,13 @@ def markdown(out: dict) -> str:
           rs_note)
 
     # Throughput and latency.
+    if pcells:
+        throughput_tables(L, out, pcells, present)
+    bulk_idle_tables(L, out, bulk, idle, present)
+    return tail_sections(L, out, cells)
+
+
+def throughput_tables(L, out, pcells, present):
     L.append("### Throughput and latency")
     L.append("")
     L.append("msg/s, and round-trip latency p50 / p99 in µs, medians of the runs. Throughput depends on the load "
@@ -802,6 +822,8 @@ def markdown(out: dict) -> str:
         L.append(f"| {s.key} | " + " | ".join(row) + " |")
     L.append("")
 
+
+def bulk_idle_tables(L, out, bulk, idle, present):
     if bulk or idle:
         cols = [c["cell"]["label"] + h for c in bulk for h in (" MB/s", " server CPU s/GiB")]
         cols += [c["cell"]["label"] + " RSS/conn" for c in idle]
@@ -827,6 +849,8 @@ def markdown(out: dict) -> str:
             L.append(f"| {s.key} | " + " | ".join(row) + " |")
         L.append("")
 
+
+def tail_sections(L, out, cells):
     cg = out.get("callgrind")
     if cg and cg.get("available") and cg.get("servers"):
         L.append("### Instructions per message (callgrind)")
@@ -954,8 +978,8 @@ def main() -> int:
                     help="the QUICK subset (also QUICK=1 in the environment)")
     ap.add_argument("--smoke", action="store_true", help="correctness only: every server echoes byte-exact")
     ap.add_argument("--runs", type=int, help="runs per cell (default 3)")
-    ap.add_argument("--duration", type=float, help="measured window per run, s (default 1.0; quick 0.5)")
-    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.3; quick 0.15)")
+    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.8; quick 0.5)")
+    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.2; quick 0.15)")
     ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
     ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
     ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
@@ -973,8 +997,8 @@ def main() -> int:
     quick = args.quick
     cfg = Config(
         quick=quick,
-        duration=args.duration or (0.5 if quick else 1.0),
-        warmup=args.warmup if args.warmup is not None else (0.15 if quick else 0.3),
+        duration=args.duration or (0.5 if quick else 0.8),
+        warmup=args.warmup if args.warmup is not None else (0.15 if quick else 0.2),
         runs=args.runs or 3,
         py_gc=args.py_gc,
         callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick),
@@ -988,6 +1012,7 @@ def main() -> int:
     out: dict = {"started": started.isoformat().replace("+00:00", "Z"), "config": cfg.__dict__, "machine": machine()}
     if not args.no_setup:
         setup()
+    out["timing_s"] = {"setup": round(time.monotonic() - t_start, 1)}
     avail = py_available()
     out["unavailable"] = {f"py:{k}": v for k, v in avail.items() if v}
     out["versions"] = versions()
@@ -1004,24 +1029,30 @@ def main() -> int:
         log("== callgrind: instructions per message")
         keys = {"rs:ferroloop/protocol", "rs:ferroloop/buffered", "rs:tokio", "rs:mio", "py:ferroloop/protocol",
                 "py:uvloop/protocol", "py:asyncio/protocol", "py:rloop/protocol"}
+        t0 = time.monotonic()
         out["callgrind"] = run_callgrind(bench, [s for s in bench.specs() if s.key in keys])
+        out["timing_s"]["callgrind"] = round(time.monotonic() - t0, 1)
     out["ratios"] = compute_ratios(out)
     out["elapsed_s"] = round(time.monotonic() - t_start, 1)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if quick else "")
-    jpath = RESULTS / f"{stamp}.json"
+    # A filtered run (--only/--cells) is partial: it goes to bench/target/partial, not to the results.
+    partial = bool(cfg.only or cfg.cells_filter)
+    out["partial"] = partial
+    dest = WORK / "partial" if partial else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if quick else "") + ("-gc-off" if cfg.py_gc != "on" else "")
+    jpath = dest / f"{stamp}.json"
     jpath.write_text(json.dumps(out, indent=1, default=str) + "\n")
     md = markdown(out)
-    (RESULTS / "latest.md").write_text(f"# Benchmark results\n\nFrom `{jpath.name}`.\n\n{md}\n")
-    chart = RESULTS / "latest.png"
+    latest = "latest" if cfg.py_gc == "on" else "latest-gc-off"
+    (dest / f"{latest}.md").write_text(f"# Benchmark results\n\nFrom `{jpath.name}`.\n\n{md}\n")
+    chart = dest / f"{latest}.png"
     r = subprocess.run([str(VPY), str(BENCH / "chart.py"), str(jpath), str(chart)], cwd=ROOT)
     if r.returncode != 0:
         log("chart: failed (see above)")
-    if args.docs == "on" or (args.docs == "auto" and not quick):
+    if args.docs == "on" or (args.docs == "auto" and not quick and not partial and cfg.py_gc == "on"):
         update_docs(f"Results file: `bench/results/{jpath.name}`.\n\n{md}", "../bench/results/latest.png")
-    log(f"wrote {jpath.relative_to(ROOT)}, bench/results/latest.md, bench/results/latest.png "
-        f"({out['elapsed_s']:.0f} s)")
+    log(f"wrote {jpath.relative_to(ROOT)}, {latest}.md and {latest}.png beside it ({out['elapsed_s']:.0f} s)")
     print(md)
     return 0
 
