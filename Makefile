@@ -78,6 +78,7 @@ demo: build demo-rust demo-python
 
 demo-rust: build
 	@scripts/demo.sh pair 8888 "$(EXAMPLES)/tcp_echo_server" "$(EXAMPLES)/tcp_echo_client"
+	@scripts/demo.sh pair udp/9999 "$(EXAMPLES)/udp_echo_server" "$(EXAMPLES)/udp_echo_client"
 	@scripts/demo.sh run $(EXAMPLES)/register_open_socket
 	@scripts/demo.sh run $(EXAMPLES)/flow_control_echo
 

@@ -4,11 +4,13 @@
 #   scripts/demo.sh run CMD [ARG...]
 #       run one program to completion
 #   scripts/demo.sh pair PORT 'SERVER CMD' 'CLIENT CMD'
-#       start the server in the background, wait until PORT accepts connections,
-#       run the client, then send the server SIGINT (Ctrl+C) and wait for it to exit
+#       start the server in the background, wait until PORT accepts connections
+#       (TCP; `udp/PORT`: until a UDP socket is bound to PORT), run the client,
+#       then send the server SIGINT (Ctrl+C) and wait for it to exit
 #   scripts/demo.sh python-examples DIR 'PYTHON CMD'
 #       every DIR/*.py under PYTHON CMD: NAME_server.py with NAME_client.py as a
-#       pair on port 8888 (the spec's port), any other script with `run`
+#       pair on the spec's port (TCP 8888; UDP 9999 for udp_* names), any other
+#       script with `run`
 #
 # Commands given as one string are split on spaces (paths with spaces are not
 # supported). A pair prints the client's output live, then the server's.
@@ -33,13 +35,15 @@ trap cleanup EXIT
 
 banner() { printf '\n==> %s\n' "$*"; }
 
-# Is a socket listening on TCP port $1 (IPv4 or IPv6)? Read from /proc, so that
-# checking does not open a connection the server would print.
+# Is a socket listening on TCP port $1 (IPv4 or IPv6)? With `udp/PORT`: is a
+# UDP socket bound to PORT (state 07, unconnected)? Read from /proc, so that
+# checking does not open a connection or send a datagram the server would print.
 listening() {
-    local hex files=()
-    hex=$(printf '%04X' "$1")
-    for f in /proc/net/tcp /proc/net/tcp6; do [ -r "$f" ] && files+=("$f"); done
-    awk -v port=":$hex" 'substr($2, length($2) - 4) == port && $4 == "0A" { found = 1 } END { exit !found }' "${files[@]}"
+    local hex proto=tcp state=0A port=$1 files=()
+    case $port in udp/*) proto=udp; state=07; port=${port#udp/} ;; esac
+    hex=$(printf '%04X' "$port")
+    for f in /proc/net/$proto /proc/net/${proto}6; do [ -r "$f" ] && files+=("$f"); done
+    awk -v port=":$hex" -v state="$state" 'substr($2, length($2) - 4) == port && $4 == state { found = 1 } END { exit !found }' "${files[@]}"
 }
 
 run() {
@@ -111,7 +115,9 @@ python_examples() {
         case $base in
             *_server)
                 if [ -f "${base%_server}_client.py" ]; then
-                    pair 8888 "$py $f" "$py ${base%_server}_client.py"
+                    local port=8888
+                    case ${base##*/} in udp_*) port=udp/9999 ;; esac
+                    pair "$port" "$py $f" "$py ${base%_server}_client.py"
                     continue
                 fi
                 ;;

@@ -53,3 +53,6 @@ pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
 pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, StreamSocket, Transport};
+pub use transport::{
+    DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramProtocolRef, DatagramSocket, DatagramTransport,
+};

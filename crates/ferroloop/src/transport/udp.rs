@@ -1,0 +1,1147 @@
+//! Datagram transports: UDP and Unix datagram sockets (asyncio's
+//! `DatagramTransport` and `DatagramProtocol`).
+//!
+//! Read path: on readiness, `recvfrom` into the loop's shared buffer until the
+//! socket says `WouldBlock` (at most [`READS_PER_EVENT`] datagrams per event,
+//! then the rest from the ready queue), delivering each datagram to
+//! [`DatagramProtocol::datagram_received`] at once with its sender's address.
+//! A receive error (an ICMP "port unreachable" on a connected UDP socket comes
+//! back as `ECONNREFUSED`) goes to [`DatagramProtocol::error_received`]: it
+//! never closes the transport, as in asyncio.
+//!
+//! Write path: [`DatagramTransport::sendto`] sends at once when nothing is
+//! queued, and queues `(datagram, address)` pairs only when the socket says
+//! `WouldBlock`; the queue drains on writability. Flow control counts the
+//! queued payload bytes against the water marks of [`crate::flow`], as
+//! asyncio's `_SelectorDatagramTransport` does. A send error (`EMSGSIZE` for
+//! an oversized datagram, `ECONNREFUSED`...) goes to `error_received`.
+//!
+//! Unix datagram addresses are [`Address::Unix`] strings: a path, an
+//! abstract-namespace name written with its leading NUL (`"\0name"`, as
+//! Python's `b"\x00name"`), or the empty string for an unnamed socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::SocketAddr as UnixSocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::rc::Rc;
+
+use mio::{Interest, Token};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+use crate::error::{Error, Result};
+use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness};
+use crate::flow::WriteFlow;
+use crate::future::LoopFuture;
+use crate::resolve::{resolve, Family};
+use crate::transport::stream::{Address, ExtraInfo};
+
+/// Datagrams read per readiness event before yielding to other sources.
+pub const READS_PER_EVENT: usize = 64;
+/// After this many sends on a closed transport, each further one is logged
+/// (asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
+const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
+
+/// A datagram protocol (asyncio's `DatagramProtocol`).
+///
+/// Every method has an empty default, as in asyncio. The life of a datagram
+/// protocol: `connection_made`, then any number of `datagram_received` and
+/// `error_received` (and paired `pause_writing`/`resume_writing`), then
+/// `connection_lost` exactly once.
+///
+/// Methods are never re-entered: an `error_received` or `pause_writing`
+/// caused by a [`DatagramTransport::sendto`] made from inside a protocol
+/// method is delivered right after that method returns. A panic in a method
+/// is reported to the loop's exception handler and the transport goes on, as
+/// asyncio reports an exception raised by `datagram_received`.
+pub trait DatagramProtocol: 'static {
+    /// The transport is ready; keep it to send and close.
+    fn connection_made(&mut self, transport: DatagramTransport) {
+        let _ = transport;
+    }
+
+    /// A datagram arrived from `addr` (it may be empty: UDP allows
+    /// zero-length datagrams).
+    fn datagram_received(&mut self, data: &[u8], addr: &Address) {
+        let _ = (data, addr);
+    }
+
+    /// A send or receive failed, e.g. `ECONNREFUSED` after an ICMP "port
+    /// unreachable" on a connected socket, or `EMSGSIZE`. The transport stays open.
+    fn error_received(&mut self, exc: Error) {
+        let _ = exc;
+    }
+
+    /// The transport is closed (`None` after `close`/`abort`). Called exactly once.
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        let _ = exc;
+    }
+
+    /// The send queue went strictly over the high-water mark.
+    fn pause_writing(&mut self) {}
+
+    /// The send queue drained to the low-water mark or below.
+    fn resume_writing(&mut self) {}
+}
+
+/// How a datagram transport holds its protocol (see [`crate::ProtocolRef`]).
+pub type DatagramProtocolRef = Rc<RefCell<dyn DatagramProtocol>>;
+
+/// What `create_datagram_endpoint` and friends complete with: the transport
+/// and the protocol the factory made, typed.
+pub type DatagramEndpoint<P> = (DatagramTransport, Rc<RefCell<P>>);
+
+/// A datagram socket handed to the loop (asyncio's `sock=` argument).
+#[derive(Debug)]
+pub enum DatagramSocket {
+    /// A UDP socket, bound or connected or neither.
+    Udp(std::net::UdpSocket),
+    /// A Unix datagram socket.
+    Unix(std::os::unix::net::UnixDatagram),
+}
+
+impl From<std::net::UdpSocket> for DatagramSocket {
+    fn from(s: std::net::UdpSocket) -> Self {
+        DatagramSocket::Udp(s)
+    }
+}
+
+impl From<std::os::unix::net::UnixDatagram> for DatagramSocket {
+    fn from(s: std::os::unix::net::UnixDatagram) -> Self {
+        DatagramSocket::Unix(s)
+    }
+}
+
+impl DatagramSocket {
+    /// Take a datagram socket of either family from an owned descriptor.
+    /// Fails with `EPROTOTYPE` if it is not a datagram socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<DatagramSocket> {
+        let sock = Socket::from(fd);
+        if sock.r#type()? != Type::DGRAM {
+            return Err(io::Error::from_raw_os_error(libc::EPROTOTYPE));
+        }
+        if sock.domain()? == Domain::UNIX {
+            Ok(DatagramSocket::Unix(OwnedFd::from(sock).into()))
+        } else {
+            Ok(DatagramSocket::Udp(OwnedFd::from(sock).into()))
+        }
+    }
+
+    /// Duplicate `fd` (the caller keeps the original) and take the copy.
+    pub fn dup_raw(fd: RawFd) -> io::Result<DatagramSocket> {
+        Self::from_fd(crate::sys::dup_cloexec(fd)?)
+    }
+
+    fn into_sock(self) -> io::Result<DSock> {
+        Ok(match self {
+            DatagramSocket::Udp(s) => {
+                s.set_nonblocking(true)?;
+                DSock::Udp(mio::net::UdpSocket::from_std(s))
+            }
+            DatagramSocket::Unix(s) => {
+                s.set_nonblocking(true)?;
+                DSock::Unix(mio::net::UnixDatagram::from_std(s))
+            }
+        })
+    }
+}
+
+/// The address of a Unix socket as an [`Address::Unix`] string: the path,
+/// `"\0name"` for an abstract name, `""` when unnamed.
+pub(crate) fn unix_address(a: &UnixSocketAddr) -> String {
+    use std::os::linux::net::SocketAddrExt;
+    if let Some(p) = a.as_pathname() {
+        return p.to_string_lossy().into_owned();
+    }
+    if let Some(name) = a.as_abstract_name() {
+        let mut s = String::from("\0");
+        s.push_str(&String::from_utf8_lossy(name));
+        return s;
+    }
+    String::new()
+}
+
+/// A socket2 address for an [`Address`] (a leading NUL makes a Unix name abstract).
+pub(crate) fn sockaddr_of(a: &Address) -> io::Result<SockAddr> {
+    match a {
+        Address::Inet(sa) => Ok(SockAddr::from(*sa)),
+        Address::Unix(p) => SockAddr::unix(Path::new(std::ffi::OsStr::from_bytes(p.as_bytes()))),
+    }
+}
+
+enum DSock {
+    Udp(mio::net::UdpSocket),
+    Unix(mio::net::UnixDatagram),
+}
+
+impl DSock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            DSock::Udp(s) => s,
+            DSock::Unix(s) => s,
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            DSock::Udp(s) => s.as_raw_fd(),
+            DSock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Address)> {
+        match self {
+            DSock::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Inet(a))),
+            DSock::Unix(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Unix(unix_address(&a)))),
+        }
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            DSock::Udp(s) => s.send(buf),
+            DSock::Unix(s) => s.send(buf),
+        }
+    }
+
+    fn send_to(&self, buf: &[u8], to: &Address) -> io::Result<usize> {
+        match (self, to) {
+            (DSock::Udp(s), Address::Inet(a)) => s.send_to(buf, *a),
+            (DSock::Unix(s), Address::Unix(_)) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
+            // The kernel's answer for an address of the wrong family.
+            _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        }
+    }
+
+    fn peer(&self) -> Option<Address> {
+        match self {
+            DSock::Udp(s) => s.peer_addr().ok().map(Address::Inet),
+            DSock::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(unix_address(&a))),
+        }
+    }
+
+    fn local(&self) -> Option<Address> {
+        match self {
+            DSock::Udp(s) => s.local_addr().ok().map(Address::Inet),
+            DSock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(unix_address(&a))),
+        }
+    }
+}
+
+/// A notification that could not be delivered at once because the protocol
+/// was busy in one of its own methods.
+enum Note {
+    PauseWriting,
+    ResumeWriting,
+    ErrorReceived(Error),
+}
+
+#[derive(Default)]
+struct State {
+    /// `connection_made` was delivered.
+    started: bool,
+    closing: bool,
+    /// asyncio's `_conn_lost`: >0 once `connection_lost` is scheduled;
+    /// counts sends dropped after that.
+    conn_lost: u32,
+    /// `connection_lost` was delivered.
+    lost: bool,
+    read_paused: bool,
+    /// A read attempt is queued on the ready queue.
+    read_scheduled: bool,
+    /// Datagrams waiting for writability, with their destination (`None`:
+    /// the connected peer).
+    queue: VecDeque<(Vec<u8>, Option<Address>)>,
+    /// Payload bytes in `queue` (asyncio's `_buffer_size`).
+    queued: usize,
+    flow: WriteFlow,
+}
+
+/// Runs right after `connection_made` (completes `create_datagram_endpoint`).
+type OnMade = Box<dyn FnOnce(DatagramTransport)>;
+
+pub(crate) struct DatagramInner {
+    lp: EventLoop,
+    sock: RefCell<Option<DSock>>,
+    fd: RawFd,
+    token: Cell<Token>,
+    st: RefCell<State>,
+    protocol: RefCell<Option<DatagramProtocolRef>>,
+    notes: RefCell<VecDeque<Note>>,
+    peername: Option<Address>,
+    sockname: Option<Address>,
+    /// The default destination (asyncio's `address`): given on creation.
+    remote: Option<Address>,
+    on_made: RefCell<Option<OnMade>>,
+}
+
+/// A datagram transport (UDP or Unix datagram socket), asyncio's
+/// `DatagramTransport`.
+///
+/// A cheap, clonable handle: the protocol receives one in `connection_made`.
+/// All methods may be called from within protocol methods.
+#[derive(Clone)]
+pub struct DatagramTransport {
+    inner: Rc<DatagramInner>,
+}
+
+impl fmt::Debug for DatagramTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatagramTransport")
+            .field("fd", &self.inner.fd)
+            .field("sockname", &self.inner.sockname)
+            .field("peername", &self.inner.peername)
+            .field("closing", &self.is_closing())
+            .finish()
+    }
+}
+
+impl PartialEq for DatagramTransport {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl DatagramTransport {
+    /// Wrap a socket; `connection_made` is delivered from the ready queue,
+    /// then reading starts; `on_made` runs right after `connection_made`.
+    fn spawn(
+        lp: &EventLoop,
+        mut sock: DSock,
+        protocol: DatagramProtocolRef,
+        remote: Option<Address>,
+        on_made: Option<OnMade>,
+    ) -> Result<DatagramTransport> {
+        lp.check_closed()?;
+        let inner = Rc::new(DatagramInner {
+            lp: lp.clone(),
+            sock: RefCell::new(None),
+            fd: sock.fd(),
+            token: Cell::new(Token(0)),
+            st: RefCell::new(State::default()),
+            protocol: RefCell::new(Some(protocol)),
+            notes: RefCell::new(VecDeque::new()),
+            peername: sock.peer(),
+            sockname: sock.local(),
+            remote,
+            on_made: RefCell::new(on_made),
+        });
+        // Both interests at once (edge-triggered): a writable edge then only
+        // comes after a send was refused with WouldBlock.
+        let token = lp.register(sock.source(), Interest::READABLE | Interest::WRITABLE, inner.clone())?;
+        inner.token.set(token);
+        *inner.sock.borrow_mut() = Some(sock);
+        let me = inner.clone();
+        lp.schedule(Box::new(move || me.deliver_connection_made()));
+        Ok(DatagramTransport { inner })
+    }
+
+    /// The loop this transport runs on.
+    pub fn get_loop(&self) -> EventLoop {
+        self.inner.lp.clone()
+    }
+
+    /// Send `data` to `addr`, or to the transport's remote address when
+    /// `addr` is `None`. Sent at once when nothing is queued; queued (and
+    /// counted for flow control) when the socket would block.
+    ///
+    /// Errors: [`Error::InvalidArgument`] with asyncio's message when the
+    /// transport has a remote address and `addr` is another one. A failed
+    /// send is not an error of this call: it goes to `error_received`.
+    /// Sends after the transport is closed are dropped (logged after 5).
+    pub fn sendto(&self, data: &[u8], addr: Option<&Address>) -> Result<()> {
+        self.inner.sendto(data, addr, None)
+    }
+
+    /// As [`DatagramTransport::sendto`] with an owned buffer: queued without a copy.
+    pub fn sendto_owned(&self, data: Vec<u8>, addr: Option<&Address>) -> Result<()> {
+        self.inner.sendto(&[], addr, Some(data))
+    }
+
+    /// Close: stop receiving, send what is queued, then `connection_lost(None)`.
+    pub fn close(&self) {
+        self.inner.close()
+    }
+
+    /// Close at once, dropping queued datagrams; `connection_lost(None)` follows.
+    pub fn abort(&self) {
+        self.inner.force_close(None)
+    }
+
+    /// Close at once because of `err`, without reporting it: the protocol
+    /// receives `connection_lost(Some(err))`. For bindings.
+    pub fn abort_with_error(&self, err: Error) {
+        self.inner.force_close(Some(err))
+    }
+
+    /// Close at once because of `err`: the exception handler hears of it
+    /// (unless it is an OS error) and the protocol receives
+    /// `connection_lost(Some(err))` (asyncio's `_fatal_error`).
+    pub fn fatal_error(&self, err: Error, message: &str) {
+        self.inner.fatal_error(err, message)
+    }
+
+    /// True once `close`/`abort` was called.
+    pub fn is_closing(&self) -> bool {
+        self.inner.st.borrow().closing
+    }
+
+    /// Stop delivering datagrams until [`DatagramTransport::resume_reading`];
+    /// effective at once, even inside `datagram_received`. The kernel keeps
+    /// (or drops) what arrives meanwhile.
+    pub fn pause_reading(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        if !st.closing {
+            st.read_paused = true;
+        }
+    }
+
+    /// Resume delivery.
+    pub fn resume_reading(&self) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closing || !st.read_paused {
+                return;
+            }
+            st.read_paused = false;
+        }
+        self.inner.rearm();
+    }
+
+    /// True unless reading is paused or the transport is closing.
+    pub fn is_reading(&self) -> bool {
+        let st = self.inner.st.borrow();
+        !st.read_paused && !st.closing
+    }
+
+    /// Payload bytes queued for sending.
+    pub fn get_write_buffer_size(&self) -> usize {
+        self.inner.st.borrow().queued
+    }
+
+    /// Datagrams queued for sending.
+    pub fn queued_datagrams(&self) -> usize {
+        self.inner.st.borrow().queue.len()
+    }
+
+    /// `(low, high)` water marks.
+    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.inner.st.borrow().flow.limits()
+    }
+
+    /// Set the water marks (see [`crate::flow`]); `pause_writing` is called at
+    /// once if the queue is now over the new high mark.
+    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
+        let conv = |v: Option<usize>| v.map(|x| i64::try_from(x).unwrap_or(i64::MAX));
+        self.set_write_buffer_limits_signed(conv(high), conv(low))
+    }
+
+    /// As [`DatagramTransport::set_write_buffer_limits`], with signed
+    /// arguments so that negative values get asyncio's error (bindings).
+    pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
+        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
+        self.inner.maybe_pause();
+        Ok(())
+    }
+
+    /// Whether `pause_writing` was called without a `resume_writing` yet.
+    pub fn is_writing_paused(&self) -> bool {
+        self.inner.st.borrow().flow.is_paused()
+    }
+
+    /// Look up extra information by asyncio's key: `peername`, `sockname`, `socket`.
+    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        match name {
+            "peername" => self.peername().map(ExtraInfo::Address),
+            "sockname" => self.sockname().map(ExtraInfo::Address),
+            "socket" => self.socket_fd().map(ExtraInfo::Fd),
+            _ => None,
+        }
+    }
+
+    /// The connected peer's address (`None` for an unconnected socket).
+    pub fn peername(&self) -> Option<Address> {
+        self.inner.peername.clone()
+    }
+
+    /// The socket's own address.
+    pub fn sockname(&self) -> Option<Address> {
+        self.inner.sockname.clone()
+    }
+
+    /// The default destination given on creation (`remote_addr`), if any.
+    pub fn remote_address(&self) -> Option<Address> {
+        self.inner.remote.clone()
+    }
+
+    /// The socket's file descriptor while the transport owns an open socket.
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        self.inner.sock.borrow().as_ref().map(|s| s.fd())
+    }
+
+    /// Switch the protocol; later events go to `protocol`.
+    pub fn set_protocol(&self, protocol: DatagramProtocolRef) {
+        let old = self.inner.protocol.borrow_mut().replace(protocol);
+        drop(old);
+    }
+
+    /// The current protocol (`None` after `connection_lost`).
+    pub fn get_protocol(&self) -> Option<DatagramProtocolRef> {
+        self.inner.protocol.borrow().clone()
+    }
+}
+
+impl DatagramInner {
+    fn transport(self: &Rc<Self>) -> DatagramTransport {
+        DatagramTransport { inner: self.clone() }
+    }
+
+    /// Call the current protocol, catching panics (reported; the transport
+    /// goes on). `None` if there is no protocol, it is busy, or it panicked.
+    fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn DatagramProtocol) -> R) -> Option<R> {
+        let p = self.protocol.borrow().clone()?;
+        let r = {
+            let mut guard = p.try_borrow_mut().ok()?;
+            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
+        };
+        let out = match r {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                self.lp.call_exception_handler(ExceptionContext {
+                    message: format!("Exception in protocol.{what}()"),
+                    error: Some(Error::Panic(panic_message(&*payload))),
+                });
+                None
+            }
+        };
+        self.flush_notes();
+        out
+    }
+
+    /// Deliver a notification now, or after the protocol's current method
+    /// returns if it is busy.
+    fn notify(self: &Rc<Self>, note: Note) {
+        let busy = match self.protocol.borrow().as_ref() {
+            None => return,
+            Some(p) => p.try_borrow_mut().is_err(),
+        };
+        if busy {
+            self.notes.borrow_mut().push_back(note);
+        } else {
+            self.deliver_note(note);
+        }
+    }
+
+    fn deliver_note(self: &Rc<Self>, note: Note) {
+        if self.st.borrow().lost {
+            return;
+        }
+        match note {
+            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
+            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
+            Note::ErrorReceived(e) => self.with_protocol("error_received", |p| p.error_received(e)),
+        };
+    }
+
+    fn flush_notes(self: &Rc<Self>) {
+        loop {
+            let note = self.notes.borrow_mut().pop_front();
+            match note {
+                Some(n) => self.deliver_note(n),
+                None => return,
+            }
+        }
+    }
+
+    fn deliver_connection_made(self: &Rc<Self>) {
+        if self.st.borrow().lost {
+            return;
+        }
+        self.st.borrow_mut().started = true;
+        let t = self.transport();
+        self.with_protocol("connection_made", move |p| p.connection_made(t));
+        let on_made = self.on_made.borrow_mut().take();
+        if let Some(cb) = on_made {
+            cb(self.transport());
+        }
+        // Readiness seen before connection_made was ignored: re-arm so that
+        // the next poll reports what is waiting.
+        self.rearm();
+    }
+
+    fn rearm(self: &Rc<Self>) {
+        let mut sock = self.sock.borrow_mut();
+        if let Some(s) = sock.as_mut() {
+            let _ = self.lp.reregister(s.source(), self.token.get(), Interest::READABLE | Interest::WRITABLE);
+        }
+    }
+
+    fn can_read(&self) -> bool {
+        let st = self.st.borrow();
+        st.started && !st.closing && !st.read_paused
+    }
+
+    fn schedule_read(self: &Rc<Self>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.read_scheduled || st.closing {
+                return;
+            }
+            st.read_scheduled = true;
+        }
+        let me = self.clone();
+        self.lp.schedule(Box::new(move || {
+            me.st.borrow_mut().read_scheduled = false;
+            me.do_read();
+        }));
+    }
+
+    /// Receive and deliver until the socket is drained (or the budget is used).
+    fn do_read(self: &Rc<Self>) {
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            let mut buf = self.lp.take_read_buf();
+            let r = {
+                let sock = self.sock.borrow();
+                match sock.as_ref() {
+                    Some(s) => s.recv_from(&mut buf),
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            };
+            match r {
+                Ok((n, addr)) => {
+                    self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
+                    self.lp.put_read_buf(buf);
+                }
+                Err(e) => {
+                    self.lp.put_read_buf(buf);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        // ECONNREFUSED and friends: reported, and reading goes on.
+                        _ => self.notify(Note::ErrorReceived(Error::Io(e))),
+                    }
+                }
+            }
+        }
+        // Budget used with datagrams still waiting: go on next iteration.
+        self.schedule_read();
+    }
+
+    fn send_one(&self, data: &[u8], to: Option<&Address>) -> io::Result<usize> {
+        let sock = self.sock.borrow();
+        let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::NotConnected.into()) };
+        loop {
+            let r = match to {
+                Some(a) if self.peername.is_none() => s.send_to(data, a),
+                _ => s.send(data),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn sendto(self: &Rc<Self>, data: &[u8], addr: Option<&Address>, owned: Option<Vec<u8>>) -> Result<()> {
+        let dest: Option<Address> = match (&self.remote, addr) {
+            (Some(r), Some(a)) if a != r => {
+                return Err(Error::invalid(format!("Invalid address: must be None or {r}")));
+            }
+            (Some(r), _) => Some(r.clone()),
+            (None, a) => a.cloned(),
+        };
+        let len = owned.as_ref().map(|v| v.len()).unwrap_or(data.len());
+        let queue_it = |owned: Option<Vec<u8>>, dest: Option<Address>| {
+            {
+                let mut st = self.st.borrow_mut();
+                st.queued += len;
+                st.queue.push_back((owned.unwrap_or_else(|| data.to_vec()), dest));
+            }
+            self.maybe_pause();
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            if st.conn_lost > 0 {
+                st.conn_lost += 1;
+                if st.conn_lost > CONNLOST_WRITE_LOG_THRESHOLD {
+                    drop(st);
+                    self.lp.warn("socket.send() raised exception.");
+                }
+                return Ok(());
+            }
+            if !st.queue.is_empty() {
+                drop(st);
+                queue_it(owned, dest);
+                return Ok(());
+            }
+        }
+        // Nothing queued: send at once.
+        let sent = self.send_one(owned.as_deref().unwrap_or(data), dest.as_ref());
+        match sent {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => queue_it(owned, dest),
+            Err(e) => self.notify(Note::ErrorReceived(Error::Io(e))),
+        }
+        Ok(())
+    }
+
+    /// Send queued datagrams as long as the socket takes them.
+    fn do_write(self: &Rc<Self>) {
+        let mut progressed = false;
+        loop {
+            let front = {
+                let mut st = self.st.borrow_mut();
+                match st.queue.pop_front() {
+                    Some(item) => {
+                        st.queued -= item.0.len();
+                        item
+                    }
+                    None => break,
+                }
+            };
+            match self.send_one(&front.0, front.1.as_ref()) {
+                Ok(_) => progressed = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut st = self.st.borrow_mut();
+                    st.queued += front.0.len();
+                    st.queue.push_front(front);
+                    break;
+                }
+                Err(e) => {
+                    // The datagram is dropped and the error reported, as in
+                    // asyncio; the rest of the queue is still sent (no other
+                    // writable edge would come for it).
+                    progressed = true;
+                    self.notify(Note::ErrorReceived(Error::Io(e)));
+                }
+            }
+        }
+        if !progressed {
+            return;
+        }
+        self.maybe_resume();
+        let (empty, closing, conn_lost) = {
+            let st = self.st.borrow();
+            (st.queue.is_empty(), st.closing, st.conn_lost)
+        };
+        if empty && closing && conn_lost == 0 {
+            self.st.borrow_mut().conn_lost = 1;
+            self.call_connection_lost(None);
+        }
+    }
+
+    fn maybe_pause(self: &Rc<Self>) {
+        let pause = {
+            let mut st = self.st.borrow_mut();
+            let size = st.queued;
+            st.flow.should_pause(size)
+        };
+        if pause {
+            self.notify(Note::PauseWriting);
+        }
+    }
+
+    fn maybe_resume(self: &Rc<Self>) {
+        let resume = {
+            let mut st = self.st.borrow_mut();
+            let size = st.queued;
+            st.flow.should_resume(size)
+        };
+        if resume {
+            self.notify(Note::ResumeWriting);
+        }
+    }
+
+    fn close(self: &Rc<Self>) {
+        let lost_now = {
+            let mut st = self.st.borrow_mut();
+            if st.closing {
+                return;
+            }
+            st.closing = true;
+            if st.queue.is_empty() {
+                st.conn_lost += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if lost_now {
+            let me = self.clone();
+            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+        }
+    }
+
+    fn force_close(self: &Rc<Self>, err: Option<Error>) {
+        let dropped = {
+            let mut st = self.st.borrow_mut();
+            if st.conn_lost > 0 {
+                return;
+            }
+            st.closing = true;
+            st.conn_lost += 1;
+            st.queued = 0;
+            std::mem::take(&mut st.queue)
+        };
+        drop(dropped);
+        let me = self.clone();
+        self.lp.schedule(Box::new(move || me.call_connection_lost(err)));
+    }
+
+    fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
+        if !matches!(err, Error::Io(_)) {
+            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
+        }
+        self.force_close(Some(err));
+    }
+
+    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
+        let started = {
+            let mut st = self.st.borrow_mut();
+            if st.lost {
+                return;
+            }
+            st.lost = true;
+            st.closing = true;
+            st.started
+        };
+        if started {
+            let p = self.protocol.borrow().clone();
+            if let Some(p) = p {
+                let r = match p.try_borrow_mut() {
+                    Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(err))),
+                    Err(_) => Ok(()),
+                };
+                if let Err(payload) = r {
+                    self.lp.call_exception_handler(ExceptionContext {
+                        message: "Exception in protocol.connection_lost()".into(),
+                        error: Some(Error::Panic(panic_message(&*payload))),
+                    });
+                }
+            }
+        }
+        self.release();
+    }
+
+    /// Close the socket and break the transport<->protocol cycle.
+    fn release(self: &Rc<Self>) {
+        let sock = self.sock.borrow_mut().take();
+        if let Some(mut s) = sock {
+            self.lp.deregister(s.source(), self.token.get());
+            drop(s);
+        }
+        let proto = self.protocol.borrow_mut().take();
+        drop(proto);
+        let notes = std::mem::take(&mut *self.notes.borrow_mut());
+        drop(notes);
+        let queue = {
+            let mut st = self.st.borrow_mut();
+            st.queued = 0;
+            std::mem::take(&mut st.queue)
+        };
+        drop(queue);
+        let on_made = self.on_made.borrow_mut().take();
+        drop(on_made);
+    }
+}
+
+impl IoSource for DatagramInner {
+    fn on_loop_close(&self) {
+        // Break the transport -> protocol link (a protocol usually holds its
+        // transport): the pair can then be freed, and the socket closes when
+        // the last handle goes.
+        let proto = self.protocol.borrow_mut().take();
+        drop(proto);
+        self.notes.borrow_mut().clear();
+        let on_made = self.on_made.borrow_mut().take();
+        drop(on_made);
+    }
+
+    fn on_ready(self: Rc<Self>, _lp: &EventLoop, ready: Readiness) {
+        if ready.readable || ready.error || ready.read_closed {
+            self.do_read();
+        }
+        if ready.writable || ready.error || ready.write_closed {
+            self.do_write();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// creating endpoints
+
+/// Options of [`EventLoop::create_datagram_endpoint`], with asyncio's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct DatagramOptions {
+    /// Bind to this `(host, port)` (resolved off the loop thread).
+    pub local_addr: Option<(String, u16)>,
+    /// Connect to this `(host, port)`: `sendto` then takes no address (or
+    /// this one), and only this peer's datagrams arrive. With
+    /// `allow_broadcast` the socket is not connected; the address is then only
+    /// the default destination.
+    pub remote_addr: Option<(String, u16)>,
+    /// Only use addresses of this family; required when neither address is given.
+    pub family: Option<Family>,
+    /// `SO_REUSEPORT`: several sockets may bind the same address and port.
+    pub reuse_port: bool,
+    /// `SO_BROADCAST`: allow sending to broadcast addresses.
+    pub allow_broadcast: bool,
+}
+
+fn family_of(a: &SocketAddr) -> Family {
+    if a.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// Make, configure, bind and connect one UDP socket (asyncio's loop body).
+fn open_udp(
+    family: Family,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    opts: &DatagramOptions,
+) -> Result<std::net::UdpSocket> {
+    let domain = match family {
+        Family::V4 => Domain::IPV4,
+        Family::V6 => Domain::IPV6,
+    };
+    let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(socket2::Protocol::UDP))?;
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if opts.allow_broadcast {
+        sock.set_broadcast(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    if let Some(l) = local {
+        if let Err(e) = sock.bind(&l.into()) {
+            return Err(Error::Bind { address: l.to_string(), source: e });
+        }
+    }
+    if let Some(r) = remote {
+        if !opts.allow_broadcast {
+            sock.connect(&r.into())?;
+        }
+    }
+    Ok(sock.into())
+}
+
+/// Remove a stale socket file at `path` (not an abstract name), as asyncio
+/// does before binding a Unix socket. Other files are left alone (bind fails).
+pub(crate) fn remove_stale_socket(path: &Path) {
+    if path.as_os_str().as_bytes().first() == Some(&0) {
+        return;
+    }
+    if let Ok(md) = std::fs::metadata(path) {
+        if md.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn path_address(p: &Path) -> Address {
+    Address::Unix(String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned())
+}
+
+/// Resolve an optional `(host, port)`, then call `k` (from the loop).
+fn resolve_opt(
+    lp: &EventLoop,
+    addr: Option<(String, u16)>,
+    k: impl FnOnce(Result<Option<Vec<SocketAddr>>>) + 'static,
+) {
+    let Some((host, port)) = addr else { return k(Ok(None)) };
+    let fut = resolve(lp, Some(&host), port);
+    fut.clone().add_done_callback(move || match fut.take_result() {
+        Some(Ok(v)) => k(Ok(Some(v))),
+        Some(Err(e)) => k(Err(e)),
+        None => k(Err(Error::Cancelled)),
+    });
+}
+
+/// asyncio's choice of socket for `create_datagram_endpoint`: pair the
+/// resolved local and remote addresses by family, try each pair in turn.
+fn udp_socket_for(
+    local: Option<Vec<SocketAddr>>,
+    remote: Option<Vec<SocketAddr>>,
+    opts: &DatagramOptions,
+) -> Result<(std::net::UdpSocket, Option<SocketAddr>)> {
+    let keep = |v: Option<Vec<SocketAddr>>| -> Option<Vec<SocketAddr>> {
+        v.map(|v| v.into_iter().filter(|a| opts.family.map(|f| f.matches(a)).unwrap_or(true)).collect())
+    };
+    let (local, remote) = (keep(local), keep(remote));
+    if local.is_none() && remote.is_none() {
+        let Some(family) = opts.family else {
+            return Err(Error::invalid("unexpected address family"));
+        };
+        return Ok((open_udp(family, None, None, opts)?, None));
+    }
+    // Families in the order the addresses came, each with its first local
+    // and first remote address.
+    let mut families: Vec<Family> = Vec::new();
+    for a in local.iter().flatten().chain(remote.iter().flatten()) {
+        let f = family_of(a);
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    let first_of = |v: &Option<Vec<SocketAddr>>, f: Family| v.as_ref().and_then(|v| v.iter().find(|a| f.matches(a)).copied());
+    let pairs: Vec<(Family, Option<SocketAddr>, Option<SocketAddr>)> = families
+        .into_iter()
+        .map(|f| (f, first_of(&local, f), first_of(&remote, f)))
+        .filter(|(_, l, r)| (local.is_none() || l.is_some()) && (remote.is_none() || r.is_some()))
+        .collect();
+    if pairs.is_empty() {
+        return Err(Error::invalid("can not get address information"));
+    }
+    let mut errors = Vec::new();
+    for (family, l, r) in pairs {
+        match open_udp(family, l, r, opts) {
+            Ok(s) => return Ok((s, r)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.swap_remove(0))
+}
+
+impl EventLoop {
+    /// Create a UDP endpoint (asyncio's `create_datagram_endpoint`) and run a
+    /// protocol made by `factory` on it. Names are resolved off the loop
+    /// thread; the future completes after `connection_made`.
+    ///
+    /// As asyncio: with both addresses, each family that both resolve to is
+    /// tried in turn; with neither, `family` must be given and the socket is
+    /// left unbound (the kernel binds it on the first send). Errors:
+    /// [`Error::InvalidArgument`] ("unexpected address family", "can not get
+    /// address information"), [`Error::Bind`] when `local_addr` cannot be
+    /// bound, [`Error::Io`] for the rest.
+    pub fn create_datagram_endpoint<P, F>(&self, factory: F, opts: DatagramOptions) -> LoopFuture<DatagramEndpoint<P>>
+    where
+        P: DatagramProtocol,
+        F: FnOnce() -> P + 'static,
+    {
+        let out = LoopFuture::new();
+        if let Err(e) = self.check_closed() {
+            out.set(Err(e));
+            return out;
+        }
+        let lp = self.clone();
+        let out2 = out.clone();
+        let (local, remote) = (opts.local_addr.clone(), opts.remote_addr.clone());
+        resolve_opt(self, local, move |local| {
+            let lp2 = lp.clone();
+            resolve_opt(&lp, remote, move |remote| {
+                let opened = local.and_then(|l| remote.map(|r| (l, r))).and_then(|(l, r)| udp_socket_for(l, r, &opts));
+                match opened {
+                    Ok((sock, remote)) => {
+                        start_datagram(&lp2, DatagramSocket::Udp(sock), factory(), remote.map(Address::Inet), out2)
+                    }
+                    Err(e) => out2.set(Err(e)),
+                }
+            });
+        });
+        out
+    }
+
+    /// Create a Unix datagram endpoint: bind to `local_path` (a stale socket
+    /// file there is removed first, as asyncio does; a path starting with a
+    /// NUL byte is an abstract name) and/or connect to `remote_path`.
+    /// With neither, the socket is unnamed.
+    pub fn create_unix_datagram_endpoint<P, F>(
+        &self,
+        factory: F,
+        local_path: Option<&Path>,
+        remote_path: Option<&Path>,
+    ) -> LoopFuture<DatagramEndpoint<P>>
+    where
+        P: DatagramProtocol,
+        F: FnOnce() -> P,
+    {
+        let out = LoopFuture::new();
+        let opened = (|| -> Result<std::os::unix::net::UnixDatagram> {
+            self.check_closed()?;
+            let sock = Socket::new(Domain::UNIX, Type::DGRAM.cloexec(), None)?;
+            sock.set_nonblocking(true)?;
+            if let Some(l) = local_path {
+                remove_stale_socket(l);
+                if let Err(e) = sock.bind(&SockAddr::unix(l)?) {
+                    return Err(Error::Bind { address: format!("{l:?}"), source: e });
+                }
+            }
+            if let Some(r) = remote_path {
+                sock.connect(&SockAddr::unix(r)?)?;
+            }
+            Ok(OwnedFd::from(sock).into())
+        })();
+        match opened {
+            Ok(s) => start_datagram(self, DatagramSocket::Unix(s), factory(), remote_path.map(path_address), out.clone()),
+            Err(e) => out.set(Err(e)),
+        }
+        out
+    }
+
+    /// Run a datagram protocol on an existing socket (asyncio's
+    /// `create_datagram_endpoint(sock=...)`). A connected socket sends to its
+    /// peer; an unconnected one needs an address for every `sendto`.
+    pub fn create_datagram_endpoint_from_socket<P, F>(
+        &self,
+        factory: F,
+        sock: impl Into<DatagramSocket>,
+    ) -> LoopFuture<DatagramEndpoint<P>>
+    where
+        P: DatagramProtocol,
+        F: FnOnce() -> P,
+    {
+        let out = LoopFuture::new();
+        match self.check_closed() {
+            Ok(()) => start_datagram(self, sock.into(), factory(), None, out.clone()),
+            Err(e) => out.set(Err(e)),
+        }
+        out
+    }
+
+    /// Make a datagram transport for `protocol` on `sock`, synchronously
+    /// (bindings: the protocol object is built by the caller). `remote` is
+    /// the default destination (checked by `sendto`). `connection_made`
+    /// follows from the ready queue.
+    pub fn create_datagram_transport(
+        &self,
+        sock: DatagramSocket,
+        protocol: DatagramProtocolRef,
+        remote: Option<Address>,
+    ) -> Result<DatagramTransport> {
+        let sock = sock.into_sock()?;
+        DatagramTransport::spawn(self, sock, protocol, remote, None)
+    }
+}
+
+/// Start a transport on `sock` and complete `out` after `connection_made`.
+fn start_datagram<P: DatagramProtocol>(
+    lp: &EventLoop,
+    sock: DatagramSocket,
+    protocol: P,
+    remote: Option<Address>,
+    out: LoopFuture<DatagramEndpoint<P>>,
+) {
+    let sock = match sock.into_sock() {
+        Ok(s) => s,
+        Err(e) => return out.set(Err(Error::Io(e))),
+    };
+    let proto = Rc::new(RefCell::new(protocol));
+    let dyn_proto: DatagramProtocolRef = proto.clone();
+    let out2 = out.clone();
+    let on_made = Box::new(move |t: DatagramTransport| out2.set(Ok((t, proto))));
+    if let Err(e) = DatagramTransport::spawn(lp, sock, dyn_proto, remote, Some(on_made)) {
+        out.set(Err(e));
+    }
+}
