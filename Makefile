@@ -29,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The stamp's name carries a checksum of the package list: editing the list reinstalls.
 VENV_STAMP := $(VENV)/.stamp-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python \
+.PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python test-conformance \
         conformance doc clean distclean
 
 # ---------------------------------------------------------------------------- deps
@@ -93,7 +93,7 @@ demo-python:
 
 # ---------------------------------------------------------------------------- test
 
-test: deps test-rust test-python
+test: deps test-rust test-python test-conformance
 
 # Debug build: the whole suite (with its 1000-connection stress test) takes well
 # under a minute, less than a release build would.
@@ -108,6 +108,11 @@ test-python:
 	  if [ $$rc = 5 ]; then echo "test-python: no tests collected in python/tests"; rc=0; fi; \
 	  exit $$rc; \
 	else echo "test-python: no python/tests yet (the Python face adds them)"; fi
+
+# CPython's test_asyncio on ferroloop: every test of the committed baseline
+# (python/conformance/baseline.json) must still pass.
+test-conformance: develop
+	$(PY) python/conformance/run.py --check
 
 conformance:
 	@if [ -f python/conformance/run.py ]; then \

@@ -120,7 +120,7 @@ impl ListenSock {
             ListenSock::Unix(s) => s
                 .local_addr()
                 .ok()
-                .map(|a| Address::Unix(a.as_pathname().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())),
+                .map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
         }
     }
 }
@@ -214,6 +214,8 @@ pub(crate) struct ServerInner {
     clients: RefCell<Slab<Weak<StreamInner>>>,
     waiters: RefCell<Option<Vec<LoopFuture<()>>>>,
     serving_forever: Cell<bool>,
+    /// Run once when the server closes (a Unix server removes its socket file).
+    close_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
 }
 
 impl ServerInner {
@@ -349,8 +351,21 @@ impl Server {
             let s = l.sock.borrow_mut().take();
             drop(s);
         }
+        let hooks = std::mem::take(&mut *self.inner.close_hooks.borrow_mut());
+        for hook in hooks {
+            hook();
+        }
         if self.inner.clients.borrow().is_empty() {
             self.inner.wakeup();
+        }
+    }
+
+    /// Run `f` when the server closes (at once if it is closed already).
+    pub(crate) fn on_close(&self, f: Box<dyn FnOnce()>) {
+        if self.inner.closed.get() {
+            f()
+        } else {
+            self.inner.close_hooks.borrow_mut().push(f)
         }
     }
 
@@ -443,6 +458,7 @@ impl EventLoop {
             clients: RefCell::new(Slab::new()),
             waiters: RefCell::new(Some(Vec::new())),
             serving_forever: Cell::new(false),
+            close_hooks: RefCell::new(Vec::new()),
         });
         let server = Server { inner };
         if opts.start_serving {
