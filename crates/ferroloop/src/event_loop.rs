@@ -241,6 +241,7 @@ pub(crate) struct LoopInner {
     resolutions: RefCell<Slab<LoopFuture<Vec<std::net::SocketAddr>>>>,
     signals: RefCell<Option<Rc<crate::signal::Signals>>>,
     interrupt: RefCell<Option<Error>>,
+    pub(crate) children: crate::child::ChildState,
     warning_handler: RefCell<Option<WarningHandler>>,
 }
 
@@ -326,6 +327,7 @@ impl EventLoop {
                 resolutions: RefCell::new(Slab::new()),
                 signals: RefCell::new(None),
                 interrupt: RefCell::new(None),
+                children: Default::default(),
                 warning_handler: RefCell::new(None),
             }),
         })
@@ -707,6 +709,7 @@ impl EventLoop {
         let watches = std::mem::take(&mut *self.inner.watches.borrow_mut());
         let remote = std::mem::take(&mut *self.inner.remote.queue.lock().unwrap_or_else(|p| p.into_inner()));
         let resolutions = std::mem::take(&mut *self.inner.resolutions.borrow_mut());
+        self.inner.children.clear();
         if let Some(signals) = self.inner.signals.borrow_mut().take() {
             signals.restore_all();
         }

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod child;
 pub mod error;
 pub mod event_loop;
 pub mod flow;
@@ -53,6 +54,11 @@ pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
 pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, StreamSocket, Transport};
+pub use child::ChildWatcher;
+pub use transport::{
+    Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,
+    TransportKind,
+};
 pub use transport::{
     DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramProtocolRef, DatagramSocket, DatagramTransport,
 };

@@ -20,13 +20,18 @@ pub(crate) struct Signals {
     rx: RefCell<Option<mio::unix::pipe::Receiver>>,
     _tx: mio::unix::pipe::Sender,
     handlers: RefCell<HashMap<i32, Rc<dyn Fn()>>>,
+    /// The engine's own handlers (the `SIGCHLD` child watcher), kept apart
+    /// from the program's: each kind survives the other's removal.
+    internal: RefCell<HashMap<i32, Rc<dyn Fn()>>>,
 }
 
 impl Signals {
     /// Loop close: give every handled signal its default disposition back.
     pub(crate) fn restore_all(&self) {
         sys::set_wake_fd(-1);
-        for sig in self.handlers.borrow_mut().drain().map(|(k, _)| k) {
+        let internal: Vec<i32> = self.internal.borrow_mut().drain().map(|(k, _)| k).collect();
+        let user: Vec<i32> = self.handlers.borrow_mut().drain().map(|(k, _)| k).collect();
+        for sig in internal.into_iter().chain(user) {
             let _ = sys::restore_default(sig);
         }
     }
@@ -44,10 +49,18 @@ impl IoSource for Signals {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            for &sig in &buf[..n] {
+            for (i, &sig) in buf[..n].iter().enumerate() {
                 let h = self.handlers.borrow().get(&(sig as i32)).cloned();
                 if let Some(h) = h {
                     lp.schedule(Box::new(move || h()));
+                }
+                // Internal handlers run now, once per batch (signals coalesce anyway).
+                if buf[..i].contains(&sig) {
+                    continue;
+                }
+                let h = self.internal.borrow().get(&(sig as i32)).cloned();
+                if let Some(h) = h {
+                    lp.guarded("Exception in signal handler", || h());
                 }
             }
         }
@@ -84,10 +97,25 @@ impl EventLoop {
             Some(s) => s.handlers.borrow_mut().remove(&sig).is_some(),
             None => false,
         };
-        if removed {
+        let internal = self.inner_signals().map(|s| s.internal.borrow().contains_key(&sig)).unwrap_or(false);
+        if removed && !internal {
             sys::restore_default(sig)?;
         }
         Ok(removed)
+    }
+
+    /// Install an engine-internal handler for `sig`, run during the I/O
+    /// phase of the iteration that sees the signal. It does not replace (and
+    /// is not replaced by) the program's handler of the same signal.
+    pub(crate) fn add_internal_signal_handler(&self, sig: i32, f: Rc<dyn Fn()>) -> Result<()> {
+        self.check_closed()?;
+        let signals = self.signals()?;
+        signals.internal.borrow_mut().insert(sig, f);
+        if let Err(e) = sys::catch(sig) {
+            signals.internal.borrow_mut().remove(&sig);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     fn signals(&self) -> Result<Rc<Signals>> {
@@ -98,7 +126,7 @@ impl EventLoop {
         let fd = tx.as_raw_fd();
         let handlers = RefCell::new(HashMap::new());
         // Register first, then store the receiver: the source needs its own Rc.
-        let s = Rc::new(Signals { rx: RefCell::new(None), _tx: tx, handlers });
+        let s = Rc::new(Signals { rx: RefCell::new(None), _tx: tx, handlers, internal: RefCell::new(HashMap::new()) });
         self.register(&mut rx, Interest::READABLE, s.clone())?;
         *s.rx.borrow_mut() = Some(rx);
         sys::set_wake_fd(fd);

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
-use mio::{Interest, Token};
+use mio::Token;
 
 use crate::error::{Error, Result};
 use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
@@ -23,6 +23,7 @@ use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
+use crate::transport::pipe::{PipeFd, TransportKind};
 
 /// Reads per readiness event before yielding to other sources.
 const READS_PER_EVENT: usize = 32;
@@ -60,6 +61,8 @@ pub enum ExtraInfo {
 pub(crate) enum Sock {
     Tcp(mio::net::TcpStream),
     Unix(mio::net::UnixStream),
+    /// A pipe, FIFO, character device or socket used as a pipe.
+    Pipe(PipeFd),
 }
 
 impl Sock {
@@ -67,6 +70,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s,
             Sock::Unix(s) => s,
+            Sock::Pipe(s) => s,
         }
     }
 
@@ -74,6 +78,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => (&*s).read(buf),
             Sock::Unix(s) => (&*s).read(buf),
+            Sock::Pipe(s) => s.read(buf),
         }
     }
 
@@ -81,6 +86,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => (&*s).write(buf),
             Sock::Unix(s) => (&*s).write(buf),
+            Sock::Pipe(s) => s.write(buf),
         }
     }
 
@@ -88,6 +94,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => (&*s).write_vectored(bufs),
             Sock::Unix(s) => (&*s).write_vectored(bufs),
+            Sock::Pipe(s) => s.write_vectored(bufs),
         }
     }
 
@@ -95,6 +102,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Write),
             Sock::Unix(s) => s.shutdown(Shutdown::Write),
+            // A write pipe's write_eof is close(): never shut down.
+            Sock::Pipe(_) => Ok(()),
         }
     }
 
@@ -102,6 +111,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.as_raw_fd(),
             Sock::Unix(s) => s.as_raw_fd(),
+            Sock::Pipe(s) => s.fd(),
         }
     }
 
@@ -109,6 +119,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.peer_addr().ok().map(Address::Inet),
             Sock::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(unix_path(&a))),
+            Sock::Pipe(_) => None,
         }
     }
 
@@ -116,6 +127,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
             Sock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(unix_path(&a))),
+            Sock::Pipe(_) => None,
         }
     }
 }
@@ -156,6 +168,9 @@ struct State {
     conn_lost: u32,
     /// `connection_lost` was delivered.
     lost: bool,
+    /// Writes dropped because a write pipe was closing (asyncio counts them
+    /// with `_conn_lost`; here `conn_lost` keeps meaning "lost is scheduled").
+    dropped_writes: u32,
     /// `write_eof` was called.
     eof: bool,
     /// The write side is shut down.
@@ -176,6 +191,10 @@ struct State {
 
 pub(crate) struct StreamInner {
     lp: EventLoop,
+    /// Stream socket or pipe (see `transport::pipe`).
+    kind: TransportKind,
+    /// A write pipe on a FIFO or socket: readability means the reader left.
+    watch_peer: bool,
     sock: RefCell<Option<Sock>>,
     fd: RawFd,
     token: Cell<Token>,
@@ -190,7 +209,9 @@ pub(crate) struct StreamInner {
     on_drained: RefCell<Option<Box<dyn FnOnce(Result<()>)>>>,
 }
 
-/// A stream transport (TCP or Unix socket), asyncio's `Transport`.
+/// A stream transport (TCP or Unix socket), asyncio's `Transport`; also the
+/// read and write pipe transports (see [`crate::transport::pipe`] and
+/// [`Transport::kind`]).
 ///
 /// A cheap, clonable handle: the protocol receives one in `connection_made`.
 /// All methods may be called from within protocol methods.
@@ -220,17 +241,33 @@ impl Transport {
     /// queue, then reading starts; `on_made` runs right after `connection_made`.
     pub(crate) fn spawn(
         lp: &EventLoop,
+        sock: Sock,
+        protocol: ProtocolRef,
+        server: Option<(Weak<ServerInner>, usize)>,
+        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
+    ) -> Result<Transport> {
+        Self::spawn_kind(lp, sock, TransportKind::Stream, protocol, server, on_made)
+    }
+
+    /// [`Transport::spawn`] for a transport of any kind (pipes too).
+    pub(crate) fn spawn_kind(
+        lp: &EventLoop,
         mut sock: Sock,
+        kind: TransportKind,
         protocol: ProtocolRef,
         server: Option<(Weak<ServerInner>, usize)>,
         on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     ) -> Result<Transport> {
         lp.check_closed()?;
+        let interest = kind.interest(&sock);
+        let watch_peer = kind.watches_peer(&sock);
         let fd = sock.fd();
         let peername = sock.peer();
         let sockname = sock.local();
         let inner = Rc::new(StreamInner {
             lp: lp.clone(),
+            kind,
+            watch_peer,
             sock: RefCell::new(None),
             fd,
             token: Cell::new(Token(0)),
@@ -245,7 +282,7 @@ impl Transport {
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
-        let token = lp.register(sock.source(), Interest::READABLE | Interest::WRITABLE, inner.clone())?;
+        let token = lp.register(sock.source(), interest, inner.clone())?;
         inner.token.set(token);
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
@@ -327,16 +364,22 @@ impl Transport {
         self.inner.write_eof()
     }
 
-    /// Stream sockets support half-close.
+    /// Stream sockets support half-close; a write pipe's `write_eof` closes
+    /// it (true as in asyncio); a read pipe cannot write (false).
     pub fn can_write_eof(&self) -> bool {
-        true
+        self.inner.kind != TransportKind::ReadPipe
+    }
+
+    /// Stream socket, read pipe or write pipe.
+    pub fn kind(&self) -> TransportKind {
+        self.inner.kind
     }
 
     /// Stop delivering data until [`Transport::resume_reading`]; effective at
     /// once, even inside `data_received`. No-op if closing or already paused.
     pub fn pause_reading(&self) {
         let mut st = self.inner.st.borrow_mut();
-        if st.closing || st.read_paused {
+        if st.closing || st.read_paused || self.inner.kind == TransportKind::WritePipe {
             return;
         }
         st.read_paused = true;
@@ -354,10 +397,11 @@ impl Transport {
         self.inner.rearm();
     }
 
-    /// True unless reading is paused or the transport is closing.
+    /// True unless reading is paused or the transport is closing (always
+    /// false for a write pipe).
     pub fn is_reading(&self) -> bool {
         let st = self.inner.st.borrow();
-        !st.read_paused && !st.closing
+        !st.read_paused && !st.closing && self.inner.kind != TransportKind::WritePipe
     }
 
     /// Bytes queued for sending.
@@ -390,8 +434,12 @@ impl Transport {
         self.inner.st.borrow().flow.is_paused()
     }
 
-    /// Look up extra information by asyncio's key: `peername`, `sockname`, `socket`.
+    /// Look up extra information by asyncio's key: `peername`, `sockname`,
+    /// `socket` for a stream socket; `pipe` (the descriptor) for a pipe.
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        if self.inner.kind.is_pipe() {
+            return (name == "pipe").then_some(ExtraInfo::Fd(self.inner.fd));
+        }
         match name {
             "peername" => self.peername().map(ExtraInfo::Address),
             "sockname" => self.sockname().map(ExtraInfo::Address),
@@ -546,7 +594,8 @@ impl StreamInner {
         let mut sock = self.sock.borrow_mut();
         if let Some(s) = sock.as_mut() {
             // Fails only once the socket is being closed; nothing to re-arm then.
-            let _ = self.lp.reregister(s.source(), self.token.get(), Interest::READABLE | Interest::WRITABLE);
+            let interest = self.kind.interest(s);
+            let _ = self.lp.reregister(s.source(), self.token.get(), interest);
         }
     }
 
@@ -568,7 +617,8 @@ impl StreamInner {
                 }
                 ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
                 ReadOutcome::Error(e) => {
-                    self.fatal_error(Error::Io(e), "Fatal read error on socket transport");
+                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
+                    self.fatal_error(Error::Io(e), &msg);
                     return;
                 }
             }
@@ -637,6 +687,24 @@ impl StreamInner {
     }
 
     fn on_eof(self: &Rc<Self>) {
+        if self.kind == TransportKind::ReadPipe {
+            // asyncio's read pipe: eof_received (whatever it returns), then close.
+            {
+                let mut st = self.st.borrow_mut();
+                st.read_eof = true;
+                if st.conn_lost > 0 {
+                    return;
+                }
+                st.closing = true;
+                st.conn_lost += 1;
+            }
+            self.with_protocol("eof_received", |p| {
+                p.eof_received();
+            });
+            let me = self.clone();
+            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+            return;
+        }
         self.st.borrow_mut().read_eof = true;
         match self.with_protocol("eof_received", |p| p.eof_received()) {
             Some(true) => {}
@@ -655,13 +723,29 @@ impl StreamInner {
             if st.eof {
                 return Err(Error::state("Cannot call write() after write_eof()"));
             }
+            if self.kind == TransportKind::ReadPipe {
+                return Err(Error::state("write() is not supported on a read pipe transport"));
+            }
             if data.is_empty() {
+                return Ok(());
+            }
+            if self.kind.is_pipe() && st.closing && st.conn_lost == 0 {
+                // asyncio's write pipe drops writes once closing (close/write_eof).
+                st.dropped_writes += 1;
+                if st.dropped_writes >= CONNLOST_WRITE_LOG_THRESHOLD {
+                    drop(st);
+                    self.lp.warn("pipe closed by peer or os.write(pipe, data) raised exception.");
+                }
                 return Ok(());
             }
             if st.conn_lost > 0 {
                 if st.conn_lost >= CONNLOST_WRITE_LOG_THRESHOLD {
                     drop(st);
-                    self.lp.warn("socket.send() raised exception.");
+                    self.lp.warn(if self.kind.is_pipe() {
+                        "pipe closed by peer or os.write(pipe, data) raised exception."
+                    } else {
+                        "socket.send() raised exception."
+                    });
                     self.st.borrow_mut().conn_lost += 1;
                     return Ok(());
                 }
@@ -697,7 +781,8 @@ impl StreamInner {
                 }
             }
             Err(e) => {
-                self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                let msg = format!("Fatal write error on {} transport", self.kind.noun());
+                self.fatal_error(Error::Io(e), &msg);
                 return Ok(());
             }
         }
@@ -712,10 +797,13 @@ impl StreamInner {
             if st.eof {
                 return Err(Error::state("Cannot call write() after write_eof()"));
             }
+            if self.kind == TransportKind::ReadPipe {
+                return Err(Error::state("write() is not supported on a read pipe transport"));
+            }
             if chunks.is_empty() {
                 return Ok(());
             }
-            if st.conn_lost > 0 || !st.buf.is_empty() || chunks.len() == 1 {
+            if st.conn_lost > 0 || st.closing || !st.buf.is_empty() || chunks.len() == 1 {
                 drop(st);
                 for c in chunks {
                     self.write(c, None)?;
@@ -762,7 +850,8 @@ impl StreamInner {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => {
-                self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                let msg = format!("Fatal write error on {} transport", self.kind.noun());
+                self.fatal_error(Error::Io(e), &msg);
                 return Ok(());
             }
         };
@@ -827,7 +916,8 @@ impl StreamInner {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    self.fatal_error(Error::Io(e), "Fatal write error on socket transport");
+                    let msg = format!("Fatal write error on {} transport", self.kind.noun());
+                    self.fatal_error(Error::Io(e), &msg);
                     return;
                 }
             }
@@ -868,6 +958,15 @@ impl StreamInner {
     }
 
     fn write_eof(self: &Rc<Self>) -> Result<()> {
+        match self.kind {
+            TransportKind::Stream => {}
+            // A pipe has no half-close: its write_eof closes it (asyncio).
+            TransportKind::WritePipe => {
+                self.close();
+                return Ok(());
+            }
+            TransportKind::ReadPipe => return Err(Error::state("write_eof() is not supported on a read pipe transport")),
+        }
         let now = {
             let mut st = self.st.borrow_mut();
             if st.closing || st.eof {
@@ -978,6 +1077,21 @@ impl StreamInner {
         }
     }
 
+    /// A write pipe's reader went away (asyncio's `_read_ready` on the
+    /// write end): close, with `EPIPE` if data was still queued.
+    fn pipe_peer_closed(self: &Rc<Self>) {
+        let (started, queued) = {
+            let st = self.st.borrow();
+            (st.started, !st.buf.is_empty())
+        };
+        if !started {
+            // Seen again after connection_made, which re-arms the registration.
+            return;
+        }
+        let err = queued.then(|| Error::Io(io::Error::from_raw_os_error(libc::EPIPE)));
+        self.force_close(err);
+    }
+
     pub(crate) fn is_lost(&self) -> bool {
         self.st.borrow().lost
     }
@@ -1027,6 +1141,27 @@ impl IoSource for StreamInner {
     }
 
     fn on_ready(self: Rc<Self>, _lp: &EventLoop, ready: Readiness) {
+        match self.kind {
+            TransportKind::Stream => {}
+            TransportKind::ReadPipe => {
+                if ready.read_closed || ready.error {
+                    self.st.borrow_mut().read_hup = true;
+                }
+                if ready.readable || ready.read_closed || ready.error {
+                    self.do_read();
+                }
+                return;
+            }
+            TransportKind::WritePipe => {
+                if self.watch_peer && (ready.readable || ready.read_closed || ready.error) {
+                    self.pipe_peer_closed();
+                }
+                if ready.writable || ready.write_closed || ready.error {
+                    self.do_write();
+                }
+                return;
+            }
+        }
         if ready.read_closed || ready.error {
             self.st.borrow_mut().read_hup = true;
         }
