@@ -468,6 +468,14 @@ def run_loadgen(server: Server, args: list[str], timeout: float = 180.0) -> dict
         res["server_alive"] = server.alive()
         if not server.alive():
             res["server_log_tail"] = server.log_tail()
+        else:
+            # Resource state at the failure (an fd limit is a common cause with many connections).
+            try:
+                for line in open(f"/proc/{server.pid}/limits"):
+                    if line.startswith("Max open files"):
+                        res["server_nofile_limit"] = int(line.split()[3])
+            except (OSError, ValueError, IndexError):
+                pass
     return res
 
 
@@ -483,6 +491,7 @@ def summarize(runs: list[dict]) -> dict:
         return s
     for k in ("server_cpu_us_per_msg", "server_sched_us_per_msg", "msgs_per_s", "mb_per_s", "lat_p50_us",
               "lat_p99_us", "server_util", "client_util", "foreign_cpu_share", "steal_share", "rss_per_conn_bytes",
+              "server_fds_per_conn",
               "elapsed_s"):
         s[k] = med(r.get(k) for r in ok)
     s["server_user_us_per_msg"] = med(
@@ -826,12 +835,12 @@ def throughput_tables(L, out, pcells, present):
 def bulk_idle_tables(L, out, bulk, idle, present):
     if bulk or idle:
         cols = [c["cell"]["label"] + h for c in bulk for h in (" MB/s", " server CPU s/GiB")]
-        cols += [c["cell"]["label"] + " RSS/conn" for c in idle]
+        cols += [c["cell"]["label"] + h for c in idle for h in (" RSS/conn", " fds/conn")]
         L.append("### Bulk transfer and idle connections")
         L.append("")
         L.append("Bulk: one connection streams the bytes through the echo server and back (1 MiB window), MB/s of "
                  "echoed data; idle: growth of the server's RSS per connection (VmRSS, user-space memory only; kernel "
-                 "socket buffers are not in it), each server in a fresh process.")
+                 "socket buffers are not in it), each server in a fresh process; fds/conn: growth of the server's open file descriptors per connection.")
         L.append("")
         L.append("| server | " + " | ".join(cols) + " |")
         L.append("|---|" + "---|" * len(cols))
@@ -846,6 +855,7 @@ def bulk_idle_tables(L, out, bulk, idle, present):
                 cid = c["cell"]["id"]
                 b = cell_value(out, cid, s.key, "rss_per_conn_bytes")
                 row.append(f"{b / 1024:.1f} KiB" if b is not None else (cell_note(out, cid, s.key) or "—"))
+                row.append(fmt(cell_value(out, cid, s.key, "server_fds_per_conn"), 2))
             L.append(f"| {s.key} | " + " | ".join(row) + " |")
         L.append("")
 
@@ -881,8 +891,12 @@ def tail_sections(L, out, cells):
         for key, e in c["servers"].items():
             s = e.get("summary") or {}
             if s.get("errors"):
+                fds = [(r["server_fds_at_failure"], r.get("server_nofile_limit")) for r in e["runs"]
+                       if "server_fds_at_failure" in r]
+                extra = (f" (the server had {fds[-1][0]:,} fds open at the failure; its limit: {fds[-1][1]:,})"
+                         if fds and c["cell"]["kind"] == "idle" and fds[-1][1] else "")
                 failures.append(f"- {c['cell']['label']}, {key}: {s['n'] - s['n_ok']}/{s['n']} runs failed: "
-                                f"{'; '.join(s['errors'])[:300]}")
+                                f"{'; '.join(s['errors'])[:300]}{extra}")
     if unsup or failures:
         L.append("### Not measured or failed")
         L.append("")
@@ -978,13 +992,13 @@ def main() -> int:
                     help="the QUICK subset (also QUICK=1 in the environment)")
     ap.add_argument("--smoke", action="store_true", help="correctness only: every server echoes byte-exact")
     ap.add_argument("--runs", type=int, help="runs per cell (default 3)")
-    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.8; quick 0.5)")
+    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.7; quick 0.5)")
     ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.2; quick 0.15)")
     ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
     ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
     ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
     ap.add_argument("--callgrind", choices=["auto", "on", "off"], default="auto",
-                    help="instructions per message under callgrind (auto: full runs only)")
+                    help="instructions per message under callgrind (auto: full, unfiltered runs only)")
     ap.add_argument("--py-gc", choices=["on", "off"], default="on",
                     help="off: Python servers run with gc.disable() (a diagnostic, not the default)")
     ap.add_argument("--docs", choices=["auto", "on", "off"], default="auto",
@@ -997,11 +1011,12 @@ def main() -> int:
     quick = args.quick
     cfg = Config(
         quick=quick,
-        duration=args.duration or (0.5 if quick else 0.8),
+        duration=args.duration or (0.5 if quick else 0.7),
         warmup=args.warmup if args.warmup is not None else (0.15 if quick else 0.2),
         runs=args.runs or 3,
         py_gc=args.py_gc,
-        callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick),
+        callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick and not args.only
+                                                 and not args.cells),
         only=args.only,
         cells_filter=args.cells,
     )

@@ -155,8 +155,15 @@ def main():
         import gc
 
         gc.disable()
+    # As the Rust binaries do: 65,536 where allowed (root), else soft = hard.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        if hard < 65536:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         loop = new_loop(args.loop)
     except ImportError as e:

@@ -79,6 +79,7 @@ FILES = [
     FileSpec("test_sock_lowlevel"),
     FileSpec("test_sslproto"),
     FileSpec("test_streams"),
+    FileSpec("test_subprocess"),
     FileSpec(
         "test_base_events",
         classes=["BaseEventLoopWithSelectorTests", "RunningLoopTests", "BaseLoopSockSendfileTests"],

@@ -26,10 +26,10 @@ import time
 import warnings
 import weakref
 
-from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock
+from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
 from . import _ferroloop
-from ._transports import StreamTransport
+from ._transports import ReadPipeTransport, StreamTransport, WritePipeTransport
 
 _monotonic = time.monotonic
 
@@ -502,15 +502,49 @@ class Loop(base_events.BaseEventLoop):
         raise NotImplementedError("ferroloop: datagram (UDP) transports are not implemented yet")
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        raise NotImplementedError("ferroloop: pipe transports are not implemented yet")
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        raise NotImplementedError("ferroloop: pipe transports are not implemented yet")
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
-        raise NotImplementedError("ferroloop: subprocess transports are not implemented yet")
+        # asyncio's own subprocess transport (subprocess.Popen, pipes through
+        # connect_read_pipe/connect_write_pipe, i.e. the engine's pipe
+        # transports); the child's exit comes from the engine's watcher (a
+        # pidfd in the loop's poll), not from asyncio's child watcher: no
+        # thread, no SIGCHLD handler, any thread may run the loop.
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
+        )
+        try:
+            self._core.watch_child(transp.get_pid(), functools.partial(self._child_exited, transp))
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _child_exited(self, transp, returncode):
+        """The engine reaped ``transp``'s child (``returncode`` None: reaped
+        elsewhere first, e.g. by ``Popen.poll()``)."""
+        if returncode is None:
+            proc = transp._proc
+            returncode = proc.returncode if proc is not None else None
+            if returncode is None:
+                base_events.logger.warning(
+                    "child process pid %d exit status already read:  will report returncode 255",
+                    transp.get_pid(),
+                )
+                returncode = 255
+        # As asyncio's watcher callback: skip one iteration, so that what the
+        # pipes delivered meanwhile is handled first.
+        self.call_soon(self.call_soon, transp._process_exited, returncode)
 
     # ----- servers ------------------------------------------------------------
 

@@ -33,9 +33,10 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ferroloop_bench::{cpu_sample, die, raise_nofile, rss_kib, Args, CpuSample, Endpoint};
+use ferroloop_bench::{cpu_sample, die, fd_count, raise_nofile, rss_kib, Args, CpuSample, Endpoint};
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
@@ -158,8 +159,17 @@ struct Gen {
     buf: Vec<u8>,
 }
 
+/// The server's pid (0: not given), for [`fail`] to report its open fds.
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
 fn fail(msg: &str) -> ! {
-    println!("{{\"ok\": false, \"error\": {}}}", json_str(msg));
+    let pid = SERVER_PID.load(Ordering::Relaxed);
+    let fds = if pid != 0 { fd_count(pid).ok() } else { None };
+    match fds {
+        // Sampled before our own sockets close: an fd limit is a usual cause with many connections.
+        Some(n) => println!("{{\"ok\": false, \"error\": {}, \"server_fds_at_failure\": {n}}}", json_str(msg)),
+        None => println!("{{\"ok\": false, \"error\": {}}}", json_str(msg)),
+    }
     eprintln!("loadgen: {msg}");
     std::process::exit(1)
 }
@@ -478,10 +488,12 @@ fn main() {
         (d, _, _, _) => d,
     };
     raise_nofile();
+    SERVER_PID.store(cfg.server_pid.unwrap_or(0), Ordering::Relaxed);
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(cfg.timeout);
     let rss_before = cfg.server_pid.and_then(|p| rss_kib(p).ok());
+    let fds_before = cfg.server_pid.and_then(|p| fd_count(p).ok());
     let conns_wanted = cfg.conns;
     let mut g = Gen {
         cfg,
@@ -521,6 +533,11 @@ fn main() {
             g.poll_once(&mut events, Some(hold_until.saturating_duration_since(Instant::now())));
         }
         let rss_after = pid.and_then(|p| rss_kib(p).ok());
+        let fds_after = pid.and_then(|p| fd_count(p).ok());
+        let fds_per_conn = match (fds_before, fds_after) {
+            (Some(a), Some(b)) => (b as f64 - a as f64) / g.cfg.conns as f64,
+            _ => f64::NAN,
+        };
         let cpu1 = sample();
         let per_conn = match (rss_before, rss_after) {
             (Some(a), Some(b)) => (b as f64 - a as f64) * 1024.0 / g.cfg.conns as f64,
@@ -534,13 +551,14 @@ fn main() {
             c.s.shutdown_write();
         }
         println!(
-            "{{\"ok\": true, \"kind\": \"idle\", \"conns\": {}, \"size\": {}, \"connect_s\": {:.3}, \"rss_before_kib\": {}, \"rss_after_kib\": {}, \"rss_per_conn_bytes\": {}, \"server_cpu_idle_us\": {}}}",
+            "{{\"ok\": true, \"kind\": \"idle\", \"conns\": {}, \"size\": {}, \"connect_s\": {:.3}, \"rss_before_kib\": {}, \"rss_after_kib\": {}, \"rss_per_conn_bytes\": {}, \"server_fds_per_conn\": {}, \"server_cpu_idle_us\": {}}}",
             g.cfg.conns,
             g.cfg.size,
             connect_s,
             rss_before.map(|v| v.to_string()).unwrap_or("null".into()),
             rss_after.map(|v| v.to_string()).unwrap_or("null".into()),
             num_or_null(per_conn),
+            num_or_null(fds_per_conn),
             num_or_null(idle_cpu),
         );
         return;

@@ -197,6 +197,29 @@ impl LoopCore {
         Ok(self.engine()?.has_watch(fd, reader))
     }
 
+    /// Call `callback(returncode)` on the loop once child `pid` exits, after
+    /// the engine reaped it (a pidfd in the poll; `SIGCHLD` where pidfds are
+    /// unavailable). `returncode` is the exit status or `-signal`, or `None`
+    /// if someone else reaped the child first (a `Popen.poll()`...).
+    fn watch_child(&self, pid: u32, callback: Py<PyAny>) -> PyResult<()> {
+        let lp = self.engine()?.clone();
+        self.engine()?
+            .watch_child(pid, move |rc| {
+                Python::attach(|py| {
+                    if let Err(e) = callback.call1(py, (rc,)) {
+                        if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+                            || e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+                        {
+                            lp.interrupt(external(e));
+                        } else {
+                            e.write_unraisable(py, None);
+                        }
+                    }
+                })
+            })
+            .map_err(to_pyerr)
+    }
+
     /// Number of registered engine sources (diagnostics, tests).
     fn registered_sources(&self) -> PyResult<usize> {
         Ok(self.engine()?.registered_sources())

@@ -99,3 +99,16 @@ impl<T> GilBound<T> {
         &self.value
     }
 }
+
+/// Duplicate descriptor `fd` (close-on-exec); the copy is owned by the caller.
+pub fn dup_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory;
+    // an invalid `fd` only makes it fail with EBADF.
+    let rc = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `rc` is the descriptor fcntl just created; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc) })
+}

@@ -1,3 +1,4 @@
 //! Transport bindings, one file per engine transport.
 
+pub mod pipe;
 pub mod stream;

@@ -315,6 +315,35 @@ pub struct StreamCore {
 }
 
 impl StreamCore {
+    /// The core of a Python transport on the engine transport that `make`
+    /// builds around the protocol adapter (stream sockets, pipes).
+    pub(crate) fn build(
+        py: Python<'_>,
+        lp: &EventLoop,
+        loop_obj: Py<PyAny>,
+        transport: Py<PyAny>,
+        protocol: Py<PyAny>,
+        waiter: Option<Py<PyAny>>,
+        make: impl FnOnce(&EventLoop, ProtocolRef) -> ferroloop::Result<Transport>,
+    ) -> PyResult<Self> {
+        let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
+        let shared = Rc::new(Shared {
+            lp: lp.clone(),
+            loop_obj: RefCell::new(Some(loop_obj)),
+            transport: RefCell::new(Some(transport)),
+            protocol: RefCell::new(Some(protocol.clone_ref(py))),
+            context: RefCell::new(Some(context)),
+            waiter: RefCell::new(waiter),
+            engine: RefCell::new(None),
+            write_blocked: std::cell::Cell::new(false),
+        });
+        let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
+        let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
+        let t = make(lp, proto).map_err(to_pyerr)?;
+        *shared.engine.borrow_mut() = Some(t.clone());
+        Ok(StreamCore { inner: GilBound::new((t, shared)) })
+    }
+
     fn check_writable(&self) -> PyResult<()> {
         if self.inner.get().1.write_blocked.get() {
             return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
@@ -365,22 +394,7 @@ impl StreamCore {
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
         let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
-        let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
-        let shared = Rc::new(Shared {
-            lp: lp.clone(),
-            loop_obj: RefCell::new(Some(loop_obj)),
-            transport: RefCell::new(Some(transport)),
-            protocol: RefCell::new(Some(protocol.clone_ref(py))),
-            context: RefCell::new(Some(context)),
-            waiter: RefCell::new(waiter),
-            engine: RefCell::new(None),
-            write_blocked: std::cell::Cell::new(false),
-        });
-        let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
-        let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
-        let t = lp.create_transport(stream, proto).map_err(to_pyerr)?;
-        *shared.engine.borrow_mut() = Some(t.clone());
-        Ok(StreamCore { inner: GilBound::new((t, shared)) })
+        Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| lp.create_transport(stream, proto))
     }
 
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
