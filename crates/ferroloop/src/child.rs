@@ -21,6 +21,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use mio::unix::SourceFd;
@@ -91,7 +92,7 @@ impl PidfdWatch {
         }
         lp.deregister(&mut SourceFd(&self.fd.as_raw_fd()), self.token.get());
         if let Some(cb) = cb {
-            cb(rc);
+            lp.guarded("Exception in child watcher callback", || cb(rc));
         }
     }
 }
@@ -123,9 +124,17 @@ impl SigchldWatcher {
                 }
             }
         }
-        // Callbacks run outside the borrow: they may watch new children.
+        // Callbacks run outside the borrow: they may watch new children. A
+        // panic in one does not keep the others from running; the first is
+        // passed on to the caller's guard (the loop reports it).
+        let mut panicked = None;
         for (cb, rc) in done {
-            cb(rc);
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| cb(rc))) {
+                panicked.get_or_insert(p);
+            }
+        }
+        if let Some(p) = panicked {
+            resume_unwind(p);
         }
     }
 }
@@ -154,20 +163,30 @@ impl EventLoop {
     pub fn watch_child<F: FnOnce(Option<i32>) + 'static>(&self, pid: u32, f: F) -> Result<()> {
         self.check_closed()?;
         if self.child_watcher() == ChildWatcher::Auto {
-            if let Ok(fd) = sys::pidfd_open(pid) {
-                let raw = fd.as_raw_fd();
-                let watch = Rc::new(PidfdWatch {
-                    pid,
-                    fd,
-                    token: Cell::new(Token(0)),
-                    callback: RefCell::new(Some(Box::new(f))),
-                });
-                let token = self.register(&mut SourceFd(&raw), Interest::READABLE, watch.clone())?;
-                watch.token.set(token);
-                return Ok(());
+            match sys::pidfd_open(pid) {
+                Ok(fd) => {
+                    let raw = fd.as_raw_fd();
+                    let watch = Rc::new(PidfdWatch {
+                        pid,
+                        fd,
+                        token: Cell::new(Token(0)),
+                        callback: RefCell::new(Some(Box::new(f))),
+                    });
+                    let token = self.register(&mut SourceFd(&raw), Interest::READABLE, watch.clone())?;
+                    watch.token.set(token);
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    // No such process, not even a zombie: reaped already.
+                    // Report it from the ready queue, as any exit.
+                    let f = Box::new(f);
+                    self.schedule(Box::new(move || f(sys::try_reap(pid).ok().flatten())));
+                    return Ok(());
+                }
+                // ENOSYS, EPERM...: the kernel or a seccomp filter refuses
+                // pidfds; SIGCHLD does the job.
+                Err(_) => {}
             }
-            // ESRCH (already reaped), ENOSYS, EPERM...: the SIGCHLD path
-            // copes with all of them (its first scan reports a reaped child).
         }
         self.watch_child_sigchld(pid, Box::new(f))
     }

@@ -28,12 +28,21 @@ pub(crate) struct Signals {
 impl Signals {
     /// Loop close: give every handled signal its default disposition back.
     pub(crate) fn restore_all(&self) {
-        sys::set_wake_fd(-1);
+        sys::clear_wake_fd(self._tx.as_raw_fd());
         let internal: Vec<i32> = self.internal.borrow_mut().drain().map(|(k, _)| k).collect();
         let user: Vec<i32> = self.handlers.borrow_mut().drain().map(|(k, _)| k).collect();
         for sig in internal.into_iter().chain(user) {
             let _ = sys::restore_default(sig);
         }
+    }
+}
+
+impl Drop for Signals {
+    /// A loop dropped without `close()`: its pipe closes now, so signal
+    /// bytes must stop going to that descriptor number (a later descriptor
+    /// may reuse it) and the signals get their default disposition back.
+    fn drop(&mut self) {
+        self.restore_all();
     }
 }
 

@@ -571,3 +571,35 @@ fn a_panicking_protocol_is_reported_and_the_child_still_reaped() {
     assert!(r[0].message.contains("pipe_data_received"), "{}", r[0].message);
     assert!(reaped(t.get_pid()));
 }
+
+#[test]
+fn watch_child_on_its_own() {
+    // A child started outside the loop (std::process), watched and reaped by it.
+    let lp = EventLoop::new().unwrap();
+    let reports = record_exceptions(&lp);
+    let child = std::process::Command::new("sh").args(["-c", "exit 12"]).spawn().unwrap();
+    let pid = child.id();
+    let got = Rc::new(RefCell::new(None));
+    let g2 = got.clone();
+    lp.watch_child(pid, move |rc| *g2.borrow_mut() = Some(rc)).unwrap();
+    must(&lp, 10.0, "the exit", || got.borrow().is_some());
+    assert_eq!(*got.borrow(), Some(Some(12)));
+    assert!(reaped(pid));
+
+    // Reaped by someone else first: the callback gets None.
+    let mut child2 = std::process::Command::new("true").spawn().unwrap();
+    child2.wait().unwrap();
+    let got2 = Rc::new(RefCell::new(None));
+    let g3 = got2.clone();
+    lp.watch_child(child2.id(), move |rc| *g3.borrow_mut() = Some(rc)).unwrap();
+    must(&lp, 10.0, "the report", || got2.borrow().is_some());
+    assert_eq!(*got2.borrow(), Some(None));
+
+    // A panicking callback is reported, the loop runs on.
+    let child3 = std::process::Command::new("true").spawn().unwrap();
+    lp.watch_child(child3.id(), |_| panic!("boom in the watcher")).unwrap();
+    must(&lp, 10.0, "the report", || !reports.borrow().is_empty());
+    assert_eq!(reports.borrow()[0].message, "Exception in child watcher callback");
+    assert!(reaped(child3.id()));
+    drop(child);
+}

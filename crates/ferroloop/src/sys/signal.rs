@@ -29,6 +29,12 @@ pub fn set_wake_fd(fd: RawFd) {
     WAKE_FD.store(fd, Ordering::Relaxed);
 }
 
+/// Turn wake-ups off if they still go to `fd` (whose owner is closing it:
+/// a later descriptor with the same number must not receive signal bytes).
+pub fn clear_wake_fd(fd: RawFd) {
+    let _ = WAKE_FD.compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
 /// Whether `sig` is a valid signal number that may be caught.
 pub fn check_catchable(sig: i32) -> Result<(), &'static str> {
     if sig < 1 || sig >= 65 {
