@@ -1,0 +1,219 @@
+"""asyncio.Runner(loop_factory=...), flavor.run() (ferroloop.run / asyncio.run), install(), policies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import subprocess
+import textwrap
+
+import pytest
+
+import ferroloop
+from conftest import REPO
+
+
+def test_runner_with_loop_factory(flavor):
+    async def main(x):
+        await asyncio.sleep(0.001)
+        return type(asyncio.get_running_loop()), x
+
+    with asyncio.Runner(loop_factory=flavor.new_event_loop) as runner:
+        lp = runner.get_loop()
+        assert isinstance(lp, flavor.loop_class)
+        assert runner.run(main(1)) == (type(lp), 1)
+        # The same loop serves several run() calls.
+        assert runner.run(main(2)) == (type(lp), 2)
+        assert runner.get_loop() is lp
+    assert lp.is_closed()
+
+
+def test_runner_debug_and_context(flavor):
+    var = contextvars.ContextVar("var", default="default")
+
+    async def setter():
+        var.set("set-by-first-run")
+        return asyncio.get_running_loop().get_debug()
+
+    async def getter():
+        return var.get()
+
+    with asyncio.Runner(loop_factory=flavor.new_event_loop, debug=True) as runner:
+        assert runner.run(setter()) is True
+        # Runner keeps one context across run() calls.
+        assert runner.run(getter()) == "set-by-first-run"
+    ctx = contextvars.copy_context()
+    with asyncio.Runner(loop_factory=flavor.new_event_loop) as runner:
+        assert runner.run(getter(), context=ctx) == "default"
+
+
+def test_runner_cancels_leftover_tasks_and_closes_asyncgens(flavor):
+    events = []
+
+    async def background():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            events.append("background cancelled")
+            raise
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            events.append("agen closed")
+
+    gens = []
+
+    async def main():
+        asyncio.get_running_loop().create_task(background())
+        g = agen()
+        gens.append(g)
+        await g.__anext__()
+        await asyncio.sleep(0.01)
+        return "done"
+
+    assert flavor.run(main()) == "done"
+    assert sorted(events) == ["agen closed", "background cancelled"]
+
+
+def test_run_returns_and_raises(flavor):
+    async def ok():
+        return asyncio.get_running_loop()
+
+    lp = flavor.run(ok())
+    assert isinstance(lp, flavor.loop_class)
+    assert lp.is_closed()
+
+    async def bad():
+        raise LookupError("from main")
+
+    with pytest.raises(LookupError, match="from main"):
+        flavor.run(bad())
+
+
+def test_run_debug(flavor):
+    async def main():
+        return asyncio.get_running_loop().get_debug()
+
+    assert flavor.run(main(), debug=True) is True
+    assert flavor.run(main(), debug=False) is False
+
+
+def test_run_rejects_nested_call(flavor):
+    async def inner():
+        pass
+
+    async def main():
+        coro = inner()
+        try:
+            with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+                flavor.run(coro)
+        finally:
+            coro.close()
+
+    flavor.run(main())
+
+
+def test_install_makes_default(flavor):
+    flavor.install()
+    try:
+        assert isinstance(asyncio.get_event_loop_policy(), flavor.policy_class)
+        lp = asyncio.new_event_loop()
+        try:
+            assert isinstance(lp, flavor.loop_class)
+        finally:
+            lp.close()
+
+        async def main():
+            return type(asyncio.get_running_loop())
+
+        assert issubclass(asyncio.run(main()), flavor.loop_class)
+    finally:
+        asyncio.set_event_loop_policy(None)
+    # The default policy again: a stock loop.
+    lp = asyncio.new_event_loop()
+    try:
+        assert type(lp) is asyncio.SelectorEventLoop
+    finally:
+        lp.close()
+
+
+def test_policy_object(flavor):
+    policy = flavor.policy_class()
+    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+    lp = policy.new_event_loop()
+    try:
+        assert isinstance(lp, flavor.loop_class)
+        assert isinstance(lp, asyncio.AbstractEventLoop)
+        policy.set_event_loop(lp)
+        assert policy.get_event_loop() is lp
+    finally:
+        policy.set_event_loop(None)
+        lp.close()
+
+
+def test_policy_get_event_loop_creates_one_in_main_thread(flavor):
+    policy = flavor.policy_class()
+    asyncio.set_event_loop_policy(policy)
+    try:
+        lp = policy.get_event_loop()
+        try:
+            assert isinstance(lp, flavor.loop_class)
+            assert policy.get_event_loop() is lp
+        finally:
+            lp.close()
+            policy.set_event_loop(None)
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
+def test_ferroloop_module_api(flavor):
+    # The package's public surface (the same on both params: it is ferroloop's).
+    assert set(ferroloop.__all__) >= {"Loop", "EventLoopPolicy", "new_event_loop", "install", "run"}
+    assert issubclass(ferroloop.Loop, asyncio.AbstractEventLoop)
+    lp = flavor.new_event_loop()
+    try:
+        # Tests and libraries patch loop attributes.
+        lp.some_attribute = 1
+        assert lp.some_attribute == 1
+    finally:
+        lp.close()
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+    async def main():
+        await asyncio.sleep(0)
+        print(type(asyncio.get_running_loop()).__module__, type(asyncio.get_running_loop()).__name__)
+    asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    print(type(loop).__name__)
+    loop.close()
+    import sys
+    print(sys.argv[1:])
+    """
+)
+
+
+def test_python_dash_m(flavor, tmp_path):
+    """``python -m ferroloop script.py args`` runs the script with ferroloop as default."""
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    proc = subprocess.run(
+        flavor.runner_argv + [str(script), "a", "--b"], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    expected_name = flavor.loop_class.__name__
+    assert lines[0].split()[1] in (expected_name, "_UnixSelectorEventLoop")
+    if flavor.is_ferroloop:
+        assert lines[0] == "ferroloop._loop Loop"
+        assert lines[1] == "Loop"
+    else:
+        assert lines[1] == "_UnixSelectorEventLoop"
+    assert lines[2] == "['a', '--b']"
