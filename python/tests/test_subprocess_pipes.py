@@ -829,3 +829,34 @@ def test_ferroloop_pipe_repr(flavor, loop):
     os.close(w)
     assert f"fd={r}" in before
     assert "closed" in after
+
+
+def test_pipe_and_subprocess_lifetimes_under_gc_pressure(flavor):
+    # Frequent cyclic collections while pipe transports and subprocesses come
+    # and go (transport <-> protocol cycles, engine-owned references): a
+    # lifetime bug would crash the forked child, not pass quietly.
+    from conftest import run_isolated
+
+    def body(lp):
+        async def main():
+            for i in range(30):
+                r, w = os.pipe()
+                rt, rp = await lp.connect_read_pipe(lambda: PipeRecorder(lp), open(r, "rb", buffering=0))
+                wt, wp = await lp.connect_write_pipe(lambda: WriteRecorder(lp), open(w, "wb", buffering=0))
+                wt.write(b"x" * (i * 1000 + 1))
+                wt.close()
+                await rp.done
+                await wp.done
+                assert len(rp.data) == i * 1000 + 1
+                del rt, rp, wt, wp
+                if i % 5 == 0:
+                    proc = await asyncio.create_subprocess_exec(
+                        "cat", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                    )
+                    out, _ = await proc.communicate(b"y" * 10000)
+                    assert out == b"y" * 10000
+                gc.collect()
+
+        lp.run_until_complete(asyncio.wait_for(main(), 30))
+
+    run_isolated(flavor, body, gc_threshold=1)
