@@ -86,8 +86,20 @@ pair() {
     done
 
     echo "--- ${client##*/}"
-    # shellcheck disable=SC2086
-    timeout "$RUN_LIMIT" $client && rc=0 || rc=$?
+    # The spec's UDP client races with its server: when the reply comes back
+    # before run_until_complete() returns, connection_lost's loop.stop() ends
+    # that run instead of run_forever(), which then waits forever (on stock
+    # asyncio as on ferroloop, in about a third of the runs here). A client
+    # that hangs is stopped and run again, a few times.
+    local attempts=1 limit=$RUN_LIMIT
+    case $port in udp/*) attempts=5; limit=${DEMO_UDP_CLIENT_LIMIT:-5} ;; esac
+    while :; do
+        # shellcheck disable=SC2086
+        timeout "$limit" $client && rc=0 || rc=$?
+        attempts=$((attempts - 1))
+        [ "$rc" = 124 ] && [ "$attempts" -gt 0 ] || break
+        echo "demo: the client did not exit within ${limit}s (the UDP example's own race, see scripts/demo.sh); running it again" >&2
+    done
     if [ "$rc" != 0 ]; then
         echo "demo: the client failed (status $rc)" >&2
         return 1

@@ -499,7 +499,9 @@ class Loop(base_events.BaseEventLoop):
         return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        raise NotImplementedError("ferroloop: datagram (UDP) transports are not implemented yet")
+        from ._datagram import DatagramTransport
+
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return ReadPipeTransport(self, pipe, protocol, waiter, extra)

@@ -17,6 +17,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::RemoteCore>()?;
     m.add_class::<event_loop::TimerRef>()?;
     m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<transport::udp::DatagramCore>()?;
     m.add_function(wrap_pyfunction!(transport::pipe::pipe_core, m)?)?;
     Ok(())
 }

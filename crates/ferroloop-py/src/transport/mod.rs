@@ -2,3 +2,4 @@
 
 pub mod pipe;
 pub mod stream;
+pub mod udp;

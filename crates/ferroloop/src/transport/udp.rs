@@ -356,12 +356,29 @@ impl DatagramTransport {
     /// send is not an error of this call: it goes to `error_received`.
     /// Sends after the transport is closed are dropped (logged after 5).
     pub fn sendto(&self, data: &[u8], addr: Option<&Address>) -> Result<()> {
-        self.inner.sendto(data, addr, None)
+        let failed = self.inner.sendto(data, addr, None)?;
+        if let Some(e) = failed {
+            self.inner.notify(Note::ErrorReceived(Error::Io(e)));
+        }
+        Ok(())
     }
 
     /// As [`DatagramTransport::sendto`] with an owned buffer: queued without a copy.
     pub fn sendto_owned(&self, data: Vec<u8>, addr: Option<&Address>) -> Result<()> {
-        self.inner.sendto(&[], addr, Some(data))
+        let failed = self.inner.sendto(&[], addr, Some(data))?;
+        if let Some(e) = failed {
+            self.inner.notify(Note::ErrorReceived(Error::Io(e)));
+        }
+        Ok(())
+    }
+
+    /// As [`DatagramTransport::sendto`], but an immediate send failure is
+    /// returned (`Ok(Some(error))`) instead of going to `error_received`:
+    /// for bindings whose protocols expect asyncio's synchronous
+    /// `error_received` call inside `sendto`. Failures of queued datagrams
+    /// still go to `error_received`.
+    pub fn sendto_or_error(&self, data: &[u8], addr: Option<&Address>) -> Result<Option<io::Error>> {
+        self.inner.sendto(data, addr, None)
     }
 
     /// Close: stop receiving, send what is queued, then `connection_lost(None)`.
@@ -651,7 +668,8 @@ impl DatagramInner {
         }
     }
 
-    fn sendto(self: &Rc<Self>, data: &[u8], addr: Option<&Address>, owned: Option<Vec<u8>>) -> Result<()> {
+    /// Send or queue; `Ok(Some(e))` when the immediate send failed with `e`.
+    fn sendto(self: &Rc<Self>, data: &[u8], addr: Option<&Address>, owned: Option<Vec<u8>>) -> Result<Option<io::Error>> {
         let dest: Option<Address> = match (&self.remote, addr) {
             (Some(r), Some(a)) if a != r => {
                 return Err(Error::invalid(format!("Invalid address: must be None or {r}")));
@@ -676,22 +694,24 @@ impl DatagramInner {
                     drop(st);
                     self.lp.warn("socket.send() raised exception.");
                 }
-                return Ok(());
+                return Ok(None);
             }
             if !st.queue.is_empty() {
                 drop(st);
                 queue_it(owned, dest);
-                return Ok(());
+                return Ok(None);
             }
         }
         // Nothing queued: send at once.
         let sent = self.send_one(owned.as_deref().unwrap_or(data), dest.as_ref());
         match sent {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => queue_it(owned, dest),
-            Err(e) => self.notify(Note::ErrorReceived(Error::Io(e))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                queue_it(owned, dest);
+                Ok(None)
+            }
+            Err(e) => Ok(Some(e)),
         }
-        Ok(())
     }
 
     /// Send queued datagrams as long as the socket takes them.

@@ -1,0 +1,565 @@
+//! Python datagram protocols on the engine's datagram transport.
+//!
+//! [`DatagramCore`] is the Rust core of `ferroloop._transports.DatagramTransport`
+//! (a Python subclass of `asyncio.DatagramTransport` that binds the core's
+//! methods into its instance dict). [`PyDatagramAdapter`] implements the
+//! engine's `DatagramProtocol` for a Python `DatagramProtocol` object, with
+//! asyncio's (`_SelectorDatagramTransport`'s) error handling:
+//!
+//! - an exception raised by `datagram_received` or `error_received` is
+//!   reported as a callback error (asyncio's `_read_ready` lets it escape to
+//!   its `Handle`); the transport stays open;
+//! - a send that fails at once inside `sendto` calls `error_received`
+//!   synchronously, from `sendto`, as asyncio does (an exception it raises
+//!   propagates to the caller of `sendto`);
+//! - a bad address (`TypeError`...) is a fatal write error: reported, and the
+//!   transport closes with it; `socket.gaierror` goes to `error_received`.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::rc::Rc;
+
+use ferroloop::{Address, DatagramProtocol, DatagramProtocolRef, DatagramSocket, DatagramTransport, Error, EventLoop};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::{external, io_to_pyerr, to_pyerr};
+use crate::event_loop::LoopCore;
+use crate::sys::{EnteredContext, GilBound};
+
+const AF_UNIX: i32 = libc::AF_UNIX;
+const AF_INET6: i32 = libc::AF_INET6;
+
+/// Python objects shared by a transport's core and its protocol adapter.
+struct Shared {
+    lp: EventLoop,
+    loop_obj: RefCell<Option<Py<PyAny>>>,
+    /// The Python transport object (released after `connection_lost`).
+    transport: RefCell<Option<Py<PyAny>>>,
+    /// The current Python protocol.
+    protocol: RefCell<Option<Py<PyAny>>>,
+    /// The contextvars Context every protocol callback runs in.
+    context: RefCell<Option<Py<PyAny>>>,
+    /// Future completed after `connection_made`.
+    waiter: RefCell<Option<Py<PyAny>>>,
+    /// asyncio's `_address`: the `remote_addr` given on creation (Python object).
+    address: RefCell<Option<Py<PyAny>>>,
+    /// The socket family (`AF_INET`, `AF_INET6`, `AF_UNIX`).
+    family: i32,
+    /// The last sender address handed to `datagram_received` and its Python
+    /// object: an echo's `sendto(data, addr)` with that very object skips
+    /// the conversion.
+    last_addr: RefCell<Option<(Address, Py<PyAny>)>>,
+}
+
+impl Shared {
+    fn cells(&self) -> [&RefCell<Option<Py<PyAny>>>; 6] {
+        [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.waiter, &self.address]
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for cell in self.cells() {
+            if let Ok(b) = cell.try_borrow() {
+                if let Some(o) = b.as_ref() {
+                    visit.call(o)?;
+                }
+            }
+        }
+        if let Ok(b) = self.last_addr.try_borrow() {
+            if let Some((_, o)) = b.as_ref() {
+                visit.call(o)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        for cell in self.cells() {
+            if let Ok(mut b) = cell.try_borrow_mut() {
+                b.take();
+            }
+        }
+        if let Ok(mut b) = self.last_addr.try_borrow_mut() {
+            b.take();
+        }
+    }
+
+    fn get(cell: &RefCell<Option<Py<PyAny>>>, py: Python<'_>) -> Option<Py<PyAny>> {
+        cell.borrow().as_ref().map(|o| o.clone_ref(py))
+    }
+
+    /// `loop.call_exception_handler({...})` with transport and protocol.
+    fn report(&self, py: Python<'_>, message: &str, exc: Option<&PyErr>) {
+        let Some(lp) = Self::get(&self.loop_obj, py) else { return };
+        let d = PyDict::new(py);
+        let _ = d.set_item("message", message);
+        if let Some(e) = exc {
+            let _ = d.set_item("exception", e.value(py));
+        }
+        if let Some(t) = Self::get(&self.transport, py) {
+            let _ = d.set_item("transport", t);
+        }
+        if let Some(p) = Self::get(&self.protocol, py) {
+            let _ = d.set_item("protocol", p);
+        }
+        if let Err(e) = lp.call_method1(py, intern!(py, "call_exception_handler"), (d,)) {
+            e.write_unraisable(py, None);
+        }
+    }
+
+    /// An exception from a protocol callback asyncio runs through a `Handle`:
+    /// reported; `SystemExit`/`KeyboardInterrupt` end the loop's run.
+    fn callback_error(&self, py: Python<'_>, exc: PyErr, what: &str) {
+        if is_exit(py, &exc) {
+            self.lp.interrupt(external(exc));
+            return;
+        }
+        self.report(py, &format!("Exception in callback {what}"), Some(&exc));
+    }
+
+    /// Call `protocol.<name>(*args)` inside the transport's context.
+    fn call_protocol<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(proto) = Self::get(&self.protocol, py) else { return Ok(py.None().into_bound(py)) };
+        let method = proto.bind(py).getattr(name)?;
+        let ctx = Self::get(&self.context, py);
+        let _entered = match ctx {
+            Some(ctx) => Some(EnteredContext::enter(ctx.into_bound(py))?),
+            None => None,
+        };
+        match args {
+            [] => method.call0(),
+            [a] => method.call1((a,)),
+            _ => method.call1(PyTuple::new(py, args)?),
+        }
+    }
+}
+
+fn is_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
+
+/// An engine address as Python's `recvfrom` returns it: `(host, port)`,
+/// `(host, port, flowinfo, scope_id)`, a path `str`, an abstract name as
+/// `bytes` (leading NUL), `None` for an unnamed Unix socket.
+fn address_to_py(py: Python<'_>, a: &Address) -> PyResult<Py<PyAny>> {
+    Ok(match a {
+        Address::Inet(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port()).into_pyobject(py)?.into_any().unbind(),
+        Address::Inet(SocketAddr::V6(v6)) => {
+            (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id()).into_pyobject(py)?.into_any().unbind()
+        }
+        Address::Unix(p) if p.is_empty() => py.None(),
+        Address::Unix(p) if p.starts_with('\0') => PyBytes::new(py, p.as_bytes()).into_any().unbind(),
+        Address::Unix(p) => PyString::new(py, p).into_any().unbind(),
+    })
+}
+
+/// Drives one Python datagram protocol object for the engine.
+struct PyDatagramAdapter {
+    shared: Rc<Shared>,
+}
+
+impl DatagramProtocol for PyDatagramAdapter {
+    fn connection_made(&mut self, _transport: DatagramTransport) {
+        Python::attach(|py| {
+            let tr = Shared::get(&self.shared.transport, py).map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_made"), &[tr]) {
+                self.shared.callback_error(py, e, "connection_made()");
+            }
+            let waiter = self.shared.waiter.borrow_mut().take();
+            if let Some(w) = waiter {
+                let w = w.bind(py);
+                if !w.call_method0(intern!(py, "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(true) {
+                    let _ = w.call_method1(intern!(py, "set_result"), (py.None(),));
+                }
+            }
+        })
+    }
+
+    fn datagram_received(&mut self, data: &[u8], addr: &Address) {
+        Python::attach(|py| {
+            let cached = match self.shared.last_addr.borrow().as_ref() {
+                Some((a, o)) if a == addr => Some(o.clone_ref(py)),
+                _ => None,
+            };
+            let addr_obj = match cached {
+                Some(o) => o,
+                None => match address_to_py(py, addr) {
+                    Ok(o) => {
+                        *self.shared.last_addr.borrow_mut() = Some((addr.clone(), o.clone_ref(py)));
+                        o
+                    }
+                    Err(e) => return self.shared.callback_error(py, e, "datagram_received()"),
+                },
+            };
+            let bytes = PyBytes::new(py, data).into_any();
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "datagram_received"), &[bytes, addr_obj.into_bound(py)]) {
+                self.shared.callback_error(py, e, "_SelectorDatagramTransport._read_ready()");
+            }
+        })
+    }
+
+    fn error_received(&mut self, exc: Error) {
+        Python::attach(|py| {
+            let exc_obj = to_pyerr(exc).into_value(py).into_any();
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "error_received"), &[exc_obj.into_bound(py)]) {
+                self.shared.callback_error(py, e, "error_received()");
+            }
+        })
+    }
+
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        Python::attach(|py| {
+            let exc_obj: Py<PyAny> = match exc {
+                None => py.None(),
+                Some(e) => to_pyerr(e).into_value(py).into_any(),
+            };
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_lost"), &[exc_obj.into_bound(py)]) {
+                self.shared.callback_error(py, e, "connection_lost()");
+            }
+            // As asyncio: after the protocol heard, close the socket (the
+            // Python transport's `_finish`) and drop the references.
+            self.shared.protocol.borrow_mut().take();
+            let tr = self.shared.transport.borrow_mut().take();
+            if let Some(tr) = tr {
+                if let Err(e) = tr.call_method0(py, intern!(py, "_finish")) {
+                    e.write_unraisable(py, Some(tr.bind(py)));
+                }
+            }
+            self.shared.context.borrow_mut().take();
+            self.shared.waiter.borrow_mut().take();
+            self.shared.last_addr.borrow_mut().take();
+        })
+    }
+
+    fn pause_writing(&mut self) {
+        Python::attach(|py| {
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "pause_writing"), &[]) {
+                if is_exit(py, &e) {
+                    return self.shared.lp.interrupt(external(e));
+                }
+                self.shared.report(py, "protocol.pause_writing() failed", Some(&e));
+            }
+        })
+    }
+
+    fn resume_writing(&mut self) {
+        Python::attach(|py| {
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "resume_writing"), &[]) {
+                if is_exit(py, &e) {
+                    return self.shared.lp.interrupt(external(e));
+                }
+                self.shared.report(py, "protocol.resume_writing() failed", Some(&e));
+            }
+        })
+    }
+}
+
+/// Why a Python address could not be used.
+enum AddrError {
+    /// asyncio's `sock.sendto` would raise this non-OSError: a fatal write error.
+    Fatal(PyErr),
+    /// An `OSError` (e.g. `socket.gaierror`): goes to `error_received`.
+    Os(PyErr),
+}
+
+/// A Python `str` IP literal (IPv6 with an optional `%scope`).
+fn parse_host(host: &str) -> Option<(IpAddr, Option<u32>)> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let (h, scope) = host.split_once('%')?;
+    let ip: std::net::Ipv6Addr = h.parse().ok()?;
+    Some((IpAddr::V6(ip), scope.parse().ok()))
+}
+
+/// Convert a Python address for a socket of `family`, as `socket.sendto`
+/// would: IP literals here, anything else (names, `''`, `'<broadcast>'`,
+/// interface scopes) through `ferroloop._datagram._sendto_address`.
+fn address_from_py(py: Python<'_>, family: i32, addr: &Bound<'_, PyAny>) -> Result<Address, AddrError> {
+    if family == AF_UNIX {
+        return unix_address_from_py(py, addr);
+    }
+    if let Ok(t) = addr.cast::<PyTuple>() {
+        if let Some(a) = inet_fast(family, t) {
+            return Ok(Address::Inet(a));
+        }
+    }
+    // The slow path: Python normalises (and resolves, as socket.sendto does).
+    let normal = py
+        .import(intern!(py, "ferroloop._datagram"))
+        .and_then(|m| m.getattr(intern!(py, "_sendto_address")))
+        .and_then(|f| f.call1((family, addr)))
+        .map_err(|e| if e.is_instance_of::<PyOSError>(py) { AddrError::Os(e) } else { AddrError::Fatal(e) })?;
+    let t = normal.cast::<PyTuple>().map_err(|e| AddrError::Fatal(PyErr::from(e)))?;
+    inet_fast(family, t).map(Address::Inet).ok_or_else(|| {
+        AddrError::Fatal(PyValueError::new_err(format!("unusable address {:?}", normal.to_string())))
+    })
+}
+
+/// `(ip_literal, port[, flowinfo[, scope_id]])` for the family, or `None`.
+fn inet_fast(family: i32, t: &Bound<'_, PyTuple>) -> Option<SocketAddr> {
+    let n = t.len();
+    let want = if family == AF_INET6 { 2..=4 } else { 2..=2 };
+    if !want.contains(&n) {
+        return None;
+    }
+    let host = t.get_item(0).ok()?;
+    let host = host.cast::<PyString>().ok()?.to_str().ok()?.to_owned();
+    let port: u16 = t.get_item(1).ok()?.extract().ok()?;
+    let (ip, scope) = parse_host(&host)?;
+    match (family == AF_INET6, ip) {
+        (false, IpAddr::V4(v4)) => Some(SocketAddr::new(IpAddr::V4(v4), port)),
+        (true, IpAddr::V6(v6)) => {
+            let flow: u32 = if n > 2 { t.get_item(2).ok()?.extract().ok()? } else { 0 };
+            let scope_id: u32 = if n > 3 { t.get_item(3).ok()?.extract().ok()? } else { scope.unwrap_or(0) };
+            Some(SocketAddr::V6(SocketAddrV6::new(v6, port, flow, scope_id)))
+        }
+        _ => None,
+    }
+}
+
+fn unix_address_from_py(py: Python<'_>, addr: &Bound<'_, PyAny>) -> Result<Address, AddrError> {
+    let raw: Vec<u8> = py
+        .import(intern!(py, "os"))
+        .and_then(|os| os.getattr(intern!(py, "fsencode")))
+        .and_then(|f| f.call1((addr,)))
+        .and_then(|b| b.extract::<Vec<u8>>())
+        .map_err(|_| {
+            AddrError::Fatal(PyTypeError::new_err(format!(
+                "a bytes-like object is required, not '{}'",
+                addr.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            )))
+        })?;
+    Ok(Address::Unix(String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// The Rust core of a Python datagram transport.
+#[pyclass(module = "ferroloop._ferroloop")]
+pub struct DatagramCore {
+    inner: GilBound<(DatagramTransport, Rc<Shared>)>,
+}
+
+impl DatagramCore {
+    fn t(&self) -> &DatagramTransport {
+        &self.inner.get().0
+    }
+
+    fn shared(&self) -> &Rc<Shared> {
+        &self.inner.get().1
+    }
+}
+
+#[pymethods]
+impl DatagramCore {
+    /// Make the transport on a duplicate of `fd` (a datagram socket of
+    /// `family`); the Python transport keeps its socket object and closes it
+    /// in `_finish()` after `connection_lost`. `address` is asyncio's
+    /// `remote_addr` (the default destination).
+    #[new]
+    #[pyo3(signature = (core, loop_obj, transport, fd, family, protocol, address=None, waiter=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        core: PyRef<'_, LoopCore>,
+        loop_obj: Py<PyAny>,
+        transport: Py<PyAny>,
+        fd: i32,
+        family: i32,
+        protocol: Py<PyAny>,
+        address: Option<Py<PyAny>>,
+        waiter: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let lp = core.engine()?.clone();
+        let sock = DatagramSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+        let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
+        let shared = Rc::new(Shared {
+            lp: lp.clone(),
+            loop_obj: RefCell::new(Some(loop_obj)),
+            transport: RefCell::new(Some(transport)),
+            protocol: RefCell::new(Some(protocol)),
+            context: RefCell::new(Some(context)),
+            waiter: RefCell::new(waiter),
+            address: RefCell::new(address),
+            family,
+            last_addr: RefCell::new(None),
+        });
+        let adapter: DatagramProtocolRef = Rc::new(RefCell::new(PyDatagramAdapter { shared: shared.clone() }));
+        // The default destination is checked here (Python's equality), not by the engine.
+        let t = lp.create_datagram_transport(sock, adapter, None).map_err(to_pyerr)?;
+        Ok(DatagramCore { inner: GilBound::new((t, shared)) })
+    }
+
+    /// asyncio's `DatagramTransport.sendto(data, addr=None)`.
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(&self, py: Python<'_>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let owned;
+        let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
+            b.as_bytes()
+        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            owned = PyBuffer::<u8>::get(data)?.to_vec(py)?;
+            &owned
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{}'",
+                data.get_type().name()?
+            )));
+        };
+        // Python 3.11's asyncio drops empty datagrams.
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared();
+        let t = self.t();
+        let mut addr = addr.filter(|a| !a.is_none());
+        let address = Shared::get(&shared.address, py).map(|a| a.into_bound(py)).filter(|a| a.is_truthy().unwrap_or(false));
+        if let Some(address) = address {
+            if let Some(a) = &addr {
+                if !a.eq(&address)? {
+                    return Err(PyValueError::new_err(format!("Invalid address: must be None or {}", address.str()?)));
+                }
+            }
+            addr = Some(address);
+        }
+        let dest = if t.peername().is_some() || t.socket_fd().is_none() {
+            // Connected (send() ignores the address, as asyncio's), or closed
+            // (the engine drops and counts the send).
+            None
+        } else {
+            match addr {
+                None => {
+                    // asyncio: sock.sendto(data, None) raises TypeError: a fatal write error.
+                    let err = PyTypeError::new_err("sendto() takes an address: the socket is not connected");
+                    return self.fatal(py, err);
+                }
+                Some(a) => {
+                    let cached = match shared.last_addr.borrow().as_ref() {
+                        Some((addr, obj)) if obj.is(&a) => Some(addr.clone()),
+                        _ => None,
+                    };
+                    match cached.map(Ok).unwrap_or_else(|| address_from_py(py, shared.family, &a)) {
+                        Ok(d) => Some(d),
+                        Err(AddrError::Os(e)) => return self.error_received_now(py, e),
+                        Err(AddrError::Fatal(e)) => return self.fatal(py, e),
+                    }
+                }
+            }
+        };
+        match t.sendto_or_error(bytes, dest.as_ref()) {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => self.error_received_now(py, io_to_pyerr(&e)),
+            Err(e) => Err(to_pyerr(e)),
+        }
+    }
+
+    fn close(&self) {
+        self.t().close();
+    }
+
+    fn abort(&self) {
+        self.t().abort();
+    }
+
+    fn is_closing(&self) -> bool {
+        self.t().is_closing()
+    }
+
+    fn pause_reading(&self) {
+        self.t().pause_reading();
+    }
+
+    fn resume_reading(&self) {
+        self.t().resume_reading();
+    }
+
+    fn is_reading(&self) -> bool {
+        self.t().is_reading()
+    }
+
+    /// asyncio's `_force_close(exc)`: close at once with `exc`.
+    #[pyo3(signature = (exc=None))]
+    fn force_close(&self, py: Python<'_>, exc: Option<Py<PyAny>>) {
+        match exc {
+            Some(e) if !e.is_none(py) => self.t().abort_with_error(external(PyErr::from_value(e.into_bound(py)))),
+            _ => self.t().abort(),
+        }
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.t().get_write_buffer_size()
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.t().get_write_buffer_limits()
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(&self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        self.t().set_write_buffer_limits_signed(high, low).map_err(to_pyerr)
+    }
+
+    /// Whether `pause_writing` was called without `resume_writing` yet.
+    fn is_writing_paused(&self) -> bool {
+        self.t().is_writing_paused()
+    }
+
+    fn set_protocol(&self, protocol: Py<PyAny>) {
+        *self.shared().protocol.borrow_mut() = Some(protocol);
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        Shared::get(&self.shared().protocol, py)
+    }
+
+    /// The engine's (duplicated) descriptor, or -1 once closed.
+    fn fileno(&self) -> i32 {
+        self.t().socket_fd().unwrap_or(-1)
+    }
+
+    /// As `StreamCore.__traverse__`: while the engine's adapter co-owns the
+    /// shared references (the transport is live), they are not reported.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let shared = &self.inner.get().1;
+        if Rc::strong_count(shared) == 1 {
+            shared.traverse(&visit)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        let shared = &self.inner.get().1;
+        if Rc::strong_count(shared) == 1 {
+            shared.clear()
+        }
+    }
+}
+
+impl DatagramCore {
+    /// asyncio calls `protocol.error_received(exc)` from inside `sendto`,
+    /// in the caller's context; what it raises propagates to the caller.
+    fn error_received_now(&self, py: Python<'_>, exc: PyErr) -> PyResult<()> {
+        let Some(proto) = Shared::get(&self.shared().protocol, py) else { return Ok(()) };
+        proto.call_method1(py, intern!(py, "error_received"), (exc.into_value(py),))?;
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error(exc, 'Fatal write error on datagram transport')`.
+    fn fatal(&self, py: Python<'_>, exc: PyErr) -> PyResult<()> {
+        if is_exit(py, &exc) {
+            return Err(exc);
+        }
+        if !exc.is_instance_of::<PyOSError>(py) {
+            self.shared().report(py, "Fatal write error on datagram transport", Some(&exc));
+        }
+        self.t().abort_with_error(external(exc));
+        Ok(())
+    }
+}
