@@ -109,12 +109,18 @@ def main():
             ax.set_axis_off()
             continue
         c = sel[0]
-        ks = [k for k in keys if value(res, c["cell"]["id"], k, field) is not None]
-        vals = [value(res, c["cell"]["id"], k, field) * scale_by for k in ks]
+        ks = [k for k in keys if k in c["servers"]]
+        raw = [value(res, c["cell"]["id"], k, field) for k in ks]
+        vals = [v * scale_by if v is not None else 0 for v in raw]
         ax.barh(range(len(ks)), vals, color=[COLORS.get(impl_of(k), "#999") for k in ks],
                 hatch=None)
         for i, k in enumerate(ks):
-            ax.text(vals[i], i, f" {vals[i]:,.0f}" if vals[i] >= 10 else f" {vals[i]:.1f}", va="center", fontsize=7)
+            if raw[i] is None:
+                why = "n/a" if c["servers"][k].get("unsupported") else "FAIL (see latest.md)"
+                ax.text(0, i, f" {why}", va="center", fontsize=7, color="#c92a2a")
+            else:
+                ax.text(vals[i], i, f" {vals[i]:,.0f}" if vals[i] >= 10 else f" {vals[i]:.1f}", va="center",
+                        fontsize=7)
         ax.set_yticks(range(len(ks)))
         ax.set_yticklabels(ks, fontsize=7)
         ax.invert_yaxis()
