@@ -51,6 +51,11 @@ pub enum Error {
     Cancelled,
     /// A callback or protocol method panicked; the payload's message.
     Panic(String),
+    /// A TLS failure: the handshake failed (an untrusted certificate, a
+    /// wrong server name, an alert from the peer), timed out or was cut
+    /// short, or a record was corrupt. See [`TlsError`]; rustls' own error
+    /// is kept in [`TlsError::Protocol`].
+    Tls(TlsError),
     /// An error raised by user code behind the engine (for example a Python
     /// exception inside a protocol method), carried through unchanged.
     External(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>),
@@ -124,6 +129,7 @@ impl fmt::Display for Error {
             }
             Error::Cancelled => f.write_str("cancelled"),
             Error::Panic(m) => write!(f, "panic: {m}"),
+            Error::Tls(e) => write!(f, "{e}"),
             Error::External(e) => write!(f, "{e}"),
         }
     }
@@ -150,6 +156,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io(e) | Error::Bind { source: e, .. } => Some(e),
             Error::External(e) => Some(&**e as &(dyn std::error::Error + 'static)),
+            Error::Tls(TlsError::Protocol(e)) => Some(e),
             _ => None,
         }
     }
@@ -176,6 +183,7 @@ impl Clone for Error {
             Error::Connect(v) => Error::Connect(v.clone()),
             Error::Cancelled => Error::Cancelled,
             Error::Panic(m) => Error::Panic(m.clone()),
+            Error::Tls(e) => Error::Tls(e.clone()),
             Error::External(e) => Error::External(e.clone()),
         }
     }
@@ -185,5 +193,41 @@ fn clone_io(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code),
         None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// What went wrong in a TLS connection ([`Error::Tls`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls refused the connection or a record: a certificate that does
+    /// not verify or does not match the server name, an alert from the peer,
+    /// a corrupt or unexpected message. The rustls error, unchanged.
+    Protocol(rustls::Error),
+    /// The handshake did not complete within the handshake timeout
+    /// (asyncio: `TimeoutError("SSL handshake is taking longer than ... seconds")`).
+    HandshakeTimeout(std::time::Duration),
+    /// The peer closed the connection (or it failed) before the handshake completed.
+    HandshakeInterrupted(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Protocol(e) => write!(f, "TLS error: {e}"),
+            TlsError::HandshakeTimeout(d) => {
+                write!(f, "SSL handshake is taking longer than {} seconds: aborting the connection", d.as_secs_f64())
+            }
+            TlsError::HandshakeInterrupted(m) => write!(f, "TLS handshake interrupted: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Protocol(e) => Some(e),
+            _ => None,
+        }
     }
 }

@@ -45,7 +45,7 @@ mod sys;
 mod timer;
 pub mod transport;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, TlsError};
 pub use event_loop::{Blocker, EventLoop, ExceptionContext, ExceptionHandler, LoopRemote, PollStep, WarningHandler};
 pub use flow::WriteFlow;
 pub use future::LoopFuture;
@@ -54,6 +54,9 @@ pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
 pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, StreamSocket, Transport};
+pub use transport::{TlsClientOptions, TlsInfo, TlsServerOptions};
+/// The rustls crate this engine's TLS transport is built on (for its configuration types).
+pub use rustls;
 pub use child::ChildWatcher;
 pub use transport::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,

@@ -73,11 +73,14 @@ pub struct ServerOptions {
     pub start_serving: bool,
     /// Only bind addresses of this family.
     pub family: Option<Family>,
+    /// Serve TLS: each accepted connection does the handshake first; the
+    /// protocol is made, and sees `connection_made`, once it succeeds.
+    pub tls: Option<crate::transport::TlsServerOptions>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { backlog: 100, reuse_address: None, reuse_port: false, start_serving: true, family: None }
+        ServerOptions { backlog: 100, reuse_address: None, reuse_port: false, start_serving: true, family: None, tls: None }
     }
 }
 
@@ -209,6 +212,7 @@ pub(crate) struct ServerInner {
     factory: Factory,
     listeners: RefCell<Vec<Rc<Listener>>>,
     backlog: i32,
+    tls: Option<crate::transport::TlsServerOptions>,
     serving: Cell<bool>,
     closed: Cell<bool>,
     clients: RefCell<Slab<Weak<StreamInner>>>,
@@ -220,6 +224,18 @@ pub(crate) struct ServerInner {
 
 impl ServerInner {
     fn spawn_client(self: &Rc<Self>, sock: Sock) {
+        if let Some(tls) = &self.tls {
+            match crate::transport::tls::server_protocol(&self.lp, tls, self.factory.clone()) {
+                Ok(p) => return self.spawn_transport(sock, p),
+                Err(e) => {
+                    self.lp.call_exception_handler(ExceptionContext {
+                        message: "Error creating a TLS session for an accepted connection".into(),
+                        error: Some(e),
+                    });
+                    return;
+                }
+            }
+        }
         let proto = match catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
             Ok(p) => p,
             Err(payload) => {
@@ -230,11 +246,17 @@ impl ServerInner {
                 return; // dropping `sock` closes it
             }
         };
+        self.spawn_transport(sock, proto)
+    }
+
+    fn spawn_transport(self: &Rc<Self>, sock: Sock, proto: ProtocolRef) {
         let id = self.clients.borrow_mut().insert(Weak::new());
         match Transport::spawn(&self.lp, sock, proto, Some((Rc::downgrade(self), id)), None) {
             Ok(t) => {
                 if let Some(slot) = self.clients.borrow_mut().get_mut(id) {
-                    *slot = Rc::downgrade(&t.inner);
+                    if let Some(inner) = t.stream_inner() {
+                        *slot = Rc::downgrade(inner);
+                    }
                 }
             }
             Err(e) => {
@@ -271,7 +293,7 @@ impl ServerInner {
             .iter()
             .filter_map(|(_, w)| w.upgrade())
             .filter(|t| !t.is_lost())
-            .map(|inner| Transport { inner })
+            .map(Transport::from_stream)
             .collect()
     }
 }
@@ -453,6 +475,7 @@ impl EventLoop {
                     .collect(),
             ),
             backlog: opts.backlog,
+            tls: opts.tls.clone(),
             serving: Cell::new(false),
             closed: Cell::new(false),
             clients: RefCell::new(Slab::new()),

@@ -3,20 +3,25 @@
 //! - [`stream`]: the stream transport (TCP and Unix sockets), [`Transport`];
 //! - [`pipe`]: read and write pipe transports (the stream transport on a pipe);
 //! - [`subprocess`]: child processes with pipe transports for their stdio;
+//! - [`tls`]: TLS over a stream transport (rustls), [`EventLoop::create_connection_tls`](crate::EventLoop::create_connection_tls), `start_tls`;
 //! - [`tcp`]: client connections (`create_connection`, Happy Eyeballs, `sock=`);
 //! - [`udp`]: the datagram transport (UDP and Unix datagram sockets), [`DatagramTransport`];
 //! - [`unix`]: Unix stream servers and connections (`create_unix_server`, `create_unix_connection`).
 
 pub(crate) mod buffer;
+pub mod handle;
 pub mod pipe;
 pub mod stream;
 pub mod subprocess;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 pub mod unix;
 
 pub use pipe::TransportKind;
-pub use stream::{Address, ExtraInfo, Transport};
+pub use handle::Transport;
+pub use stream::{Address, ExtraInfo};
+pub use tls::{TlsClientOptions, TlsInfo, TlsServerOptions};
 pub use subprocess::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,
 };

@@ -24,6 +24,7 @@ use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
+pub use crate::transport::handle::Transport;
 
 /// Reads per readiness event before yielding to other sources.
 const READS_PER_EVENT: usize = 32;
@@ -56,6 +57,19 @@ pub enum ExtraInfo {
     Address(Address),
     /// `socket`: the transport's file descriptor (owned by the transport).
     Fd(RawFd),
+    /// `peercert` on a TLS transport: the DER encoding of the peer's end
+    /// certificate (asyncio returns the decoded dict; the DER is what
+    /// `getpeercert(binary_form=True)` gives).
+    Bytes(Vec<u8>),
+    /// `cipher` on a TLS transport: asyncio's `(name, protocol version, secret bits)`.
+    Cipher {
+        /// The cipher suite's IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
+        name: String,
+        /// The protocol version, e.g. `TLSv1.3`.
+        protocol: String,
+        /// The bulk cipher's key length in bits.
+        bits: u32,
+    },
 }
 
 pub(crate) enum Sock {
@@ -209,34 +223,14 @@ pub(crate) struct StreamInner {
     on_drained: RefCell<Option<Box<dyn FnOnce(Result<()>)>>>,
 }
 
-/// A stream transport (TCP or Unix socket), asyncio's `Transport`; also the
-/// read and write pipe transports (see [`crate::transport::pipe`] and
-/// [`Transport::kind`]).
-///
-/// A cheap, clonable handle: the protocol receives one in `connection_made`.
-/// All methods may be called from within protocol methods.
+/// The stream transport's own handle; the public [`Transport`] dispatches to
+/// it (or to a TLS transport layered over one).
 #[derive(Clone)]
-pub struct Transport {
+pub(crate) struct StreamTransport {
     pub(crate) inner: Rc<StreamInner>,
 }
 
-impl fmt::Debug for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transport")
-            .field("fd", &self.inner.fd)
-            .field("peername", &self.inner.peername)
-            .field("closing", &self.is_closing())
-            .finish()
-    }
-}
-
-impl PartialEq for Transport {
-    fn eq(&self, other: &Self) -> bool {
-        Rc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
-impl Transport {
+impl StreamTransport {
     /// Wrap a connected socket; `connection_made` is delivered from the ready
     /// queue, then reading starts; `on_made` runs right after `connection_made`.
     pub(crate) fn spawn(
@@ -287,7 +281,7 @@ impl Transport {
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
         lp.schedule(Box::new(move || me.deliver_connection_made()));
-        Ok(Transport { inner })
+        Ok(Transport::from_stream(inner))
     }
 
     /// The loop this transport runs on.
@@ -414,13 +408,6 @@ impl Transport {
         self.inner.st.borrow().flow.limits()
     }
 
-    /// Set the water marks (see [`crate::flow`]); `pause_writing` is called at
-    /// once if the buffer is now over the new high mark.
-    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
-        let conv = |v: Option<usize>| v.map(|x| i64::try_from(x).unwrap_or(i64::MAX));
-        self.set_write_buffer_limits_signed(conv(high), conv(low))
-    }
-
     /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
     /// negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
@@ -494,7 +481,7 @@ impl Transport {
 
 impl StreamInner {
     fn transport(self: &Rc<Self>) -> Transport {
-        Transport { inner: self.clone() }
+        Transport::from_stream(self.clone())
     }
 
     /// Call the current protocol, catching panics (which abort the connection).

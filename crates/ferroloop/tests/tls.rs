@@ -1,0 +1,606 @@
+//! TLS transports on the Rust face: rustls over the stream transport, with
+//! asyncio's SSL transport semantics. Certificates are made at test time
+//! with rcgen; the interop tests run `openssl s_client`/`s_server`.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{complete, must, pattern};
+use ferroloop::rustls;
+use ferroloop::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use ferroloop::{
+    ConnectOptions, Error, EventLoop, ExtraInfo, Protocol, Server, ServerOptions, TlsClientOptions, TlsError,
+    TlsServerOptions, Transport,
+};
+
+struct Pki {
+    cert: CertificateDer<'static>,
+    key_der: Vec<u8>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki() -> Pki {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    Pki {
+        cert: ck.cert.der().clone(),
+        key_der: ck.key_pair.serialize_der(),
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+    }
+}
+
+fn server_config(p: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.key_der.clone()));
+    let mut c = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![p.cert.clone()], key).unwrap();
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
+fn client_config(trusted: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let mut c = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
+fn client_opts(p: &Pki) -> TlsClientOptions {
+    TlsClientOptions::new(client_config(&p.cert, &[]))
+}
+
+fn server_opts(p: &Pki) -> ServerOptions {
+    ServerOptions { tls: Some(TlsServerOptions::new(server_config(p, &[]))), ..Default::default() }
+}
+
+fn port_of(s: &Server) -> u16 {
+    match &s.sockets()[0].address {
+        Some(ferroloop::Address::Inet(a)) => a.port(),
+        _ => panic!("no port"),
+    }
+}
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+/// Echo, logging every event; optionally closes after `close_after` bytes.
+struct Echo {
+    t: Option<Transport>,
+    log: Log,
+    got: usize,
+    close_after: Option<usize>,
+    pause_on_start: bool,
+}
+
+impl Echo {
+    fn new(log: &Log) -> Echo {
+        Echo { t: None, log: log.clone(), got: 0, close_after: None, pause_on_start: false }
+    }
+}
+
+impl Protocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.log.borrow_mut().push("made".into());
+        if self.pause_on_start {
+            t.pause_reading();
+        }
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.got += data.len();
+        let t = self.t.as_ref().unwrap();
+        t.write(data).unwrap();
+        if Some(self.got) == self.close_after {
+            t.close();
+        }
+    }
+    fn eof_received(&mut self) -> bool {
+        self.log.borrow_mut().push("eof".into());
+        false
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.log.borrow_mut().push(format!("lost:{}", exc.map(|e| e.to_string()).unwrap_or_default()));
+    }
+}
+
+/// A client that records what it receives and its events.
+#[derive(Default)]
+struct Sink {
+    t: Option<Transport>,
+    data: Rc<RefCell<Vec<u8>>>,
+    log: Log,
+    paused: Rc<Cell<u32>>,
+    resumed: Rc<Cell<u32>>,
+}
+
+impl Protocol for Sink {
+    fn connection_made(&mut self, t: Transport) {
+        self.log.borrow_mut().push("made".into());
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.data.borrow_mut().extend_from_slice(data);
+    }
+    fn eof_received(&mut self) -> bool {
+        self.log.borrow_mut().push("eof".into());
+        false
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.log.borrow_mut().push(format!("lost:{}", exc.map(|e| e.to_string()).unwrap_or_default()));
+    }
+    fn pause_writing(&mut self) {
+        self.paused.set(self.paused.get() + 1);
+    }
+    fn resume_writing(&mut self) {
+        self.resumed.set(self.resumed.get() + 1);
+    }
+}
+
+fn echo_server(lp: &EventLoop, _p: &Pki, log: &Log, opts: ServerOptions) -> Server {
+    let log = log.clone();
+    complete(lp, &lp.create_server(move || Echo::new(&log), "127.0.0.1", 0, opts), 5.0).unwrap()
+}
+
+#[test]
+fn echo_one_mib_byte_exact() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let mut opts = client_opts(&p);
+    opts.server_name = Some("localhost".into());
+    let sink = Sink::default();
+    let data = sink.data.clone();
+    let clog = sink.log.clone();
+    let fut = lp.create_connection_tls(move || sink, "127.0.0.1", port_of(&server), ConnectOptions::default(), opts);
+    let (t, _proto) = complete(&lp, &fut, 5.0).unwrap();
+    assert!(t.is_tls());
+    assert!(!t.can_write_eof());
+    assert!(t.write_eof().is_err());
+    let payload = pattern(1 << 20, 7);
+    for chunk in payload.chunks(100_000) {
+        t.write(chunk).unwrap();
+    }
+    must(&lp, 5.0, "1 MiB echoed", || data.borrow().len() >= payload.len());
+    assert!(*data.borrow() == payload, "echo is byte-exact");
+    // Extra info and typed accessors.
+    match t.get_extra_info("peercert") {
+        Some(ExtraInfo::Bytes(der)) => assert_eq!(der, p.cert.as_ref()),
+        other => panic!("peercert: {other:?}"),
+    }
+    match t.get_extra_info("cipher") {
+        Some(ExtraInfo::Cipher { name, protocol, bits }) => {
+            assert!(name.starts_with("TLS13_"), "{name}");
+            assert_eq!(protocol, "TLSv1.3");
+            assert!(bits == 128 || bits == 256);
+        }
+        other => panic!("cipher: {other:?}"),
+    }
+    assert!(t.get_extra_info("ssl_object").is_none());
+    assert!(t.get_extra_info("sslcontext").is_none());
+    assert!(matches!(t.get_extra_info("peername"), Some(ExtraInfo::Address(_))));
+    let info = t.tls_info().unwrap();
+    assert_eq!(info.protocol_version.as_deref(), Some("TLSv1.3"));
+    assert_eq!(info.server_name.as_deref(), Some("localhost"));
+    assert_eq!(info.peer_certificates.len(), 1);
+    assert_eq!(info.alpn_protocol, None);
+    t.close();
+    must(&lp, 5.0, "both sides lost", || clog.borrow().len() == 2 && slog.borrow().len() == 3);
+    assert_eq!(*clog.borrow(), vec!["made", "lost:"]);
+    // The server saw our close_notify as EOF, then closed cleanly.
+    assert_eq!(*slog.borrow(), vec!["made", "eof", "lost:"]);
+    server.close();
+}
+
+#[test]
+fn server_close_sends_close_notify() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let log2 = slog.clone();
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            move || {
+                let mut e = Echo::new(&log2);
+                e.close_after = Some(5);
+                e
+            },
+            "127.0.0.1",
+            0,
+            server_opts(&p),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let sink = Sink::default();
+    let data = sink.data.clone();
+    let clog = sink.log.clone();
+    let fut = lp.create_connection_tls(move || sink, "localhost", port_of(&server), ConnectOptions::default(), client_opts(&p));
+    let (t, _) = complete(&lp, &fut, 5.0).unwrap();
+    t.write(b"hello").unwrap();
+    must(&lp, 5.0, "client lost", || clog.borrow().len() == 3);
+    assert_eq!(&*data.borrow(), b"hello");
+    // The client's eof_received means it got close_notify, not a bare FIN.
+    assert_eq!(*clog.borrow(), vec!["made", "eof", "lost:"]);
+    must(&lp, 5.0, "server lost", || slog.borrow().len() == 2);
+    assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
+}
+
+fn expect_handshake_failure(opts: TlsClientOptions, host: &str) -> Error {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let made = Rc::new(Cell::new(0));
+    let made2 = made.clone();
+    let sink = Sink::default();
+    let clog = sink.log.clone();
+    let fut = lp.create_connection_tls(
+        move || {
+            made2.set(1);
+            sink
+        },
+        host,
+        port_of(&server),
+        ConnectOptions::default(),
+        opts,
+    );
+    let err = complete(&lp, &fut, 5.0).map(|_| ()).unwrap_err();
+    // The server's raw connection goes away too (the socket was closed).
+    must(&lp, 5.0, "server connection gone", || server.active_connections() == 0);
+    assert_eq!(made.get(), 0, "the factory is never called");
+    assert!(clog.borrow().is_empty(), "no connection_made nor connection_lost: {:?}", clog.borrow());
+    assert!(slog.borrow().is_empty(), "the server's protocol never started: {:?}", slog.borrow());
+    err
+}
+
+#[test]
+fn handshake_failure_untrusted_certificate() {
+    let other = pki();
+    let err = expect_handshake_failure(client_opts(&other), "localhost");
+    match &err {
+        Error::Tls(TlsError::Protocol(rustls::Error::InvalidCertificate(_))) => {}
+        e => panic!("expected a certificate error, got {e:?}"),
+    }
+    assert!(std::error::Error::source(&err).is_some(), "the rustls error is kept");
+}
+
+#[test]
+fn handshake_failure_wrong_server_name() {
+    let p = pki();
+    // The server makes its own certificate; trust none of it except by name.
+    let lp = EventLoop::new().unwrap();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let mut opts = client_opts(&p);
+    opts.server_name = Some("not-localhost.example".into());
+    let fut = lp.create_connection_tls(Sink::default, "127.0.0.1", port_of(&server), ConnectOptions::default(), opts);
+    match complete(&lp, &fut, 5.0) {
+        Err(Error::Tls(TlsError::Protocol(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))))
+        | Err(Error::Tls(TlsError::Protocol(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })))) => {}
+        other => panic!("expected NotValidForName, got {:?}", other.map(|_| ())),
+    }
+    must(&lp, 5.0, "server connection gone", || server.active_connections() == 0);
+    assert!(slog.borrow().is_empty());
+}
+
+#[test]
+fn handshake_failure_is_typed_for_untrusted_via_helper() {
+    // The helper also checks that a client cert error leaves the server clean.
+    let p = pki();
+    let mut opts = client_opts(&pki());
+    opts.server_name = Some("localhost".into());
+    let _ = p;
+    assert!(matches!(expect_handshake_failure(opts, "127.0.0.1"), Error::Tls(_)));
+}
+
+#[test]
+fn handshake_timeout() {
+    let lp = EventLoop::new().unwrap();
+    // A plain TCP listener that never answers the ClientHello.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let p = pki();
+    let mut opts = client_opts(&p);
+    opts.handshake_timeout = Some(Duration::from_millis(200));
+    let fut = lp.create_connection_tls(Sink::default, "localhost", port, ConnectOptions::default(), opts);
+    let started = std::time::Instant::now();
+    match complete(&lp, &fut, 5.0) {
+        Err(Error::Tls(TlsError::HandshakeTimeout(d))) => assert_eq!(d, Duration::from_millis(200)),
+        other => panic!("expected a timeout, got {:?}", other.map(|_| ())),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The socket was closed: the peer sees EOF after the ClientHello.
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert_eq!(buf.first(), Some(&0x16), "a TLS handshake record was sent");
+}
+
+#[test]
+fn flow_control_with_a_non_reading_peer() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let servers: Rc<RefCell<Vec<Transport>>> = Default::default();
+    let (log2, servers2) = (slog.clone(), servers.clone());
+    struct Keep(Echo, Rc<RefCell<Vec<Transport>>>);
+    impl Protocol for Keep {
+        fn connection_made(&mut self, t: Transport) {
+            self.1.borrow_mut().push(t.clone());
+            self.0.connection_made(t)
+        }
+        fn data_received(&mut self, d: &[u8]) {
+            self.0.got += d.len();
+        }
+        fn connection_lost(&mut self, e: Option<Error>) {
+            self.0.connection_lost(e)
+        }
+    }
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            move || {
+                let mut e = Echo::new(&log2);
+                e.pause_on_start = true;
+                Keep(e, servers2.clone())
+            },
+            "127.0.0.1",
+            0,
+            server_opts(&p),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let sink = Sink::default();
+    let (paused, resumed) = (sink.paused.clone(), sink.resumed.clone());
+    let fut = lp.create_connection_tls(move || sink, "localhost", port_of(&server), ConnectOptions::default(), client_opts(&p));
+    let (t, _) = complete(&lp, &fut, 5.0).unwrap();
+    t.set_write_buffer_limits(Some(64 * 1024), None).unwrap();
+    assert_eq!(t.get_write_buffer_limits(), (16 * 1024, 64 * 1024));
+    must(&lp, 5.0, "server connection made", || !servers.borrow().is_empty());
+    let st = servers.borrow()[0].clone();
+    assert!(!st.is_reading());
+    let chunk = vec![b'x'; 256 * 1024];
+    let mut sent = 0usize;
+    while paused.get() == 0 && sent < (64 << 20) {
+        t.write(&chunk).unwrap();
+        sent += chunk.len();
+        common::run_for(&lp, 0.001);
+    }
+    assert_eq!(paused.get(), 1, "pause_writing once the peer stops reading");
+    assert!(t.is_writing_paused());
+    assert!(t.get_write_buffer_size() > 64 * 1024);
+    assert_eq!(resumed.get(), 0);
+    st.resume_reading();
+    must(&lp, 10.0, "resume_writing after the peer reads", || resumed.get() == 1);
+    assert!(t.get_write_buffer_size() <= 16 * 1024);
+    t.close();
+    must(&lp, 10.0, "server lost", || slog.borrow().iter().any(|e| e.starts_with("lost")));
+    server.close();
+}
+
+/// STARTTLS: a line protocol upgrades in the middle of the stream.
+#[test]
+fn start_tls_upgrade_mid_stream() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let sopts = TlsServerOptions::new(server_config(&p, &[]));
+
+    struct PlainServer {
+        t: Option<Transport>,
+        tls: TlsServerOptions,
+        upgraded: Rc<RefCell<Option<Transport>>>,
+        seen: Rc<RefCell<Vec<u8>>>,
+    }
+    impl Protocol for PlainServer {
+        fn connection_made(&mut self, t: Transport) {
+            self.t = Some(t);
+        }
+        fn data_received(&mut self, d: &[u8]) {
+            if let Some(t) = self.upgraded.borrow().as_ref() {
+                // Echo over TLS, upper-cased.
+                self.seen.borrow_mut().extend_from_slice(d);
+                t.write(&d.to_ascii_uppercase()).unwrap();
+                return;
+            }
+            assert_eq!(d, b"STARTTLS\n");
+            let t = self.t.as_ref().unwrap();
+            t.write(b"OK\n").unwrap();
+            let fut = t.get_loop().start_tls(t, self.tls.clone());
+            let up = self.upgraded.clone();
+            let f2 = fut.clone();
+            fut.add_done_callback(move || *up.borrow_mut() = Some(f2.take_result().unwrap().unwrap()));
+        }
+    }
+    let upgraded: Rc<RefCell<Option<Transport>>> = Default::default();
+    let seen: Rc<RefCell<Vec<u8>>> = Default::default();
+    let (u2, s2) = (upgraded.clone(), seen.clone());
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            move || PlainServer { t: None, tls: sopts.clone(), upgraded: u2.clone(), seen: s2.clone() },
+            "127.0.0.1",
+            0,
+            ServerOptions::default(),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let sink = Sink::default();
+    let data = sink.data.clone();
+    let fut = lp.create_connection(move || sink, "127.0.0.1", port_of(&server), ConnectOptions::default());
+    let (plain, proto) = complete(&lp, &fut, 5.0).unwrap();
+    plain.write(b"STARTTLS\n").unwrap();
+    must(&lp, 5.0, "OK", || data.borrow().as_slice() == b"OK\n");
+    data.borrow_mut().clear();
+    let mut copts = client_opts(&p);
+    copts.server_name = Some("localhost".into());
+    let tls = complete(&lp, &lp.start_tls(&plain, copts), 5.0).unwrap();
+    assert!(tls.is_tls());
+    assert_eq!(proto.borrow().log.borrow().as_slice(), ["made"], "no second connection_made");
+    must(&lp, 5.0, "server upgraded", || upgraded.borrow().is_some());
+    tls.write(b"secret words").unwrap();
+    must(&lp, 5.0, "echo over TLS", || data.borrow().len() == 12);
+    assert_eq!(&*data.borrow(), b"SECRET WORDS");
+    assert_eq!(&*seen.borrow(), b"secret words");
+    assert_eq!(tls.tls_info().unwrap().protocol_version.as_deref(), Some("TLSv1.3"));
+    tls.close();
+    must(&lp, 5.0, "client lost", || proto.borrow().log.borrow().len() == 2);
+}
+
+#[test]
+fn alpn_negotiated() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let opts = ServerOptions {
+        tls: Some(TlsServerOptions::new(server_config(&p, &[b"h2", b"http/1.1"]))),
+        ..Default::default()
+    };
+    let server = echo_server(&lp, &p, &slog, opts);
+    let copts = TlsClientOptions::new(client_config(&p.cert, &[b"http/1.1", b"spdy/1"]));
+    let fut = lp.create_connection_tls(Sink::default, "localhost", port_of(&server), ConnectOptions::default(), copts);
+    let (t, _) = complete(&lp, &fut, 5.0).unwrap();
+    assert_eq!(t.tls_info().unwrap().alpn_protocol.as_deref(), Some(&b"http/1.1"[..]));
+    t.close();
+    must(&lp, 5.0, "server done", || slog.borrow().len() == 3);
+}
+
+// ---------------------------------------------------------------------------- interop
+
+fn openssl() -> bool {
+    let ok = Command::new("openssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !ok {
+        println!("SKIPPED: openssl not installed");
+    }
+    ok
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferroloop-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn interop_openssl_s_client_against_rust_server() {
+    if !openssl() {
+        return;
+    }
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let dir = tmpdir("sclient");
+    std::fs::write(dir.join("ca.pem"), &p.cert_pem).unwrap();
+    let payload: Vec<u8> = pattern(200_000, 3).iter().map(|b| b'a' + b % 26).collect();
+    let slog: Log = Default::default();
+    let log2 = slog.clone();
+    let n = payload.len();
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            move || {
+                let mut e = Echo::new(&log2);
+                e.close_after = Some(n);
+                e
+            },
+            "127.0.0.1",
+            0,
+            server_opts(&p),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", port_of(&server))])
+        .args(["-CAfile", dir.join("ca.pem").to_str().unwrap(), "-verify_return_error", "-servername", "localhost"])
+        .args(["-verify_hostname", "localhost", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let p2 = payload.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&p2).unwrap();
+    });
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    });
+    must(&lp, 10.0, "server closed after echoing", || slog.borrow().iter().any(|e| e.starts_with("lost")));
+    let out = reader.join().unwrap();
+    writer.join().unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(out == payload, "s_client received the exact bytes ({} of {}); stderr: {err}", out.len(), payload.len());
+    assert!(status.success(), "s_client: {status} {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn interop_rust_client_against_openssl_s_server() {
+    if !openssl() {
+        return;
+    }
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let dir = tmpdir("sserver");
+    std::fs::write(dir.join("cert.pem"), &p.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &p.key_pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-naccept", "1", "-quiet"])
+        .args(["-cert", dir.join("cert.pem").to_str().unwrap(), "-key", dir.join("key.pem").to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap(); // kept open: s_server quits on stdin EOF
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    // Wait for s_server to listen.
+    let mut result = None;
+    for _ in 0..100 {
+        let fut = lp.create_connection_tls(Sink::default, "localhost", port, ConnectOptions::default(), client_opts(&p));
+        match complete(&lp, &fut, 5.0) {
+            Ok(c) => {
+                result = Some(c);
+                break;
+            }
+            Err(Error::Io(_)) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let (t, proto) = result.expect("s_server never listened");
+    let payload: Vec<u8> = pattern(100_000, 9).iter().map(|b| b'a' + b % 26).collect();
+    t.write(&payload).unwrap();
+    t.close();
+    // s_server answers our close_notify with its own, then exits (-naccept 1).
+    must(&lp, 10.0, "client lost", || proto.borrow().log.borrow().iter().any(|e| e.starts_with("lost")));
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(out == payload, "s_server printed the exact bytes ({} of {}); stderr: {err}", out.len(), payload.len());
+    assert!(status.success(), "s_server: {status} {err}");
+    assert_eq!(proto.borrow().log.borrow().last().unwrap(), "lost:");
+    let _ = std::fs::remove_dir_all(&dir);
+}
