@@ -116,7 +116,7 @@ pub fn raise_nofile() -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
             return 0;
         }
-        if (rl.rlim_max as u64) < NOFILE_WANTED {
+        if rl.rlim_max < NOFILE_WANTED {
             let want = libc::rlimit { rlim_cur: NOFILE_WANTED as _, rlim_max: NOFILE_WANTED as _ };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 return NOFILE_WANTED;
@@ -124,7 +124,7 @@ pub fn raise_nofile() -> u64 {
         }
         rl.rlim_cur = rl.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        rl.rlim_cur as u64
+        rl.rlim_cur
     }
 }
 
