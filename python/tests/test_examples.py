@@ -27,7 +27,7 @@ from conftest import FLAVORS, REPO, ferroloop_bug
 EXAMPLES = os.path.join(REPO, "examples", "python")
 TCP_PORT = 8888
 UDP_PORT = 9999
-PORT_FREE_WAIT = 30  # seconds to wait for another user of the port
+PORT_FREE_WAIT = 20  # seconds to wait for another user of the port
 RUN_LIMIT = 30  # seconds for a server to come up
 CLIENT_LIMIT = 10  # seconds for a client (a normal run takes well under one)
 
@@ -113,18 +113,25 @@ def _owners(inodes):
     return owners
 
 
+_port_busy = {}  # (proto, port) -> skip message, once a port stayed busy
+
+
 def _wait_port_free(proto, port):
     """Wait while someone else uses the example's fixed port; skip if it stays busy."""
+    if (proto, port) in _port_busy and _listeners(proto, port):
+        pytest.skip(_port_busy[(proto, port)])
     deadline = time.monotonic() + PORT_FREE_WAIT
     while True:
         busy = _listeners(proto, port)
         if not busy:
+            _port_busy.pop((proto, port), None)
             return
         if time.monotonic() > deadline:
-            pytest.skip(
+            _port_busy[(proto, port)] = (
                 f"{proto} port {port} is held by another process for over {PORT_FREE_WAIT}s: "
                 + "; ".join(_owners(busy) or ["owner unknown"])
             )
+            pytest.skip(_port_busy[(proto, port)])
         time.sleep(0.2)
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run, tcp_pair
+from conftest import REPO, ferroloop_bug, run, tcp_pair
 
 # ----------------------------------------------------------------------------- scheduling
 
@@ -58,6 +58,69 @@ def test_call_soon_from_callback_runs_next_iteration(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert order == ["first", "second", "nested"]
+
+
+DUE_TIMER_BUG = (
+    "a timer that is already due when a callback schedules it (call_later(0)/call_at(past)) runs in the "
+    "same iteration (the engine's run_once runs ready callbacks, then I/O, then pops due timers, including "
+    "ones just added), so it overtakes call_soon callbacks scheduled before it and runs after stop(); "
+    "asyncio collects due timers at the start of the next iteration, after the earlier call_soon ones"
+)
+
+
+@ferroloop_bug(DUE_TIMER_BUG)
+def test_call_soon_before_due_timer_scheduled_in_same_callback(loop):
+    order = []
+
+    def schedule():
+        loop.call_later(0, order.append, "later(0)")
+        loop.call_soon(order.append, "soon")
+        loop.call_at(loop.time() - 1, order.append, "at(past)")
+
+    loop.call_soon(schedule)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    # Ready callbacks first, then the due timers in deadline order.
+    assert order == ["soon", "at(past)", "later(0)"]
+
+
+@ferroloop_bug(DUE_TIMER_BUG)
+def test_io_callbacks_before_due_timers(loop):
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    order = []
+    try:
+        loop.add_reader(r, lambda: (order.append("io"), r.recv(10)))
+
+        def schedule():
+            w.send(b"x")
+            loop.call_later(0, order.append, "later(0)")
+            loop.call_soon(order.append, "soon")
+
+        loop.call_soon(schedule)
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+        loop.remove_reader(r)
+    finally:
+        r.close()
+        w.close()
+    assert order == ["soon", "io", "later(0)"]
+
+
+@ferroloop_bug(DUE_TIMER_BUG)
+def test_due_timer_scheduled_with_stop_waits_for_next_run(loop):
+    ran = []
+
+    def cb():
+        loop.call_later(0, ran.append, "timer")
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    assert ran == []
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["timer"]
 
 
 def test_call_soon_context(loop):
@@ -1362,3 +1425,26 @@ def test_sigint_handler_replaces_keyboard_interrupt(loop):
     assert got == ["handled"]
     assert loop.remove_signal_handler(signal.SIGINT) is True
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_debug_logs_slow_callbacks(loop, caplog):
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+
+    def slow():
+        time.sleep(0.08)
+
+    async def slow_coro():
+        time.sleep(0.08)
+
+    loop.call_soon(slow)
+    loop.call_later(0.001, slow)
+    loop.run_until_complete(slow_coro())
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    slow_msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing <")]
+    assert len(slow_msgs) == 3, slow_msgs
+    assert all(" took " in m and m.endswith(" seconds") for m in slow_msgs)
+    assert sum("slow()" in m for m in slow_msgs) == 2
+    assert sum("slow_coro()" in m for m in slow_msgs) == 1

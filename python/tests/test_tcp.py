@@ -1447,3 +1447,34 @@ def test_stop_in_data_received_defers_eof(loop):
     finally:
         b.close()
     assert log == [["made", "data"], ["made", "data", "eof", ("lost", None)]]
+
+
+@ferroloop_bug(
+    "a BufferedProtocol whose get_buffer() returns a read-only buffer is reported as 'Fatal error: "
+    "protocol.get_buffer() call failed.' with TypeError('get_buffer() returned a read-only buffer'); "
+    "asyncio reports 'Fatal read error on socket transport' with recv_into()'s TypeError('recv_into() "
+    "argument 1 must be read-write bytes-like object, not memoryview')"
+)
+def test_buffered_protocol_read_only_buffer(loop):
+    calls = []
+    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+
+    class P(RecordingBuffered):
+        def get_buffer(self, sizehint):
+            return memoryview(b"read-only")
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: P(loop, 10))
+        try:
+            peer.send(b"data")
+            exc = await pr.lost
+            assert tr.get_extra_info("socket").fileno() == -1
+            return exc
+        finally:
+            peer.close()
+
+    exc = run(loop, main())
+    assert isinstance(exc, TypeError)
+    assert "read-write bytes-like object" in str(exc)
+    assert [c["message"] for c in calls] == ["Fatal read error on socket transport"]
+    assert calls[0]["exception"] is exc
