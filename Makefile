@@ -81,6 +81,11 @@ demo-rust: build
 	@scripts/demo.sh pair udp/9999 "$(EXAMPLES)/udp_echo_server" "$(EXAMPLES)/udp_echo_client"
 	@scripts/demo.sh run $(EXAMPLES)/register_open_socket
 	@scripts/demo.sh run $(EXAMPLES)/flow_control_echo
+	@mkdir -p target/tls-demo && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+	  -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+	  -keyout target/tls-demo/key.pem -out target/tls-demo/cert.pem 2>/dev/null
+	@scripts/demo.sh pair 8443 "$(EXAMPLES)/tls_echo_server target/tls-demo/cert.pem target/tls-demo/key.pem 8443" \
+	  "$(EXAMPLES)/tls_echo_client target/tls-demo/cert.pem 8443"
 
 # Hook for the Python face: Python examples are added by the Python face.
 # Runs examples/python/*.py under ferroloop (`python -m ferroloop script.py`), if the
