@@ -429,7 +429,10 @@ impl DatagramCore {
             }
             addr = Some(address);
         }
-        let dest = if t.peername().is_some() || t.socket_fd().is_none() {
+        // asyncio tests `if self._extra['peername']`: the peer of a Unix
+        // socketpair is '' (falsy), so such a socket sends with an address.
+        let connected = matches!(t.peername(), Some(p) if p != Address::Unix(String::new()));
+        let dest = if connected || t.socket_fd().is_none() {
             // Connected (send() ignores the address, as asyncio's), or closed
             // (the engine drops and counts the send).
             None

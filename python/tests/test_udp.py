@@ -1,0 +1,500 @@
+"""Datagram transports (UDP and Unix datagram sockets), differential: every test
+runs on stock asyncio (the oracle) and on ferroloop, with the same assertions.
+
+What asyncio's ``_SelectorDatagramTransport`` does and these tests pin down:
+the protocol life cycle, the sender's address in ``datagram_received``,
+``sendto``'s argument checks and messages, ``error_received`` for ICMP errors
+on a connected socket and for oversized datagrams (called synchronously from
+``sendto``), exceptions from protocol callbacks, close/abort, sends after
+close, flow control on the send queue, ``sock=``, Unix datagram sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import logging
+import os
+import socket
+import tempfile
+import weakref
+
+import pytest
+
+from conftest import run
+
+HAS_IPV6 = socket.has_ipv6
+try:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as _s:
+        _s.bind(("::1", 0))
+except OSError:
+    HAS_IPV6 = False
+
+
+class Proto(asyncio.DatagramProtocol):
+    """Records every callback; checks the life cycle as it goes."""
+
+    def __init__(self, loop, echo=False):
+        self.loop = loop
+        self.echo = echo
+        self.events = []
+        self.datagrams = []
+        self.errors = []
+        self.transport = None
+        self.done = loop.create_future()
+        self.got = asyncio.Event()
+
+    def connection_made(self, transport):
+        assert not self.events, self.events
+        self.transport = transport
+        self.events.append("made")
+
+    def datagram_received(self, data, addr):
+        assert self.events[0] == "made" and "lost" not in self.events
+        self.events.append("datagram")
+        self.datagrams.append((data, addr))
+        self.got.set()
+        if self.echo:
+            self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        assert "lost" not in self.events
+        self.events.append("error")
+        self.errors.append(exc)
+        self.got.set()
+
+    def connection_lost(self, exc):
+        assert self.events.count("lost") == 0
+        self.events.append("lost")
+        self.done.set_result(exc)
+
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+
+async def wait_for(pred, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.005)
+
+
+async def endpoint(loop, echo=False, **kw):
+    return await loop.create_datagram_endpoint(lambda: Proto(loop, echo), **kw)
+
+
+async def unix_sink(loop, d):
+    """A transport connected to a Unix datagram socket that nobody reads:
+    once that socket's queue is full, sends queue up in the transport. (Not a
+    socketpair: its peer's name is '' and asyncio then sends without an address.)"""
+    path = os.path.join(d, "sink.sock")
+    b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.bind(path)
+    b.setblocking(False)
+    t, p = await endpoint(loop, remote_addr=path, family=socket.AF_UNIX)
+    return t, p, b
+
+
+def test_echo_round_trip_addresses_and_extra_info(loop):
+    async def main():
+        st, sp = await endpoint(loop, echo=True, local_addr=("127.0.0.1", 0))
+        saddr = st.get_extra_info("sockname")
+        assert saddr[0] == "127.0.0.1" and saddr[1] > 0
+        assert st.get_extra_info("peername") is None
+        assert isinstance(st, asyncio.BaseTransport) and isinstance(st, asyncio.Transport)
+        sock = st.get_extra_info("socket")
+        assert sock.family == socket.AF_INET and sock.type == socket.SOCK_DGRAM
+        assert sock.getsockname() == saddr
+        assert st.get_extra_info("nonexistent", "dflt") == "dflt"
+        assert sp.events == ["made"]
+
+        ct, cp = await endpoint(loop, remote_addr=saddr)
+        assert ct.get_extra_info("peername") == saddr
+        caddr = ct.get_extra_info("sockname")
+        ct.sendto(b"hello")
+        ct.sendto(bytearray(b"world"), saddr)  # the remote address itself is allowed
+        ct.sendto(memoryview(b"!"))
+        await wait_for(lambda: len(cp.datagrams) == 3)
+        assert cp.datagrams == [(b"hello", saddr), (b"world", saddr), (b"!", saddr)]
+        assert all(type(d) is bytes for d, _ in cp.datagrams)
+        assert sp.datagrams == [(b"hello", caddr), (b"world", caddr), (b"!", caddr)]
+
+        ct.close()
+        assert ct.is_closing()
+        assert "lost" not in cp.events, "connection_lost comes later, from the loop"
+        assert await asyncio.wait_for(cp.done, 5) is None
+        assert cp.events == ["made", "datagram", "datagram", "datagram", "lost"]
+        st.abort()
+        assert await asyncio.wait_for(sp.done, 5) is None
+        assert ct.get_extra_info("socket").fileno() == -1
+
+    run(loop, main())
+
+
+def test_sendto_argument_checks_and_messages(loop):
+    async def main():
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        paddr = peer.getsockname()
+        ct, cp = await endpoint(loop, remote_addr=paddr)
+        with pytest.raises(TypeError, match=r"^data argument must be a bytes-like object, not 'str'$"):
+            ct.sendto("text")
+        with pytest.raises(TypeError, match=r"^data argument must be a bytes-like object, not 'int'$"):
+            ct.sendto(5, paddr)
+        other = ("127.0.0.1", 9)
+        with pytest.raises(ValueError) as info:
+            ct.sendto(b"x", other)
+        assert str(info.value) == f"Invalid address: must be None or {paddr}"
+        ct.sendto(b"")  # Python 3.11's asyncio drops empty datagrams
+        ct.sendto(b"ok", paddr)
+        peer.settimeout(5)
+        assert peer.recvfrom(100) == (b"ok", ct.get_extra_info("sockname"))
+        assert not ct.is_closing() and cp.errors == []
+        ct.close()
+        await cp.done
+        peer.close()
+
+    run(loop, main())
+
+
+def test_icmp_port_unreachable_goes_to_error_received(loop):
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()  # nobody listens there once closed
+        ct, cp = await endpoint(loop, remote_addr=dead)
+        ct.sendto(b"anyone?")
+        await wait_for(lambda: cp.errors)
+        exc = cp.errors[0]
+        assert isinstance(exc, ConnectionRefusedError) and exc.errno == errno.ECONNREFUSED
+        assert not ct.is_closing() and "lost" not in cp.events
+        ct.close()
+        assert await asyncio.wait_for(cp.done, 5) is None
+
+    run(loop, main())
+
+
+def test_oversized_datagram_error_received_inside_sendto(loop):
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        me = st.get_extra_info("sockname")
+        st.sendto(b"x" * 70000, me)
+        # asyncio calls error_received from sendto itself.
+        assert len(sp.errors) == 1
+        assert isinstance(sp.errors[0], OSError) and sp.errors[0].errno == errno.EMSGSIZE
+        assert st.get_write_buffer_size() == 0 and not st.is_closing()
+        st.sendto(b"y" * 65507, me)  # the largest IPv4 UDP payload
+        await wait_for(lambda: sp.datagrams)
+        assert len(sp.datagrams[0][0]) == 65507
+
+        # What error_received raises propagates to sendto's caller.
+        def boom(exc):
+            raise KeyError("from error_received")
+
+        sp.error_received = boom
+        with pytest.raises(KeyError, match="from error_received"):
+            st.sendto(b"x" * 70000, me)
+        assert not st.is_closing()
+        st.close()
+        await sp.done
+
+    run(loop, main())
+
+
+def test_exception_in_datagram_received_is_reported_transport_stays_open(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        original = sp.datagram_received
+
+        def failing(data, addr):
+            original(data, addr)
+            if data == b"boom":
+                raise ZeroDivisionError("protocol bug")
+
+        sp.datagram_received = failing
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"boom", st.get_extra_info("sockname"))
+            await wait_for(lambda: len(sp.datagrams) == 1 and errors)
+            peer.sendto(b"after", st.get_extra_info("sockname"))
+            await wait_for(lambda: len(sp.datagrams) == 2)
+        assert len(errors) == 1
+        assert errors[0]["message"].startswith("Exception in callback")
+        assert isinstance(errors[0]["exception"], ZeroDivisionError)
+        assert not st.is_closing()
+        st.close()
+        await sp.done
+
+    run(loop, main())
+
+
+def test_bad_address_is_a_fatal_write_error(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        st.sendto(b"x", "not a tuple")
+        exc = await asyncio.wait_for(sp.done, 5)
+        assert isinstance(exc, TypeError)
+        assert [e["message"] for e in errors] == ["Fatal write error on datagram transport"]
+        assert errors[0]["exception"] is exc
+
+    run(loop, main())
+
+
+def test_socketpair_peer_is_unnamed_so_sendto_needs_an_address(loop):
+    # asyncio checks `if peername:`; a socketpair's peer name is '' (falsy), so
+    # sendto() without an address is sock.sendto(data, None): a TypeError,
+    # reported as a fatal write error that closes the transport.
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        t, p = await loop.create_datagram_endpoint(lambda: Proto(loop), sock=a)
+        assert t.get_extra_info("peername") == ""
+        t.sendto(b"x")
+        exc = await asyncio.wait_for(p.done, 5)
+        assert isinstance(exc, TypeError)
+        assert [e["message"] for e in errors] == ["Fatal write error on datagram transport"]
+        b.close()
+
+    run(loop, main())
+
+
+def test_names_are_resolved_and_unknown_names_go_to_error_received(loop):
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        port = st.get_extra_info("sockname")[1]
+        ct, cp = await endpoint(loop, family=socket.AF_INET)
+        ct.sendto(b"by name", ("localhost", port))
+        await wait_for(lambda: sp.datagrams)
+        assert sp.datagrams[0][0] == b"by name"
+        ct.sendto(b"x", ("no-such-host.invalid", port))
+        assert len(cp.errors) == 1 and isinstance(cp.errors[0], socket.gaierror)
+        assert not ct.is_closing()
+        ct.close()
+        st.close()
+        await cp.done
+        await sp.done
+
+    run(loop, main())
+
+
+def test_sends_after_close_are_dropped_with_asyncios_warning(loop, caplog):
+    async def main():
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        ct, cp = await endpoint(loop, remote_addr=peer.getsockname())
+        ct.close()
+        await cp.done
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(4):
+                ct.sendto(b"late")
+            assert not [r for r in caplog.records if "socket.send() raised exception." in r.getMessage()]
+            ct.sendto(b"late")
+            ct.sendto(b"late")
+        warned = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+        assert len(warned) == 2
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(10)
+        peer.close()
+
+    run(loop, main())
+
+
+def test_close_waits_for_queued_datagrams_abort_drops_them(loop):
+    async def main():
+        for how in ("close", "abort"):
+            d = tempfile.mkdtemp()
+            t, p, b = await unix_sink(loop, d)
+            sent = 0
+            while t.get_write_buffer_size() == 0:  # the peer's queue is full: sends queue up
+                t.sendto(sent.to_bytes(4, "big") + b"x" * 1000)
+                sent += 1
+            queued = t.get_write_buffer_size()
+            assert queued % 1004 == 0
+            getattr(t, how)()
+            assert t.is_closing()
+            if how == "abort":
+                assert await asyncio.wait_for(p.done, 5) is None
+            received = []
+            while True:
+                try:
+                    received.append(int.from_bytes(b.recv(2000)[:4], "big"))
+                except BlockingIOError:
+                    if p.done.done():
+                        break
+                    await asyncio.sleep(0.01)
+            if how == "close":
+                assert await p.done is None
+                assert received == list(range(sent)), "every queued datagram is sent before connection_lost"
+            else:
+                assert len(received) < sent, "abort dropped the queue"
+            b.close()
+            os.unlink(os.path.join(d, "sink.sock"))
+            os.rmdir(d)
+
+    run(loop, main())
+
+
+def test_flow_control_on_the_send_queue(loop):
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            await flow(d)
+
+    async def flow(d):
+        t, p, b = await unix_sink(loop, d)
+        assert t.get_write_buffer_limits() == (16384, 65536)
+        with pytest.raises(ValueError, match=r"high \(1\) must be >= low \(2\) must be >= 0"):
+            t.set_write_buffer_limits(high=1, low=2)
+        t.set_write_buffer_limits(high=4000, low=1000)
+        assert t.get_write_buffer_limits() == (1000, 4000)
+        while "pause" not in p.events:
+            t.sendto(b"z" * 1000)
+        assert p.events.count("pause") == 1
+        assert t.get_write_buffer_size() == 5000, "paused when strictly over high (payload bytes)"
+        t.sendto(b"z" * 1000)
+        assert p.events.count("pause") == 1
+        n = 0
+        while "resume" not in p.events:
+            try:
+                b.recv(2000)
+                n += 1
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        assert t.get_write_buffer_size() <= 1000
+        t.close()
+        while not p.done.done():
+            try:
+                b.recv(2000)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        assert p.events.count("resume") == 1
+        b.close()
+
+    run(loop, main())
+
+
+def test_unix_datagram_endpoints(loop):
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            spath = os.path.join(d, "server.sock")
+            cpath = os.path.join(d, "client.sock")
+            st, sp = await endpoint(loop, echo=True, local_addr=spath, family=socket.AF_UNIX)
+            assert st.get_extra_info("sockname") == spath
+            ct, cp = await endpoint(loop, local_addr=cpath, remote_addr=spath, family=socket.AF_UNIX)
+            assert ct.get_extra_info("peername") == spath
+            ct.sendto(b"over unix")
+            await wait_for(lambda: cp.datagrams)
+            assert sp.datagrams == [(b"over unix", cpath)]
+            assert cp.datagrams == [(b"over unix", spath)]
+            sp.echo = False  # (an echo to an unnamed sender, addr None, is a fatal write error)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as anon:
+                anon.sendto(b"anon", spath)
+                await wait_for(lambda: len(sp.datagrams) == 2)
+            assert sp.datagrams[1] == (b"anon", None), "an unnamed sender's address is None"
+            abstract = b"\0ferroloop-test-%d" % os.getpid()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as named:
+                named.bind(abstract)
+                st.sendto(b"to abstract", abstract)
+                named.settimeout(5)
+                assert named.recvfrom(100) == (b"to abstract", spath)
+                named.sendto(b"from abstract", spath)
+                await wait_for(lambda: len(sp.datagrams) == 3)
+                assert sp.datagrams[2] == (b"from abstract", abstract)
+            ct.close()
+            await cp.done
+            st.abort()
+            await sp.done
+
+    run(loop, main())
+
+
+def test_existing_socket_and_unbound_endpoint(loop):
+    async def main():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        addr = sock.getsockname()
+        st, sp = await loop.create_datagram_endpoint(lambda: Proto(loop, echo=True), sock=sock)
+        assert st.get_extra_info("socket").fileno() == sock.fileno()
+        ut, up = await endpoint(loop, family=socket.AF_INET)
+        assert ut.get_extra_info("peername") is None
+        ut.sendto(b"ping", addr)
+        await wait_for(lambda: up.datagrams)
+        assert up.datagrams == [(b"ping", addr)]
+        with pytest.raises(ValueError):
+            await loop.create_datagram_endpoint(asyncio.DatagramProtocol)
+        st.close()
+        ut.close()
+        await sp.done
+        await up.done
+        assert sock.fileno() == -1, "the transport closes the socket it was given"
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_ipv6_addresses_are_four_tuples(loop):
+    async def main():
+        st, sp = await endpoint(loop, echo=True, local_addr=("::1", 0))
+        saddr = st.get_extra_info("sockname")
+        assert len(saddr) == 4
+        ct, cp = await endpoint(loop, remote_addr=saddr[:2])
+        ct.sendto(b"six")
+        await wait_for(lambda: cp.datagrams)
+        assert cp.datagrams == [(b"six", saddr)]
+        caddr = ct.get_extra_info("sockname")
+        assert sp.datagrams == [(b"six", caddr)]
+        st.sendto(b"again", caddr[:2])  # a 2-tuple works for AF_INET6
+        await wait_for(lambda: len(cp.datagrams) == 2)
+        ct.close()
+        st.close()
+        await cp.done
+        await sp.done
+
+    run(loop, main())
+
+
+def test_pause_and_resume_reading(loop):
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        assert st.is_reading()
+        st.pause_reading()
+        assert not st.is_reading()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"1", st.get_extra_info("sockname"))
+            await asyncio.sleep(0.05)
+            assert sp.datagrams == []
+            st.resume_reading()
+            await wait_for(lambda: sp.datagrams)
+        assert sp.datagrams[0][0] == b"1"
+        st.close()
+        assert not st.is_reading()
+        await sp.done
+
+    run(loop, main())
+
+
+def test_closed_transport_and_protocol_are_collected(loop):
+    async def main():
+        st, sp = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        sp.cycle = sp  # protocol -> transport -> protocol, and a self-cycle
+        st.close()
+        await sp.done
+        return weakref.ref(st), weakref.ref(sp)
+
+    wt, wp = run(loop, main())
+    for _ in range(3):
+        gc.collect()
+    assert wt() is None and wp() is None
