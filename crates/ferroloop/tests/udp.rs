@@ -774,3 +774,85 @@ fn hundred_thousand_datagrams_counted() {
     assert!(lost < TOTAL / 100, "loopback lost {lost} of {TOTAL}");
     eprintln!("100000 datagrams: {} answered, {lost} dropped by the kernel", c.seen.len());
 }
+
+fn have_socat() -> bool {
+    std::process::Command::new("socat")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Run the loop until `child` exits (at most `secs`); its stdout.
+fn run_child(lp: &EventLoop, mut child: std::process::Child, secs: f64) -> String {
+    let mut status = None;
+    let ok = run_until(lp, Duration::from_secs_f64(secs), || {
+        status = status.or_else(|| child.try_wait().unwrap());
+        status.is_some()
+    });
+    if !ok {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(ok, "socat did not finish: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "socat failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn socat_interop_udp_and_unix_datagrams() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    if !have_socat() {
+        println!("SKIPPED: socat not installed");
+        return;
+    }
+    let lp = EventLoop::new().unwrap();
+    // socat as a UDP client of our echo server.
+    let l = log();
+    let l2 = l.clone();
+    let (t, _) = complete(&lp, &lp.create_datagram_endpoint(move || Rec::echo(&l2), local("127.0.0.1")), 5.0).unwrap();
+    let port = inet(&t).port();
+    let mut child = Command::new("socat")
+        .args(["-t", "2", "-", &format!("UDP:127.0.0.1:{port}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello from socat\n").unwrap();
+    assert_eq!(run_child(&lp, child, 10.0), "hello from socat\n");
+    assert_eq!(dgrams(&l)[0].0, b"hello from socat\n");
+    t.close();
+
+    // socat on a Unix datagram socket, bound so that our echo can answer.
+    let dir = std::env::temp_dir().join(format!("ferroloop-udp-socat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spath = dir.join("server.sock");
+    let cpath = dir.join("socat.sock");
+    let ul = log();
+    let u2 = ul.clone();
+    let (ut, _) =
+        complete(&lp, &lp.create_unix_datagram_endpoint(move || Rec::echo(&u2), Some(&spath), None), 5.0).unwrap();
+    let mut child = Command::new("socat")
+        .args([
+            "-t",
+            "2",
+            "-",
+            &format!("UNIX-SENDTO:{},bind={}", spath.display(), cpath.display()),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"unix datagram\n").unwrap();
+    assert_eq!(run_child(&lp, child, 10.0), "unix datagram\n");
+    assert_eq!(dgrams(&ul)[0], (b"unix datagram\n".to_vec(), Address::Unix(cpath.to_str().unwrap().to_string())));
+    ut.close();
+    must(&lp, 5.0, "lost", || count(&l, "lost") == 1 && count(&ul, "lost") == 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,3 +246,69 @@ fn start_serving_false_and_backlog() {
     assert_eq!(server.active_connections(), 1);
     server.close();
 }
+
+#[test]
+fn socat_interop_unix_stream_client_and_server() {
+    use std::process::{Command, Stdio};
+    let have = Command::new("socat").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !have.map(|s| s.success()).unwrap_or(false) {
+        println!("SKIPPED: socat not installed");
+        return;
+    }
+    let lp = EventLoop::new().unwrap();
+    // socat as a client of our server.
+    let path = tmp_path("socat");
+    let conns = Rc::new(RefCell::new(Vec::new()));
+    let server = echo_server(&lp, &path, &conns);
+    let mut child = Command::new("socat")
+        .args(["-t", "5", "-", &format!("UNIX-CONNECT:{}", path.display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let p2 = payload.clone();
+    // Closing stdin half-closes the connection: our echo closes after the EOF.
+    let writer = std::thread::spawn(move || stdin.write_all(&p2));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut back = Vec::new();
+        stdout.read_to_end(&mut back).map(|_| back)
+    });
+    let mut status = None;
+    must(&lp, 20.0, "socat client done", || {
+        status = status.or_else(|| child.try_wait().unwrap());
+        status.is_some()
+    });
+    writer.join().unwrap().unwrap();
+    let back = reader.join().unwrap().unwrap();
+    assert!(status.unwrap().success(), "socat failed");
+    assert!(back == payload, "echo through socat: {} bytes back of {}", back.len(), payload.len());
+    server.close();
+
+    // socat as a server (echo through PIPE); our connection.
+    let spath = tmp_path("socat-server");
+    let mut srv = Command::new("socat")
+        .args([&format!("UNIX-LISTEN:{}", spath.display()), "PIPE"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spath.exists() {
+        assert!(std::time::Instant::now() < deadline, "socat did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let cs = seen();
+    let c2 = cs.clone();
+    let (t, _) = complete(&lp, &lp.create_unix_connection(move || EchoRec { seen: c2, t: None, echo: false }, &spath), 5.0)
+        .unwrap();
+    t.write(b"through socat's pipe").unwrap();
+    must(&lp, 5.0, "echo from socat", || cs.borrow().data == b"through socat's pipe");
+    t.close();
+    must(&lp, 5.0, "lost", || cs.borrow().lost.is_some());
+    let _ = srv.kill();
+    let _ = srv.wait();
+}
