@@ -150,4 +150,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         core = self.__dict__.get("_core")
         if core is not None and core.fileno() != -1 and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.abort()
+            core.close_socket()
+            sock = self.__dict__.get("_sock")
+            if sock is not None:
+                sock.close()

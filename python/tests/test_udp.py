@@ -18,11 +18,12 @@ import logging
 import os
 import socket
 import tempfile
+import warnings
 import weakref
 
 import pytest
 
-from conftest import run
+from conftest import run, run_isolated
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -498,3 +499,22 @@ def test_closed_transport_and_protocol_are_collected(loop):
     for _ in range(3):
         gc.collect()
     assert wt() is None and wp() is None
+
+
+def test_unclosed_transport_warns_and_closes_its_socket(flavor):
+    def body(lp):
+        async def main():
+            t, p = await lp.create_datagram_endpoint(lambda: Proto(lp), local_addr=("127.0.0.1", 0))
+            return t.get_extra_info("socket").fileno()
+
+        fd = lp.run_until_complete(main())
+        lp.close()  # the transport was never closed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                gc.collect()
+        assert any(issubclass(w.category, ResourceWarning) and "unclosed transport" in str(w.message) for w in caught)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the socket is closed
+
+    run_isolated(flavor, body)

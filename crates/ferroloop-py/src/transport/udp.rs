@@ -487,6 +487,11 @@ impl DatagramCore {
         self.t().is_reading()
     }
 
+    /// Close the socket now, without `connection_lost` (finalizer).
+    fn close_socket(&self) {
+        self.t().close_socket();
+    }
+
     /// asyncio's `_force_close(exc)`: close at once with `exc`.
     #[pyo3(signature = (exc=None))]
     fn force_close(&self, py: Python<'_>, exc: Option<Py<PyAny>>) {

@@ -404,6 +404,18 @@ impl DatagramTransport {
         self.inner.fatal_error(err, message)
     }
 
+    /// Close the socket now, without `connection_lost` (for a binding's
+    /// finalizer: the transport was dropped unclosed).
+    pub fn close_socket(&self) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            st.closing = true;
+            st.lost = true;
+            st.conn_lost = st.conn_lost.max(1);
+        }
+        self.inner.release();
+    }
+
     /// True once `close`/`abort` was called.
     pub fn is_closing(&self) -> bool {
         self.inner.st.borrow().closing
