@@ -518,3 +518,27 @@ def test_unclosed_transport_warns_and_closes_its_socket(flavor):
             os.fstat(fd)  # the socket is closed
 
     run_isolated(flavor, body)
+
+
+def test_echo_under_gc_pressure(flavor):
+    # The cyclic collector runs at nearly every allocation: a live transport's
+    # references must never be taken for garbage (see StreamCore.__traverse__).
+    def body(lp):
+        async def main():
+            for round_ in range(3):
+                st, sp = await lp.create_datagram_endpoint(lambda: Proto(lp, echo=True), local_addr=("127.0.0.1", 0))
+                ct, cp = await lp.create_datagram_endpoint(lambda: Proto(lp), remote_addr=st.get_extra_info("sockname"))
+                for i in range(50):
+                    ct.sendto(b"%d" % i)
+                    await wait_for(lambda: len(cp.datagrams) == i + 1)
+                assert [d for d, _ in cp.datagrams] == [b"%d" % i for i in range(50)]
+                ct.close()
+                st.close()
+                await cp.done
+                await sp.done
+                del st, sp, ct, cp
+                gc.collect()
+
+        lp.run_until_complete(asyncio.wait_for(main(), 30))
+
+    run_isolated(flavor, body, gc_threshold=1)
