@@ -856,3 +856,48 @@ fn socat_interop_udp_and_unix_datagrams() {
     must(&lp, 5.0, "lost", || count(&l, "lost") == 1 && count(&ul, "lost") == 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn many_waiting_datagrams_arrive_in_order_across_batches() {
+    let lp = EventLoop::new().unwrap();
+    let l = log();
+    let l2 = l.clone();
+    let (t, _) = complete(&lp, &lp.create_datagram_endpoint(move || Rec::new(&l2), local("127.0.0.1")), 5.0).unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // More than one batch and more than one readiness event's budget, all
+    // waiting before the loop looks (within the default receive buffer);
+    // sizes vary, one is the largest payload.
+    let sizes: Vec<usize> = (0..100).map(|i| if i == 37 { 65_507 } else { 1 + i * 13 % 200 }).collect();
+    for (i, n) in sizes.iter().enumerate() {
+        let mut d = vec![(i % 251) as u8; *n];
+        d[0] = (i % 256) as u8;
+        peer.send_to(&d, inet(&t)).unwrap();
+    }
+    must(&lp, 10.0, "all datagrams", || count(&l, "dgram") == sizes.len());
+    let got = dgrams(&l);
+    for (i, (d, a)) in got.iter().enumerate() {
+        assert_eq!(d.len(), sizes[i], "datagram {i}");
+        assert_eq!(d[0], (i % 256) as u8, "order kept");
+        assert_eq!(*a, Address::Inet(peer.local_addr().unwrap()));
+    }
+
+    // Paused inside datagram_received with the rest of a batch already read,
+    // then closed: the rest is never delivered.
+    let l3 = log();
+    let l4 = l3.clone();
+    let factory = move || {
+        let mut r = Rec::new(&l4);
+        r.on_dgram = Some(Box::new(|t: &DatagramTransport, _d: &[u8], _a: &Address| t.pause_reading()));
+        r
+    };
+    let (pt, _) = complete(&lp, &lp.create_datagram_endpoint(factory, local("127.0.0.1")), 5.0).unwrap();
+    for i in 0..10u8 {
+        peer.send_to(&[i], inet(&pt)).unwrap();
+    }
+    must(&lp, 5.0, "first", || count(&l3, "dgram") == 1);
+    pt.close();
+    must(&lp, 5.0, "lost", || count(&l3, "lost") == 1);
+    assert_eq!(count(&l3, "dgram"), 1);
+    t.close();
+    must(&lp, 5.0, "lost", || count(&l, "lost") == 1);
+}

@@ -4,6 +4,7 @@
 //! a `// SAFETY:` comment saying why it is sound. The rest of the crate calls
 //! the safe functions below.
 
+pub mod dgram;
 pub mod process;
 pub mod signal;
 

@@ -1,10 +1,12 @@
 //! Datagram transports: UDP and Unix datagram sockets (asyncio's
 //! `DatagramTransport` and `DatagramProtocol`).
 //!
-//! Read path: on readiness, `recvfrom` into the loop's shared buffer until the
-//! socket says `WouldBlock` (at most [`READS_PER_EVENT`] datagrams per event,
-//! then the rest from the ready queue), delivering each datagram to
-//! [`DatagramProtocol::datagram_received`] at once with its sender's address.
+//! Read path: on readiness, receive until the socket is drained (at most
+//! [`READS_PER_EVENT`] datagrams per event, then the rest from the ready
+//! queue), delivering each datagram to [`DatagramProtocol::datagram_received`]
+//! at once with its sender's address. UDP sockets receive in batches
+//! (`recvmmsg`, a short batch meaning drained); Unix datagram sockets use
+//! `recvfrom` into the loop's shared buffer until `WouldBlock`.
 //! A receive error (an ICMP "port unreachable" on a connected UDP socket comes
 //! back as `ECONNREFUSED`) goes to [`DatagramProtocol::error_received`]: it
 //! never closes the transport, as in asyncio.
@@ -41,6 +43,7 @@ use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Re
 use crate::flow::WriteFlow;
 use crate::future::LoopFuture;
 use crate::resolve::{resolve, Family};
+use crate::sys;
 use crate::transport::stream::{Address, ExtraInfo};
 
 /// Datagrams read per readiness event before yielding to other sources.
@@ -153,6 +156,26 @@ impl DatagramSocket {
     }
 }
 
+/// Bytes per datagram slot of a receive batch: more than any UDP payload
+/// (65,507 bytes over IPv4, 65,527 over IPv6 without jumbograms).
+const BATCH_SLOT: usize = 64 * 1024;
+
+thread_local! {
+    /// The receive-batch buffer (`MAX_BATCH` slots), one per thread: loops
+    /// are per thread and a batch is delivered before the next is read.
+    static BATCH_BUF: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+fn take_batch_buf() -> Box<[u8]> {
+    BATCH_BUF
+        .with(|b| b.take())
+        .unwrap_or_else(|| vec![0u8; BATCH_SLOT * sys::dgram::MAX_BATCH].into_boxed_slice())
+}
+
+fn put_batch_buf(buf: Box<[u8]>) {
+    BATCH_BUF.with(|b| b.set(Some(buf)));
+}
+
 /// The address of a Unix socket as an [`Address::Unix`] string: the path,
 /// `"\0name"` for an abstract name, `""` when unnamed.
 pub(crate) fn unix_address(a: &UnixSocketAddr) -> String {
@@ -260,6 +283,9 @@ struct State {
     queue: VecDeque<(Vec<u8>, Option<Address>)>,
     /// Payload bytes in `queue` (asyncio's `_buffer_size`).
     queued: usize,
+    /// Datagrams received in a batch but not delivered because reading was
+    /// paused meanwhile; delivered first when reading resumes.
+    pending: VecDeque<(Vec<u8>, Address)>,
     flow: WriteFlow,
 }
 
@@ -441,6 +467,9 @@ impl DatagramTransport {
             st.read_paused = false;
         }
         self.inner.rearm();
+        if !self.inner.st.borrow().pending.is_empty() {
+            self.inner.schedule_read();
+        }
     }
 
     /// True unless reading is paused or the transport is closing.
@@ -633,6 +662,13 @@ impl DatagramInner {
 
     /// Receive and deliver until the socket is drained (or the budget is used).
     fn do_read(self: &Rc<Self>) {
+        if !self.deliver_pending() {
+            return;
+        }
+        let udp = matches!(self.sock.borrow().as_ref(), Some(DSock::Udp(_)));
+        if udp {
+            return self.do_read_batched();
+        }
         for _ in 0..READS_PER_EVENT {
             if !self.can_read() {
                 return;
@@ -658,6 +694,79 @@ impl DatagramInner {
                         // ECONNREFUSED and friends: reported, and reading goes on.
                         _ => self.notify(Note::ErrorReceived(Error::Io(e))),
                     }
+                }
+            }
+        }
+        // Budget used with datagrams still waiting: go on next iteration.
+        self.schedule_read();
+    }
+
+    /// Deliver what a batch left undelivered; false if reading stopped again.
+    fn deliver_pending(self: &Rc<Self>) -> bool {
+        loop {
+            if !self.can_read() {
+                return false;
+            }
+            let next = self.st.borrow_mut().pending.pop_front();
+            match next {
+                Some((data, addr)) => {
+                    self.with_protocol("datagram_received", |p| p.datagram_received(&data, &addr));
+                }
+                None => return true,
+            }
+        }
+    }
+
+    /// UDP: receive with `recvmmsg`, up to [`sys::dgram::MAX_BATCH`]
+    /// datagrams per call, still delivered one per `datagram_received`. A
+    /// short batch means drained: no final `EAGAIN` call.
+    fn do_read_batched(self: &Rc<Self>) {
+        let mut out = Vec::with_capacity(sys::dgram::MAX_BATCH);
+        for _ in 0..READS_PER_EVENT.div_ceil(sys::dgram::MAX_BATCH) {
+            if !self.can_read() {
+                return;
+            }
+            let mut buf = take_batch_buf();
+            let r = {
+                let sock = self.sock.borrow();
+                match sock.as_ref() {
+                    Some(s) => sys::dgram::recv_batch(s.fd(), &mut buf, BATCH_SLOT, &mut out),
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            };
+            match r {
+                Ok(()) => {
+                    let drained = out.len() < sys::dgram::MAX_BATCH;
+                    for (i, got) in out.iter().enumerate() {
+                        let slot = &buf[i * BATCH_SLOT..i * BATCH_SLOT + got.len];
+                        let addr = Address::Inet(got.addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+                        if !self.can_read() {
+                            // Paused inside datagram_received: keep the rest
+                            // for resume_reading (dropped if closing).
+                            if !self.st.borrow().closing && !got.truncated {
+                                self.st.borrow_mut().pending.push_back((slot.to_vec(), addr));
+                            }
+                            continue;
+                        }
+                        if got.truncated {
+                            // Longer than any UDP payload over IPv4 or plain IPv6.
+                            self.notify(Note::ErrorReceived(Error::Io(io::Error::from_raw_os_error(libc::EMSGSIZE))));
+                            continue;
+                        }
+                        self.with_protocol("datagram_received", |p| p.datagram_received(slot, &addr));
+                    }
+                    put_batch_buf(buf);
+                    if drained {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    put_batch_buf(buf);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        return;
+                    }
+                    // ECONNREFUSED and friends: reported, and reading goes on.
+                    self.notify(Note::ErrorReceived(Error::Io(e)));
                 }
             }
         }
@@ -875,12 +984,12 @@ impl DatagramInner {
         drop(proto);
         let notes = std::mem::take(&mut *self.notes.borrow_mut());
         drop(notes);
-        let queue = {
+        let (queue, pending) = {
             let mut st = self.st.borrow_mut();
             st.queued = 0;
-            std::mem::take(&mut st.queue)
+            (std::mem::take(&mut st.queue), std::mem::take(&mut st.pending))
         };
-        drop(queue);
+        drop((queue, pending));
         let on_made = self.on_made.borrow_mut().take();
         drop(on_made);
     }
