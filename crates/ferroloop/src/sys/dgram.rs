@@ -31,7 +31,7 @@ pub struct Received {
 /// `buf[i * slot..]`. Fills `out` (cleared first); `WouldBlock` when none waits.
 pub fn recv_batch(fd: RawFd, buf: &mut [u8], slot: usize, out: &mut Vec<Received>) -> io::Result<()> {
     out.clear();
-    let n = if slot == 0 { 0 } else { (buf.len() / slot).min(MAX_BATCH) };
+    let n = buf.len().checked_div(slot).unwrap_or(0).min(MAX_BATCH);
     if n == 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
