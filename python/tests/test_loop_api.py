@@ -60,15 +60,6 @@ def test_call_soon_from_callback_runs_next_iteration(loop):
     assert order == ["first", "second", "nested"]
 
 
-DUE_TIMER_BUG = (
-    "a timer that is already due when a callback schedules it (call_later(0)/call_at(past)) runs in the "
-    "same iteration (the engine's run_once runs ready callbacks, then I/O, then pops due timers, including "
-    "ones just added), so it overtakes call_soon callbacks scheduled before it and runs after stop(); "
-    "asyncio collects due timers at the start of the next iteration, after the earlier call_soon ones"
-)
-
-
-@ferroloop_bug(DUE_TIMER_BUG)
 def test_call_soon_before_due_timer_scheduled_in_same_callback(loop):
     order = []
 
@@ -84,7 +75,6 @@ def test_call_soon_before_due_timer_scheduled_in_same_callback(loop):
     assert order == ["soon", "at(past)", "later(0)"]
 
 
-@ferroloop_bug(DUE_TIMER_BUG)
 def test_io_callbacks_before_due_timers(loop):
     r, w = socket.socketpair()
     r.setblocking(False)
@@ -107,7 +97,6 @@ def test_io_callbacks_before_due_timers(loop):
     assert order == ["soon", "io", "later(0)"]
 
 
-@ferroloop_bug(DUE_TIMER_BUG)
 def test_due_timer_scheduled_with_stop_waits_for_next_run(loop):
     ran = []
 

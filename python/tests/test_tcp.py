@@ -1295,11 +1295,6 @@ def test_base_exception_in_data_received_propagates(loop, exc_type):
 # ----------------------------------------------------------------------------- data handling
 
 
-@ferroloop_bug(
-    "transport.write(memoryview(array.array('i', [1, 2, 3]))) raises BufferError('buffer contents are "
-    "not compatible with u8') (with_data() takes PyBuffer::<u8>, which rejects any format but 'B'); "
-    "asyncio accepts every memoryview and sends its raw bytes (12 here)"
-)
 def test_write_memoryview_of_any_format(loop):
     import array
 
@@ -1417,16 +1412,6 @@ def test_unix_transport_extra_info(loop, tmp_path):
     run(loop, main())
 
 
-STOP_BATCH_BUG = (
-    "stop() called in data_received does not end the iteration before further protocol callbacks: the "
-    "engine keeps reading the same readiness event and delivers eof_received() (then close() -> "
-    "connection_lost()) in the same iteration; asyncio reads once per callback, so the EOF waits for the "
-    "next run. Consequence: examples/python/tcp_echo_client.py hangs in run_forever() in ~30% of runs "
-    "(connection_lost's loop.stop() lands in run_until_complete's last batch)"
-)
-
-
-@ferroloop_bug(STOP_BATCH_BUG)
 def test_stop_in_data_received_defers_eof(loop):
     log = []
 
@@ -1449,12 +1434,6 @@ def test_stop_in_data_received_defers_eof(loop):
     assert log == [["made", "data"], ["made", "data", "eof", ("lost", None)]]
 
 
-@ferroloop_bug(
-    "a BufferedProtocol whose get_buffer() returns a read-only buffer is reported as 'Fatal error: "
-    "protocol.get_buffer() call failed.' with TypeError('get_buffer() returned a read-only buffer'); "
-    "asyncio reports 'Fatal read error on socket transport' with recv_into()'s TypeError('recv_into() "
-    "argument 1 must be read-write bytes-like object, not memoryview')"
-)
 def test_buffered_protocol_read_only_buffer(loop):
     calls = []
     loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))

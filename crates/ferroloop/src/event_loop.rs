@@ -243,6 +243,8 @@ pub(crate) struct LoopInner {
     interrupt: RefCell<Option<Error>>,
     pub(crate) children: crate::child::ChildState,
     warning_handler: RefCell<Option<WarningHandler>>,
+    /// Timers due in the current iteration (kept to reuse its allocation).
+    due_timers: RefCell<Vec<Rc<HandleInner>>>,
 }
 
 impl LoopInner {
@@ -329,6 +331,7 @@ impl EventLoop {
                 interrupt: RefCell::new(None),
                 children: Default::default(),
                 warning_handler: RefCell::new(None),
+                due_timers: RefCell::new(Vec::new()),
             }),
         })
     }
@@ -578,11 +581,22 @@ impl EventLoop {
         self.drain_remote();
 
         // asyncio's order within an iteration: first the callbacks that were
-        // ready before the poll, then the I/O callbacks, then the due timers.
-        // What any of them schedules waits for the next iteration.
+        // ready before the poll, then the I/O callbacks, then the timers due
+        // now, judged against one reading of the clock taken here. What any
+        // of them schedules (a timer due at once included) waits for the
+        // next iteration.
+        let end = self.time() + inner.clock_resolution;
+        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
+        {
+            let mut timers = inner.timers.borrow_mut();
+            while let Some(h) = timers.pop_due(end) {
+                due.push(h);
+            }
+        }
         let ntodo = inner.ready.borrow().len();
         for _ in 0..ntodo {
             if let Some(err) = inner.interrupt.borrow_mut().take() {
+                self.requeue_timers(due, 0);
                 return Err(err);
             }
             let item = inner.ready.borrow_mut().pop_front();
@@ -643,23 +657,28 @@ impl EventLoop {
         pending.drain(..dispatched);
         *inner.pending_events.borrow_mut() = pending;
 
-        // Due timers, judged against one reading of the clock.
-        let end = self.time() + inner.clock_resolution;
-        loop {
+        for i in 0..due.len() {
             if let Some(err) = inner.interrupt.borrow_mut().take() {
+                self.requeue_timers(due, i);
                 return Err(err);
             }
-            let due = inner.timers.borrow_mut().pop_due(end);
-            match due {
-                Some(h) => {
-                    self.guarded("Exception in callback", || h.run());
-                }
-                None => break,
-            }
+            let h = &due[i];
+            self.guarded("Exception in callback", || h.run());
         }
+        due.clear();
+        *inner.due_timers.borrow_mut() = due;
         match inner.interrupt.borrow_mut().take() {
             Some(err) => Err(err),
             None => Ok(()),
+        }
+    }
+
+    /// After an interrupted iteration, the due timers not run yet go to the
+    /// front of the ready queue, in order: they run first next time.
+    fn requeue_timers(&self, mut due: Vec<Rc<HandleInner>>, from: usize) {
+        let mut ready = self.inner.ready.borrow_mut();
+        for h in due.drain(from..).rev() {
+            ready.push_front(Ready::Handle(h));
         }
     }
 

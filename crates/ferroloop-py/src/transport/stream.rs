@@ -171,11 +171,16 @@ impl Protocol for PyProtocolAdapter {
             if let Err(e) = r {
                 self.shared.callback_error(py, e, "connection_made()", &self.proto);
             }
+            // As asyncio: the waiter completes from the ready queue, one
+            // callback after connection_made.
             let waiter = self.shared.waiter.borrow_mut().take();
-            if let Some(w) = waiter {
-                let w = w.bind(py);
-                if !w.call_method0(intern!(py, "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(true) {
-                    let _ = w.call_method1(intern!(py, "set_result"), (py.None(),));
+            if let (Some(w), Some(lp)) = (waiter, Shared::get(&self.shared.loop_obj, py)) {
+                let r = py
+                    .import(intern!(py, "asyncio.futures"))
+                    .and_then(|m| m.getattr(intern!(py, "_set_result_unless_cancelled")))
+                    .and_then(|f| lp.call_method1(py, intern!(py, "call_soon"), (f, w, py.None())));
+                if let Err(e) = r {
+                    e.write_unraisable(py, None);
                 }
             }
         })
@@ -263,33 +268,38 @@ impl Protocol for PyProtocolAdapter {
             return None;
         }
         self.buf = None;
-        let got: Result<WritableBuffer, PyErr> = Python::attach(|py| {
+        // asyncio: a failing get_buffer() or an empty buffer is "get_buffer()
+        // call failed"; a buffer recv_into() cannot fill is a read error.
+        let got: Result<WritableBuffer, (PyErr, &'static str)> = Python::attach(|py| {
+            const CALL_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
             // asyncio passes -1: "any size".
             let obj = self
                 .method(py, intern!(py, "get_buffer"))
-                .and_then(|m| self.shared.run_in_context(py, &m, &[(-1i64).into_pyobject(py)?.into_any()]))?;
-            let pybuf = PyBuffer::<u8>::get(&obj)?;
-            let wb = WritableBuffer::new(pybuf).map_err(PyTypeError::new_err)?;
-            Ok(wb)
+                .and_then(|m| self.shared.run_in_context(py, &m, &[(-1i64).into_pyobject(py)?.into_any()]))
+                .map_err(|e| (e, CALL_FAILED))?;
+            match obj.len() {
+                Err(e) => return Err((e, CALL_FAILED)),
+                Ok(0) => return Err((PyRuntimeError::new_err("get_buffer() returned an empty buffer"), CALL_FAILED)),
+                Ok(_) => {}
+            }
+            let unusable = || {
+                let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                PyTypeError::new_err(format!(
+                    "recv_into() argument 'buffer' must be read-write bytes-like object, not {tname}"
+                ))
+            };
+            let pybuf = PyBuffer::<u8>::get(&obj).map_err(|_| (unusable(), "Fatal read error on socket transport"))?;
+            WritableBuffer::new(pybuf).map_err(|_| (unusable(), "Fatal read error on socket transport"))
         });
         match got {
-            Ok(mut wb) => {
-                if wb.as_mut_slice().is_empty() {
-                    Python::attach(|py| {
-                        self.shared.fatal(
-                            py,
-                            PyRuntimeError::new_err("get_buffer() returned an empty buffer"),
-                            "Fatal error: protocol.get_buffer() call failed.",
-                            &self.proto,
-                        )
-                    });
-                    return Some(&mut []);
-                }
+            Ok(wb) => {
                 self.buf = Some(wb);
                 self.buf.as_mut().map(|b| b.as_mut_slice())
             }
-            Err(e) => {
-                Python::attach(|py| self.shared.fatal(py, e, "Fatal error: protocol.get_buffer() call failed.", &self.proto));
+            Err((e, message)) => {
+                // The transport is closed by `fatal`; the empty slice tells the
+                // engine to stop reading quietly.
+                Python::attach(|py| self.shared.fatal(py, e, message, &self.proto));
                 Some(&mut [])
             }
         }
@@ -366,9 +376,14 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
         return Ok(f(b.as_bytes()));
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let buf = PyBuffer::<u8>::get(data)?;
-        let v = buf.to_vec(data.py())?;
-        return Ok(f(&v));
+        // Any buffer format is accepted, as asyncio does: byte views are read
+        // directly, others through `bytes(...)`.
+        if let Ok(buf) = PyBuffer::<u8>::get(data) {
+            let v = buf.to_vec(data.py())?;
+            return Ok(f(&v));
+        }
+        let b = data.py().get_type::<PyBytes>().call1((data,))?;
+        return Ok(f(b.cast::<PyBytes>()?.as_bytes()));
     }
     Err(PyTypeError::new_err(format!(
         "data argument must be a bytes-like object, not {:?}",

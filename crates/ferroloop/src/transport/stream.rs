@@ -594,7 +594,13 @@ impl StreamInner {
             }
             match self.read_once() {
                 ReadOutcome::Data { drained } => {
-                    if drained && !self.st.borrow().read_hup {
+                    if drained {
+                        if self.st.borrow().read_hup {
+                            // The peer's EOF sits behind this data. As in asyncio
+                            // (one recv per readiness callback), it is read in the
+                            // next iteration: re-arm, since no new edge will come.
+                            self.rearm();
+                        }
                         return;
                     }
                 }
