@@ -30,6 +30,7 @@ UDP_PORT = 9999
 PORT_FREE_WAIT = 20  # seconds to wait for another user of the port
 RUN_LIMIT = 30  # seconds for a server to come up
 CLIENT_LIMIT = 10  # seconds for a client (a normal run takes well under one)
+UDP_ATTEMPTS = 8  # runs of a UDP pair whose client hangs in the example's own race
 
 _results = {}  # (flavor, example) -> normalized outcome; asyncio's is the oracle
 
@@ -158,7 +159,7 @@ def _run_pair(argv, name):
     server_script = os.path.join(EXAMPLES, f"{name}_server.py")
     client_script = os.path.join(EXAMPLES, f"{name}_client.py")
     proto, port = _port_of(name)
-    for attempt in range(5):
+    for attempt in range(UDP_ATTEMPTS if proto == "udp" else 5):
         _wait_port_free(proto, port)
         server = subprocess.Popen(
             argv + [server_script],
@@ -186,15 +187,25 @@ def _run_pair(argv, name):
                 if "address already in use" in err.lower() and attempt < 4:
                     continue  # someone took the port between our check and the bind
                 pytest.fail(f"the server did not bind {proto} {port}: rc={server.returncode}\n{out}\n{err}")
-            client = subprocess.run(
-                argv + [client_script],
-                capture_output=True,
-                text=True,
-                timeout=CLIENT_LIMIT,
-                cwd=EXAMPLES,
-                env=_env(),
-                preexec_fn=_default_sigint,
-            )
+            try:
+                client = subprocess.run(
+                    argv + [client_script],
+                    capture_output=True,
+                    text=True,
+                    timeout=CLIENT_LIMIT,
+                    cwd=EXAMPLES,
+                    env=_env(),
+                    preexec_fn=_default_sigint,
+                )
+            except subprocess.TimeoutExpired:
+                # The spec's UDP client races with its server: a reply that
+                # comes back before run_until_complete() returns makes
+                # connection_lost's loop.stop() end that run, and run_forever()
+                # then waits forever (on stock asyncio too, in about a third of
+                # the runs here; see scripts/demo.sh). Run the pair again.
+                if proto == "udp" and attempt < UDP_ATTEMPTS - 1:
+                    continue
+                raise
             server.send_signal(signal.SIGINT)  # Ctrl+C
             out, err = server.communicate(timeout=10)
         finally:
@@ -247,13 +258,6 @@ EXPECTED = {
 
 KNOWN_BUGS = {
     # example name -> (why its ferroloop run fails, whether it fails every time)
-    "tcp_echo": (
-        "the client hangs in loop.run_forever() in about 30% of runs (timing-dependent, hence not "
-        "strict): its connection_lost() -> loop.stop() runs inside run_until_complete(create_connection) "
-        "because the engine delivers data, EOF and close in one iteration; deterministic test: "
-        "test_tcp.py::test_stop_in_data_received_defers_eof",
-        False,
-    ),
 }
 
 

@@ -32,8 +32,6 @@ struct Shared {
     protocol: RefCell<Option<Py<PyAny>>>,
     /// The contextvars Context every protocol callback runs in.
     context: RefCell<Option<Py<PyAny>>>,
-    /// Future completed after `connection_made`.
-    waiter: RefCell<Option<Py<PyAny>>>,
     engine: RefCell<Option<Transport>>,
     /// Set while `sendfile` owns the socket: `write()` is refused.
     write_blocked: std::cell::Cell<bool>,
@@ -41,7 +39,7 @@ struct Shared {
 
 impl Shared {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.waiter] {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context] {
             if let Ok(b) = cell.try_borrow() {
                 if let Some(o) = b.as_ref() {
                     visit.call(o)?;
@@ -52,7 +50,7 @@ impl Shared {
     }
 
     fn clear(&self) {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context, &self.waiter] {
+        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context] {
             if let Ok(mut b) = cell.try_borrow_mut() {
                 b.take();
             }
@@ -171,18 +169,6 @@ impl Protocol for PyProtocolAdapter {
             if let Err(e) = r {
                 self.shared.callback_error(py, e, "connection_made()", &self.proto);
             }
-            // As asyncio: the waiter completes from the ready queue, one
-            // callback after connection_made.
-            let waiter = self.shared.waiter.borrow_mut().take();
-            if let (Some(w), Some(lp)) = (waiter, Shared::get(&self.shared.loop_obj, py)) {
-                let r = py
-                    .import(intern!(py, "asyncio.futures"))
-                    .and_then(|m| m.getattr(intern!(py, "_set_result_unless_cancelled")))
-                    .and_then(|f| lp.call_method1(py, intern!(py, "call_soon"), (f, w, py.None())));
-                if let Err(e) = r {
-                    e.write_unraisable(py, None);
-                }
-            }
         })
     }
 
@@ -235,7 +221,6 @@ impl Protocol for PyProtocolAdapter {
             }
             self.shared.engine.borrow_mut().take();
             self.shared.context.borrow_mut().take();
-            self.shared.waiter.borrow_mut().take();
         })
     }
 
@@ -343,7 +328,6 @@ impl StreamCore {
             transport: RefCell::new(Some(transport)),
             protocol: RefCell::new(Some(protocol.clone_ref(py))),
             context: RefCell::new(Some(context)),
-            waiter: RefCell::new(waiter),
             engine: RefCell::new(None),
             write_blocked: std::cell::Cell::new(false),
         });
@@ -351,6 +335,13 @@ impl StreamCore {
         let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
         let t = make(lp, proto).map_err(to_pyerr)?;
         *shared.engine.borrow_mut() = Some(t.clone());
+        // As asyncio: the waiter completes from the ready queue right after
+        // connection_made (both are queued now, in this order).
+        if let Some(w) = waiter {
+            let set = py.import(intern!(py, "asyncio.futures"))?.getattr(intern!(py, "_set_result_unless_cancelled"))?;
+            let lp_obj = Shared::get(&shared.loop_obj, py).expect("set above");
+            lp_obj.call_method1(py, intern!(py, "call_soon"), (set, w, py.None()))?;
+        }
         Ok(StreamCore { inner: GilBound::new((t, shared)) })
     }
 
