@@ -223,49 +223,42 @@ class Loop(base_events.BaseEventLoop):
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
-    def _add_reader(self, fd, callback, *args):
+    def _watch(self, table, core_add, fd, callback, args):
+        """Install ``callback(*args)`` as the reader or writer of ``fd``
+        (``table``: self._readers or self._writers); a replaced handle is
+        cancelled, as the selector loop does."""
         self._check_closed()
         fd = _fileobj_to_fd(fd)
         handle = events.Handle(callback, args, self, None)
-        old = self._readers.get(fd)
-        self._core.add_reader(fd, handle)
-        self._readers[fd] = handle
+        old = table.get(fd)
+        core_add(fd, handle)
+        table[fd] = handle
         if old is not None:
             old.cancel()
         return handle
+
+    def _unwatch(self, table, core_remove, fd):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        handle = table.pop(fd, None)
+        core_remove(fd)
+        if handle is not None:
+            handle.cancel()
+            return True
+        return False
+
+    def _add_reader(self, fd, callback, *args):
+        return self._watch(self._readers, self._core.add_reader, fd, callback, args)
 
     def _remove_reader(self, fd):
-        if self.is_closed():
-            return False
-        fd = _fileobj_to_fd(fd)
-        handle = self._readers.pop(fd, None)
-        self._core.remove_reader(fd)
-        if handle is not None:
-            handle.cancel()
-            return True
-        return False
+        return self._unwatch(self._readers, self._core.remove_reader, fd)
 
     def _add_writer(self, fd, callback, *args):
-        self._check_closed()
-        fd = _fileobj_to_fd(fd)
-        handle = events.Handle(callback, args, self, None)
-        old = self._writers.get(fd)
-        self._core.add_writer(fd, handle)
-        self._writers[fd] = handle
-        if old is not None:
-            old.cancel()
-        return handle
+        return self._watch(self._writers, self._core.add_writer, fd, callback, args)
 
     def _remove_writer(self, fd):
-        if self.is_closed():
-            return False
-        fd = _fileobj_to_fd(fd)
-        handle = self._writers.pop(fd, None)
-        self._core.remove_writer(fd)
-        if handle is not None:
-            handle.cancel()
-            return True
-        return False
+        return self._unwatch(self._writers, self._core.remove_writer, fd)
 
     def add_reader(self, fd, callback, *args):
         """Call ``callback(*args)`` whenever ``fd`` is readable."""
