@@ -567,49 +567,15 @@ impl EventLoop {
         };
 
         let blocker = inner.blocker.borrow().clone();
-        {
+        let polled = {
             let mut poll = inner.poll.borrow_mut();
             let mut events = inner.events.borrow_mut();
             let step = PollStep { poll: &mut poll, events: &mut events, timeout };
             match &blocker {
-                Some(b) => b.block(step)?,
-                None => step.run()?,
+                Some(b) => b.block(step),
+                None => step.run().map_err(Error::from),
             }
-        }
-
-        // Callbacks queued from other threads join the ready queue now.
-        self.drain_remote();
-
-        // asyncio's order within an iteration: first the callbacks that were
-        // ready before the poll, then the I/O callbacks, then the timers due
-        // now, judged against one reading of the clock taken here. What any
-        // of them schedules (a timer due at once included) waits for the
-        // next iteration.
-        let end = self.time() + inner.clock_resolution;
-        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
-        {
-            let mut timers = inner.timers.borrow_mut();
-            while let Some(h) = timers.pop_due(end) {
-                due.push(h);
-            }
-        }
-        let ntodo = inner.ready.borrow().len();
-        for _ in 0..ntodo {
-            if let Some(err) = inner.interrupt.borrow_mut().take() {
-                self.requeue_timers(due, 0);
-                return Err(err);
-            }
-            let item = inner.ready.borrow_mut().pop_front();
-            match item {
-                Some(Ready::Handle(h)) => {
-                    self.guarded("Exception in callback", || h.run());
-                }
-                Some(Ready::Task(f)) => {
-                    self.guarded("Exception in callback", f);
-                }
-                None => break,
-            }
-        }
+        };
 
         // Copy the events out so that handlers may register and deregister
         // freely. Events left over by an interrupted iteration come first:
@@ -635,6 +601,48 @@ impl EventLoop {
             drop(events);
             inner.events.borrow_mut().clear();
         }
+        if let Err(e) = polled {
+            // The blocker failed after the poll (a signal handler raised):
+            // keep what the poll reported for the next run.
+            *inner.pending_events.borrow_mut() = pending;
+            return Err(e);
+        }
+
+        // Callbacks queued from other threads join the ready queue now.
+        self.drain_remote();
+
+        // asyncio's order within an iteration: first the callbacks that were
+        // ready before the poll, then the I/O callbacks, then the timers due
+        // now, judged against one reading of the clock taken here. What any
+        // of them schedules (a timer due at once included) waits for the
+        // next iteration.
+        let end = self.time() + inner.clock_resolution;
+        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
+        {
+            let mut timers = inner.timers.borrow_mut();
+            while let Some(h) = timers.pop_due(end) {
+                due.push(h);
+            }
+        }
+        let ntodo = inner.ready.borrow().len();
+        for _ in 0..ntodo {
+            if let Some(err) = inner.interrupt.borrow_mut().take() {
+                self.requeue_timers(due, 0);
+                *inner.pending_events.borrow_mut() = pending;
+                return Err(err);
+            }
+            let item = inner.ready.borrow_mut().pop_front();
+            match item {
+                Some(Ready::Handle(h)) => {
+                    self.guarded("Exception in callback", || h.run());
+                }
+                Some(Ready::Task(f)) => {
+                    self.guarded("Exception in callback", f);
+                }
+                None => break,
+            }
+        }
+
         let mut dispatched = 0;
         while dispatched < pending.len() {
             if inner.interrupt.borrow().is_some() {
