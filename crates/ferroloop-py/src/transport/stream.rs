@@ -11,15 +11,16 @@ use std::rc::Rc;
 
 use ferroloop::{Error, EventLoop, Protocol, ProtocolRef, StreamSocket, Transport};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::sys::{EnteredContext, GilBound, WritableBuffer};
+use crate::transport::callback::{call_in_context, is_exit};
+use crate::sys::{GilBound, WritableBuffer};
 
 /// Python objects shared by a transport's core and its protocol adapters.
 struct Shared {
@@ -112,22 +113,10 @@ impl Shared {
         method: &Bound<'py, PyAny>,
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<Bound<'py, PyAny>> {
-        let ctx = Self::get(&self.context, py);
-        let _entered = match ctx {
-            Some(ctx) => Some(EnteredContext::enter(ctx.into_bound(py))?),
-            None => None,
-        };
-        match args {
-            [] => method.call0(),
-            [a] => method.call1((a,)),
-            _ => method.call1(PyTuple::new(py, args)?),
-        }
+        call_in_context(py, Self::get(&self.context, py), method, args)
     }
 }
 
-fn is_exit(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
-}
 
 /// Drives one Python protocol object for the engine.
 pub(crate) struct PyProtocolAdapter {

@@ -21,7 +21,7 @@ use std::rc::Rc;
 
 use ferroloop::{Address, DatagramProtocol, DatagramProtocolRef, DatagramSocket, DatagramTransport, Error, EventLoop};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
@@ -29,7 +29,8 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::sys::{EnteredContext, GilBound};
+use crate::transport::callback::{call_in_context, is_exit};
+use crate::sys::GilBound;
 
 const AF_UNIX: i32 = libc::AF_UNIX;
 const AF_INET6: i32 = libc::AF_INET6;
@@ -130,22 +131,10 @@ impl Shared {
     ) -> PyResult<Bound<'py, PyAny>> {
         let Some(proto) = Self::get(&self.protocol, py) else { return Ok(py.None().into_bound(py)) };
         let method = proto.bind(py).getattr(name)?;
-        let ctx = Self::get(&self.context, py);
-        let _entered = match ctx {
-            Some(ctx) => Some(EnteredContext::enter(ctx.into_bound(py))?),
-            None => None,
-        };
-        match args {
-            [] => method.call0(),
-            [a] => method.call1((a,)),
-            _ => method.call1(PyTuple::new(py, args)?),
-        }
+        call_in_context(py, Self::get(&self.context, py), &method, args)
     }
 }
 
-fn is_exit(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
-}
 
 /// An engine address as Python's `recvfrom` returns it: `(host, port)`,
 /// `(host, port, flowinfo, scope_id)`, a path `str`, an abstract name as
