@@ -12,9 +12,9 @@ Use it like uvloop::
 
 import asyncio as __asyncio
 
-from ._loop import Loop
+from ._loop import Loop, TLSContext
 
-__all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run")
+__all__ = ("Loop", "EventLoopPolicy", "TLSContext", "new_event_loop", "install", "run")
 __version__ = "0.1.0"
 
 

@@ -29,7 +29,9 @@ import weakref
 from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
 from . import _ferroloop
-from ._transports import ReadPipeTransport, StreamTransport, WritePipeTransport
+from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport
+
+TLSContext = _ferroloop.TLSContext
 
 _monotonic = time.monotonic
 
@@ -51,6 +53,12 @@ def _fileobj_to_fd(fileobj):
 
 def _sighandler_noop(signum, frame):
     """Dummy signal handler: the wakeup fd does the work."""
+
+
+def _check_tls_side(context, server_side):
+    if context.server_side != bool(server_side):
+        side = "a server" if context.server_side else "a client"
+        raise ValueError(f"{context!r} is {side} context; server_side={server_side!r} was asked for")
 
 
 class _TimerHandle(events.TimerHandle):
@@ -476,8 +484,23 @@ class Loop(base_events.BaseEventLoop):
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        # TLS is asyncio's own SSLProtocol (a BufferedProtocol) over the
-        # engine's stream transport.
+        if isinstance(sslcontext, TLSContext):
+            # The fast path: the engine's TLS transport (rustls).
+            _check_tls_side(sslcontext, server_side)
+            return TLSTransport(
+                self,
+                rawsock,
+                protocol,
+                sslcontext,
+                waiter,
+                extra,
+                server,
+                server_hostname,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+        # With an ssl.SSLContext, TLS is asyncio's own SSLProtocol (a
+        # BufferedProtocol) over the engine's stream transport.
         ssl_protocol = sslproto.SSLProtocol(
             self,
             protocol,
@@ -490,6 +513,43 @@ class Loop(base_events.BaseEventLoop):
         )
         StreamTransport(self, rawsock, ssl_protocol, None, extra, server)
         return ssl_protocol._app_transport
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade ``transport`` to TLS. A ``ferroloop.TLSContext`` takes the
+        engine's TLS transport; an ``ssl.SSLContext`` asyncio's SSLProtocol."""
+        if not isinstance(sslcontext, TLSContext):
+            return await super().start_tls(
+                transport,
+                protocol,
+                sslcontext,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        if type(transport) is not StreamTransport:
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        _check_tls_side(sslcontext, server_side)
+        waiter = self.create_future()
+        tls_transport = TLSTransport._upgrade(
+            transport, protocol, sslcontext, waiter, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
+        )
+        try:
+            await waiter
+        except BaseException:
+            tls_transport.close()
+            raise
+        return tls_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         from ._datagram import DatagramTransport
@@ -553,6 +613,8 @@ class Loop(base_events.BaseEventLoop):
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
+        if isinstance(sslcontext, TLSContext):
+            _check_tls_side(sslcontext, True)
         self._add_reader(
             sock.fileno(),
             self._accept_connection,
@@ -610,6 +672,21 @@ class Loop(base_events.BaseEventLoop):
                     return
                 raise
             extra = {"peername": addr}
+            if isinstance(sslcontext, TLSContext):
+                # The fast path needs no task: the handshake is the engine's.
+                protocol = transport = None
+                try:
+                    protocol = protocol_factory()
+                    transport = TLSTransport(
+                        self, conn, protocol, sslcontext, None, extra, server, None,
+                        ssl_handshake_timeout, ssl_shutdown_timeout,
+                    )
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    conn.close()
+                    self._report_accept_error(exc, protocol, transport)
+                continue
             if sslcontext:
                 self.create_task(
                     self._accept_tls(

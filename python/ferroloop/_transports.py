@@ -47,6 +47,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     # BaseEventLoop.start_tls() and sendfile() look for these.
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    # The core's methods bound into the instance dict.
+    _bound = _BOUND
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
@@ -70,18 +72,23 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        core = _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
-        self._core = core
-        d = self.__dict__
-        for name in _BOUND:
-            d[name] = getattr(core, name)
-        d["_force_close"] = core.force_close
+        self._set_core(self._make_core(loop, protocol, waiter))
         loop._transports[self._sock_fd] = self
         if server is not None:
             if _SERVER_ATTACH_TAKES_TRANSPORT:
                 server._attach(self)
             else:
                 server._attach()
+
+    def _make_core(self, loop, protocol, waiter):
+        return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
+
+    def _set_core(self, core):
+        self._core = core
+        d = self.__dict__
+        for name in self._bound:
+            d[name] = getattr(core, name)
+        d["_force_close"] = core.force_close
 
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
@@ -145,6 +152,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
+        if self.__dict__.get("_sock") is None:
+            return  # finished, or handed over to a TLS transport by start_tls()
         core = self.__dict__.get("_core")
         if core is not None and core.fileno() != -1 and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
@@ -152,6 +161,166 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             sock = self.__dict__.get("_sock")
             if sock is not None:
                 sock.close()
+
+
+# ----- TLS fast path ---------------------------------------------------------
+
+
+def _cipher_name(name):
+    # rustls names TLS 1.3 suites "TLS13_..."; their IANA (and OpenSSL) name is "TLS_...".
+    if name and name.startswith("TLS13_"):
+        return "TLS_" + name[6:]
+    return name
+
+
+class TLSObject:
+    """``get_extra_info('ssl_object')`` on the fast path: the read-only part
+    of ``ssl.SSLObject`` that applications use after the handshake."""
+
+    def __init__(self, info, context, server_side, server_hostname):
+        self._info = info
+        self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+
+    def version(self):
+        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
+        return self._info[0]
+
+    def cipher(self):
+        """``(name, protocol version, secret bits)``, as ``SSLObject.cipher()``
+        (the suite's IANA name)."""
+        return (_cipher_name(self._info[1]), self._info[0], self._info[2])
+
+    def selected_alpn_protocol(self):
+        return self._info[3]
+
+    def compression(self):
+        return None
+
+    def getpeercert(self, binary_form=False):
+        """The peer's certificate: DER bytes with ``binary_form=True``, else
+        the dict ``ssl.SSLObject.getpeercert()`` gives (``{}`` when it was
+        not verified; ``None`` when the peer sent none)."""
+        chain = self._info[4]
+        if not chain:
+            return None
+        if binary_form:
+            return chain[0]
+        if not self.context.verify:
+            return {}
+        return _decode_cert(chain[0])
+
+    def __repr__(self):
+        return f"<ferroloop.TLSObject {self._info[0]} {_cipher_name(self._info[1])}>"
+
+
+def _decode_cert(der):
+    """A DER certificate as the dict ``ssl`` gives (CPython's own decoder)."""
+    import ssl
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+        f.write(ssl.DER_cert_to_PEM_cert(der))
+        f.flush()
+        return ssl._ssl._test_decode_cert(f.name)
+
+
+class TLSTransport(StreamTransport):
+    """The engine's TLS transport (``ssl=`` a ``ferroloop.TLSContext``):
+    records are encrypted and decrypted in Rust. asyncio's SSL transport
+    semantics: ``connection_made`` after the handshake, no half-close,
+    ``close()`` sends close_notify."""
+
+    _start_tls_compatible = False
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _bound = tuple(n for n in _BOUND if n not in ("write_eof", "can_write_eof"))
+
+    def __init__(
+        self,
+        loop,
+        sock,
+        protocol,
+        context,
+        waiter=None,
+        extra=None,
+        server=None,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        self._tls = (context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
+        self._tls_waiter = waiter
+        StreamTransport.__init__(self, loop, sock, protocol, None, extra, server)
+        self._extra["sslcontext"] = context
+
+    def _make_core(self, loop, protocol, waiter):
+        context, server_hostname, hs_timeout, sd_timeout = self._tls
+        return _ferroloop.StreamCore(
+            loop._core, loop, self, self._sock_fd, protocol, None, context, server_hostname, hs_timeout, sd_timeout
+        )
+
+    @classmethod
+    def _upgrade(cls, transport, protocol, context, waiter, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout):
+        """``start_tls``: a TLS transport over ``transport``'s connection,
+        which it takes over (socket, server attachment)."""
+        self = cls.__new__(cls)
+        self._tls = (context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
+        self._tls_waiter = waiter
+        self._loop = transport._loop
+        self._extra = dict(transport._extra)
+        self._extra["sslcontext"] = context
+        self._sock_fd = transport._sock_fd
+        self._set_core(
+            transport._core.start_tls(
+                self, protocol, context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
+            )
+        )
+        self._sock, transport._sock = transport._sock, None
+        self._server, transport._server = transport._server, None
+        self._loop._transports[self._sock_fd] = self
+        return self
+
+    def _tls_done(self, exc):
+        """The engine's word on the handshake (before ``connection_made``'s
+        waiter is woken)."""
+        context, server_hostname = self._tls[0], self._tls[1]
+        waiter, self._tls_waiter = self._tls_waiter, None
+        if exc is None:
+            info = self._core.tls_info()
+            obj = TLSObject(info, context, context.server_side, server_hostname or info[5])
+            self._extra.update(ssl_object=obj, cipher=obj.cipher(), compression=None)
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_result(None)
+            return
+        # The protocol never heard of the connection: no connection_lost
+        # will come to finish the transport.
+        self._finish()
+        if waiter is not None:
+            if not waiter.cancelled():
+                waiter.set_exception(exc)
+        elif self._loop.get_debug():
+            self._loop.call_exception_handler(
+                {
+                    "message": "SSL handshake failed",
+                    "exception": exc,
+                    "transport": self,
+                }
+            )
+
+    def get_extra_info(self, name, default=None):
+        if name == "peercert" and "peercert" not in self._extra:
+            obj = self._extra.get("ssl_object")
+            if obj is None:
+                return default
+            self._extra["peercert"] = obj.getpeercert()
+        return self._extra.get(name, default)
+
+    def write_eof(self):
+        raise NotImplementedError("SSL doesn't support half-closes")
+
+    def can_write_eof(self):
+        return False
 
 
 # ----- pipe transports ------------------------------------------------------

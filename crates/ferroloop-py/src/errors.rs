@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use ferroloop::Error;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use ferroloop::{rustls, Error, TlsError};
+use pyo3::exceptions::{PyConnectionAbortedError, PyConnectionResetError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 /// Convert an engine error into the exception asyncio would raise.
@@ -26,6 +26,7 @@ pub fn to_pyerr(err: Error) -> PyErr {
             PyRuntimeError::new_err(e.to_string())
         }
         Error::Cancelled => pyo3::exceptions::asyncio::CancelledError::new_err(()),
+        Error::Tls(e) => tls_to_pyerr(e),
         other => PyRuntimeError::new_err(other.to_string()),
     }
 }
@@ -50,4 +51,28 @@ pub fn io_to_pyerr(e: &std::io::Error) -> PyErr {
 /// Wrap a Python exception so that it travels through the engine unchanged.
 pub fn external(err: PyErr) -> Error {
     Error::External(Arc::new(err))
+}
+
+/// A TLS error as asyncio's SSL transport reports it: a certificate that
+/// does not verify is `ssl.SSLCertVerificationError`, other TLS failures
+/// `ssl.SSLError`; a handshake timeout `ConnectionAbortedError`, a peer gone
+/// during the handshake `ConnectionResetError`.
+fn tls_to_pyerr(err: TlsError) -> PyErr {
+    let ssl_exc = |name: &str, message: String| {
+        Python::attach(|py| {
+            match py.import("ssl").and_then(|m| m.getattr(name)).and_then(|t| t.call1((1, message.clone()))) {
+                Ok(e) => PyErr::from_value(e),
+                Err(e) => e,
+            }
+        })
+    };
+    match err {
+        TlsError::HandshakeTimeout(_) => PyConnectionAbortedError::new_err(err.to_string()),
+        TlsError::HandshakeInterrupted(_) => PyConnectionResetError::new_err(err.to_string()),
+        TlsError::Protocol(rustls::Error::InvalidCertificate(c)) => {
+            ssl_exc("SSLCertVerificationError", format!("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {c}"))
+        }
+        TlsError::Protocol(e) => ssl_exc("SSLError", format!("[SSL] {e}")),
+        other => ssl_exc("SSLError", other.to_string()),
+    }
 }

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod errors;
 mod event_loop;
 mod sys;
+mod tls;
 mod transport;
 
 #[pymodule]
@@ -18,6 +19,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::TimerRef>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::udp::DatagramCore>()?;
+    m.add_class::<tls::TlsContext>()?;
     m.add_function(wrap_pyfunction!(transport::pipe::pipe_core, m)?)?;
     Ok(())
 }

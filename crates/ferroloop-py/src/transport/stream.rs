@@ -21,6 +21,23 @@ use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
 use crate::transport::callback::{call_in_context, is_exit};
 use crate::sys::{GilBound, WritableBuffer};
+use crate::tls::TlsContext;
+
+/// The engine's handshake callback for a Python TLS transport: calls
+/// `transport._tls_done(None)`, or `transport._tls_done(exc)`.
+fn tls_done_callback(transport: Py<PyAny>) -> impl FnOnce(ferroloop::Result<Transport>) + 'static {
+    move |r| {
+        Python::attach(|py| {
+            let exc: Py<PyAny> = match r {
+                Ok(_) => py.None(),
+                Err(e) => to_pyerr(e).into_value(py).into_any(),
+            };
+            if let Err(e) = transport.call_method1(py, intern!(py, "_tls_done"), (exc,)) {
+                e.write_unraisable(py, Some(transport.bind(py)));
+            }
+        })
+    }
+}
 
 /// Python objects shared by a transport's core and its protocol adapters.
 struct Shared {
@@ -376,8 +393,15 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 impl StreamCore {
     /// Make the transport on a duplicate of `fd`; the Python transport keeps
     /// its socket object and closes it in `_finish()` after `connection_lost`.
+    ///
+    /// With `tls` (a `TLSContext`) the transport is the engine's TLS
+    /// transport: `protocol.connection_made` follows the handshake, then
+    /// `transport._tls_done(None)`; a failed handshake calls
+    /// `transport._tls_done(exc)` instead (the protocol hears nothing).
     #[new]
-    #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None))]
+    #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None, tls=None, server_hostname=None,
+                        ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         core: PyRef<'_, LoopCore>,
@@ -386,10 +410,80 @@ impl StreamCore {
         fd: i32,
         protocol: Py<PyAny>,
         waiter: Option<Py<PyAny>>,
+        tls: Option<PyRef<'_, TlsContext>>,
+        server_hostname: Option<String>,
+        ssl_handshake_timeout: Option<f64>,
+        ssl_shutdown_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
+        let Some(tls) = tls else {
+            let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+            return Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| {
+                lp.create_transport(stream, proto)
+            });
+        };
+        let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
         let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
-        Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| lp.create_transport(stream, proto))
+        let done = tls_done_callback(transport.clone_ref(py));
+        Self::build(py, &lp, loop_obj, transport, protocol, None, move |lp, proto| {
+            lp.create_tls_transport(stream, proto, opts, done)
+        })
+    }
+
+    /// asyncio's `start_tls` on the fast path: upgrade this transport to TLS.
+    /// Returns the core of `transport` (the new Python transport), whose
+    /// protocol is `protocol`; `transport._tls_done(exc or None)` follows the
+    /// handshake. This transport must no longer be used.
+    #[pyo3(signature = (transport, protocol, tls, server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None))]
+    fn start_tls(
+        &self,
+        py: Python<'_>,
+        transport: Py<PyAny>,
+        protocol: Py<PyAny>,
+        tls: PyRef<'_, TlsContext>,
+        server_hostname: Option<String>,
+        ssl_handshake_timeout: Option<f64>,
+        ssl_shutdown_timeout: Option<f64>,
+    ) -> PyResult<StreamCore> {
+        let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
+        let (raw, old) = self.inner.get();
+        let loop_obj = Shared::get(&old.loop_obj, py).ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
+        let done = tls_done_callback(transport.clone_ref(py));
+        let shared = Rc::new(Shared {
+            lp: old.lp.clone(),
+            loop_obj: RefCell::new(Some(loop_obj)),
+            transport: RefCell::new(Some(transport)),
+            protocol: RefCell::new(Some(protocol.clone_ref(py))),
+            context: RefCell::new(Shared::get(&old.context, py)),
+            engine: RefCell::new(None),
+            write_blocked: std::cell::Cell::new(false),
+        });
+        let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
+        let t = old.lp.start_tls_transport(raw, opts, Some(Rc::new(RefCell::new(adapter))), done).map_err(to_pyerr)?;
+        *shared.engine.borrow_mut() = Some(t.clone());
+        // The old Python transport no longer hears of the connection.
+        old.protocol.borrow_mut().take();
+        Ok(StreamCore { inner: GilBound::new((t, shared)) })
+    }
+
+    /// What the TLS handshake negotiated: `(version, cipher, secret_bits,
+    /// alpn, peer_certificates_der, server_name)`, or `None` without TLS.
+    #[allow(clippy::type_complexity)]
+    fn tls_info(
+        &self,
+        py: Python<'_>,
+    ) -> PyResult<Option<(Option<String>, Option<String>, Option<u32>, Option<String>, Vec<Py<PyBytes>>, Option<String>)>>
+    {
+        let Some(i) = self.t()?.tls_info() else { return Ok(None) };
+        Ok(Some((
+            i.protocol_version,
+            i.cipher_suite,
+            i.cipher_bits,
+            i.alpn_protocol.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            i.peer_certificates.iter().map(|c| PyBytes::new(py, c).unbind()).collect(),
+            i.server_name,
+        )))
     }
 
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -968,45 +968,99 @@ impl EventLoop {
     /// transport must no longer be used. Client options need a `server_name`.
     pub fn start_tls(&self, transport: &Transport, tls: impl Into<TlsOptions>) -> LoopFuture<Transport> {
         let out = LoopFuture::new();
+        let out2 = out.clone();
+        if let Err(e) = self.start_tls_transport(transport, tls, None, move |r| out2.set(r)) {
+            out.set(Err(e));
+        }
+        out
+    }
+
+    /// [`EventLoop::start_tls`] with a callback instead of a future, and the
+    /// TLS transport returned at once (until the handshake completes it only
+    /// accepts `close`/`abort`). `protocol`, when `Some`, takes the place of
+    /// the transport's protocol on the plaintext side (asyncio's
+    /// `start_tls(transport, protocol, ...)`); it hears nothing before the
+    /// handshake completes, and no `connection_made`. `on_handshake` gets
+    /// the TLS transport, or the error ([`Error::Tls`]) after which the
+    /// socket is closed.
+    pub fn start_tls_transport(
+        &self,
+        transport: &Transport,
+        tls: impl Into<TlsOptions>,
+        protocol: Option<ProtocolRef>,
+        on_handshake: impl FnOnce(Result<Transport>) + 'static,
+    ) -> Result<Transport> {
         if transport.is_tls() {
-            out.set(Err(Error::invalid("the transport already uses TLS")));
-            return out;
+            return Err(Error::invalid("the transport already uses TLS"));
         }
         if transport.is_closing() {
-            out.set(Err(Error::state("the transport is closing")));
-            return out;
+            return Err(Error::state("the transport is closing"));
         }
         let (session, hs, sd) = match tls.into() {
             TlsOptions::Client(o) => {
                 let Some(name) = o.server_name.clone() else {
-                    out.set(Err(Error::invalid("start_tls: TlsClientOptions::server_name is required")));
-                    return out;
+                    return Err(Error::invalid("start_tls: TlsClientOptions::server_name is required"));
                 };
-                (TlsSession::client(o.config.clone(), &name), o.handshake_timeout, o.shutdown_timeout)
+                (TlsSession::client(o.config.clone(), &name)?, o.handshake_timeout, o.shutdown_timeout)
             }
-            TlsOptions::Server(o) => (TlsSession::server(o.config.clone()), o.handshake_timeout, o.shutdown_timeout),
+            TlsOptions::Server(o) => (TlsSession::server(o.config.clone())?, o.handshake_timeout, o.shutdown_timeout),
         };
-        let session = match session {
-            Ok(s) => s,
-            Err(e) => {
-                out.set(Err(e));
-                return out;
-            }
-        };
-        let app = transport.get_protocol();
-        let out2 = out.clone();
+        let app = protocol.or_else(|| transport.get_protocol());
         let on_hs: OnHandshake = Box::new(move |r| match r {
             Ok(t) => {
                 if let Some(inner) = t.tls_inner() {
                     inner.adopt_app(app);
                 }
-                out2.set(Ok(t));
+                on_handshake(Ok(t));
             }
-            Err(e) => out2.set(Err(e)),
+            Err(e) => on_handshake(Err(e)),
         });
         let inner = TlsInner::new(self, session, hs, sd, on_hs);
         transport.set_protocol(Rc::new(RefCell::new(TlsProto(inner.clone()))));
         inner.raw_made(transport.clone());
-        out
+        Ok(inner.transport())
+    }
+}
+
+impl EventLoop {
+    /// Make a TLS transport on a connected stream socket (an accepted or
+    /// connected socket handed over by other code, as asyncio's
+    /// `_make_ssl_transport`). `protocol` gets `connection_made` once the
+    /// handshake is done, then `on_handshake(Ok(transport))` runs; a failed
+    /// handshake runs `on_handshake(Err(Error::Tls(..)))` instead (the
+    /// protocol never hears of the connection) and closes the socket.
+    /// Client options need a `server_name`. The TLS transport is returned at
+    /// once; until the handshake completes it only accepts `close`/`abort`.
+    pub fn create_tls_transport(
+        &self,
+        stream: crate::transport::tcp::StreamSocket,
+        protocol: ProtocolRef,
+        tls: impl Into<TlsOptions>,
+        on_handshake: impl FnOnce(Result<Transport>) + 'static,
+    ) -> Result<Transport> {
+        let (session, hs, sd) = match tls.into() {
+            TlsOptions::Client(o) => {
+                let Some(name) = o.server_name.clone() else {
+                    return Err(Error::invalid("TlsClientOptions::server_name is required"));
+                };
+                (TlsSession::client(o.config.clone(), &name)?, o.handshake_timeout, o.shutdown_timeout)
+            }
+            TlsOptions::Server(o) => (TlsSession::server(o.config.clone())?, o.handshake_timeout, o.shutdown_timeout),
+        };
+        let on_hs: OnHandshake = Box::new(move |r| match r {
+            Ok(t) => {
+                let ok = t.tls_inner().map(|i| i.start_app(protocol)).unwrap_or(false);
+                if ok {
+                    on_handshake(Ok(t));
+                } else {
+                    on_handshake(Err(Error::state("connection_made() failed")));
+                }
+            }
+            Err(e) => on_handshake(Err(e)),
+        });
+        let inner = TlsInner::new(self, session, hs, sd, on_hs);
+        let tls_transport = inner.transport();
+        self.create_transport(stream, Rc::new(RefCell::new(TlsProto(inner))))?;
+        Ok(tls_transport)
     }
 }
