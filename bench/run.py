@@ -25,12 +25,18 @@ What it does:
    latency p50/p99 and the user-space share sit beside it. Ratios: Python
    servers against uvloop in the same mode; ferroloop's Rust face against
    tokio and the raw mio loop.
-4. Extra cells: a bulk transfer (1 GiB, MB/s), idle connections (RSS growth
+4. TLS cells (Python face, Protocol mode): 1 KiB echo over TLS 1.3 on 50
+   connections, and handshakes (each connection echoes one message, closes
+   and reconnects: CPU per handshake), for uvloop and stock asyncio with an
+   ``ssl.SSLContext``, and ferroloop with an ``ssl.SSLContext`` (asyncio's
+   SSLProtocol on the engine) and with its rustls fast path
+   (``ferroloop.TLSContext``). ECDSA P-256 certificate made with openssl.
+5. Extra cells: a bulk transfer (1 GiB, MB/s), idle connections (RSS growth
    per connection over 10,000 connections, each server in a fresh process),
    and instructions per message under callgrind (user space only; ``perf
    stat`` counters are not available on this VM; callgrind counts the same
    on a loaded machine).
-5. Writes bench/results/<timestamp>.json (every run), bench/results/latest.md
+6. Writes bench/results/<timestamp>.json (every run), bench/results/latest.md
    (tables), bench/results/latest.png (chart), and, for a full run, the
    results section of docs/benchmarks.md.
 """
@@ -90,11 +96,12 @@ class Spec:
     face: str  # "rust" or "python"
     impl: str  # ferroloop, tokio, mio, uvloop, asyncio, rloop
     mode: str  # protocol, buffered, streams, or "" (tokio/mio have one way)
+    tls: str = ""  # "": plain; "ssl": an ssl.SSLContext; "rustls": ferroloop.TLSContext
 
     @property
     def key(self) -> str:
         prefix = "rs" if self.face == "rust" else "py"
-        return f"{prefix}:{self.impl}" + (f"/{self.mode}" if self.mode else "")
+        return f"{prefix}:{self.impl}" + (f"/{self.mode}" if self.mode else "") + (f"+{self.tls}" if self.tls else "")
 
     def argv(self, endpoint: list[str], py_gc: str = "on") -> list[str]:
         if self.face == "rust":
@@ -103,6 +110,9 @@ class Spec:
                 argv += ["--mode", self.mode]
             return argv + endpoint
         argv = [str(VPY), str(BENCH / "servers" / "echo.py"), "--loop", self.impl, "--mode", self.mode]
+        if self.tls:
+            cert, key = tls_files()
+            argv += ["--tls", f"{cert},{key}", "--tls-impl", self.tls]
         if py_gc != "on":
             argv += ["--gc", py_gc]
         return argv + endpoint
@@ -118,6 +128,26 @@ PY_LOOPS = ["ferroloop", "uvloop", "asyncio", "rloop"]
 PY_MODES = ["protocol", "buffered", "streams"]
 PY_SPECS = [Spec("python", lp, m) for lp in PY_LOOPS for m in PY_MODES]
 ALL_SPECS = RUST_SPECS + PY_SPECS
+TLS_SPECS = [
+    Spec("python", "uvloop", "protocol", "ssl"),
+    Spec("python", "asyncio", "protocol", "ssl"),
+    Spec("python", "ferroloop", "protocol", "ssl"),
+    Spec("python", "ferroloop", "protocol", "rustls"),
+]
+
+
+def tls_files() -> tuple[Path, Path]:
+    """The TLS servers' certificate and key (ECDSA P-256, made once with openssl)."""
+    d = WORK / "tls"
+    cert, key = d / "cert.pem", d / "key.pem"
+    if not (cert.exists() and key.exists()):
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "3650", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE"],
+            check=True, capture_output=True)
+    return cert, key
 
 
 class ServerError(Exception):
@@ -243,17 +273,20 @@ def children_cpu_us() -> float:
 class Cell:
     id: str
     label: str
-    kind: str  # pingpong, bulk, idle
+    kind: str  # pingpong, bulk, idle, tls (ping-pong over TLS)
     transport: str = "tcp"
     conns: int = 1
     size: int = 100
     depth: int = 1
     bulk: int = 0
     runs: int = 3
+    reconnect: bool = False  # tls: every message on a new connection (a handshake)
 
     def loadgen_args(self, cfg: "Config") -> list[str]:
         a = ["--conns", str(self.conns), "--size", str(self.size)]
-        if self.kind == "pingpong":
+        if self.kind == "tls":
+            a += ["--tls"] + (["--reconnect"] if self.reconnect else [])
+        if self.kind in ("pingpong", "tls"):
             a += ["--depth", str(self.depth), "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
         elif self.kind == "bulk":
             a += ["--bulk", str(self.bulk)]
@@ -282,12 +315,19 @@ def pp(size: int, conns: int, transport: str = "tcp", runs: int = 3) -> Cell:
     )
 
 
+def tls_cells(runs: int) -> list[Cell]:
+    return [
+        Cell(id="tls-1k-50c", label="TLS 1 KiB x50", kind="tls", conns=50, size=1024, runs=runs),
+        Cell(id="tls-handshake", label="TLS handshakes x8", kind="tls", conns=8, size=100, runs=runs, reconnect=True),
+    ]
+
+
 def matrix(quick: bool, runs: int) -> list[Cell]:
     if quick:
         cells = [pp(100, 1, runs=runs), pp(100, 50, runs=runs), pp(64 * 1024, 50, runs=runs)]
         cells.append(Cell(id="bulk-256m", label="bulk 256 MiB", kind="bulk", size=65536, bulk=256 * MIB, runs=1))
         cells.append(Cell(id="idle-1000", label="idle x1000", kind="idle", conns=1000, size=100, runs=1))
-        return cells
+        return cells + tls_cells(runs)
     cells = [
         pp(100, 1, runs=runs),
         pp(100, 50, runs=runs),
@@ -298,7 +338,7 @@ def matrix(quick: bool, runs: int) -> list[Cell]:
     ]
     cells.append(Cell(id="bulk-1g", label="bulk 1 GiB", kind="bulk", size=65536, bulk=1024 * MIB, runs=runs))
     cells.append(Cell(id="idle-10000", label="idle x10000", kind="idle", conns=10000, size=100, runs=1))
-    return cells
+    return cells + tls_cells(runs)
 
 
 @dataclass
@@ -512,8 +552,8 @@ class Bench:
         self.done = 0
         self.total = 0
 
-    def specs(self) -> list[Spec]:
-        specs = [s for s in ALL_SPECS if s.face == "rust" or s.impl not in self.unavailable]
+    def specs(self, tls: bool = False) -> list[Spec]:
+        specs = [s for s in (TLS_SPECS if tls else ALL_SPECS) if s.face == "rust" or s.impl not in self.unavailable]
         if self.cfg.only:
             specs = [s for s in specs if re.search(self.cfg.only, s.key)]
         return specs
@@ -547,20 +587,19 @@ class Bench:
                 self.pool.pop(k).stop()
 
     def run_cells(self, cells: list[Cell]) -> None:
-        specs = self.specs()
-        measured = [c for c in cells if c.kind != "idle"]
-        self.total = sum(c.runs for c in measured) * len(specs) + sum(len(specs) for c in cells if c.kind == "idle")
+        self.total = sum((c.runs if c.kind != "idle" else 1) * len(self.specs(c.kind == "tls")) for c in cells)
         results = self.out.setdefault("cells", {})
         timing = self.out.setdefault("timing_s", {})
         for cell in cells:
             log(f"== {cell.label} ({cell.kind}, {cell.transport}, {cell.runs} run(s) per server)")
             t0 = time.monotonic()
             cres = results.setdefault(cell.id, {"cell": cell.__dict__, "servers": {}})
+            specs = self.specs(cell.kind == "tls")
             if cell.kind == "idle":
                 self.run_idle(cell, specs, cres)
                 timing[cell.id] = round(time.monotonic() - t0, 1)
                 continue
-            for rnd in range(cell.runs):
+            for rnd in range(cell.runs if specs else 0):
                 order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
                 for spec in order:
                     self.done += 1
@@ -705,6 +744,14 @@ def compute_ratios(out: dict) -> dict:
     """Ratios of server CPU per message within this run."""
     ratios: dict = {}
     for cid, c in out["cells"].items():
+        if c["cell"]["kind"] == "tls":
+            rc = ratios.setdefault(cid, {})
+            base = cell_value(out, cid, "py:uvloop/protocol+ssl")
+            for spec in TLS_SPECS:
+                v = cell_value(out, cid, spec.key)
+                if v is not None:
+                    rc[spec.key] = {"vs_uvloop": ratio(v, base)}
+            continue
         if c["cell"]["kind"] != "pingpong":
             continue
         rc = ratios.setdefault(cid, {})
@@ -794,7 +841,40 @@ def markdown(out: dict) -> str:
     if pcells:
         throughput_tables(L, out, pcells, present)
     bulk_idle_tables(L, out, bulk, idle, present)
+    tls_table(L, out, [c for c in cells if c["cell"]["kind"] == "tls"])
     return tail_sections(L, out, cells)
+
+
+def tls_table(L, out, tcells):
+    if not tcells:
+        return
+    rat = out.get("ratios", {})
+    L.append("### TLS (Python face, Protocol mode)")
+    L.append("")
+    L.append("Server CPU time per message, µs, with the ratio against uvloop with an `ssl.SSLContext`, and msg/s. "
+             "`+ssl`: an `ssl.SSLContext` (on ferroloop: asyncio's SSLProtocol over the engine's transport); "
+             "`+rustls`: ferroloop's fast path, `ferroloop.TLSContext`. TLS 1.3, ECDSA P-256 certificate, the load "
+             "generator is a rustls client. Handshakes: each connection echoes one 100 B message, closes and "
+             "reconnects (8 at a time, no session resumption): the CPU per message is the CPU per handshake, and its "
+             "inverse the handshakes per second one server core can do.")
+    L.append("")
+    L.append("| server | " + " | ".join(f"{c['cell']['label']} µs/msg | msg/s" for c in tcells) + " |")
+    L.append("|---|" + "---|---|" * len(tcells))
+    for s in TLS_SPECS:
+        if not any(s.key in c["servers"] for c in tcells):
+            continue
+        row = []
+        for c in tcells:
+            cid = c["cell"]["id"]
+            v = cell_value(out, cid, s.key)
+            if v is None:
+                row += [cell_note(out, cid, s.key) or "—", ""]
+                continue
+            r = rat.get(cid, {}).get(s.key, {}).get("vs_uvloop")
+            row.append(fmt(v, 1) + (f" ({r:.2f}×)" if r is not None and s.impl != "uvloop" else ""))
+            row.append(f"{cell_value(out, cid, s.key, 'msgs_per_s'):,.0f}")
+        L.append(f"| {s.key} | " + " | ".join(row) + " |")
+    L.append("")
 
 
 def throughput_tables(L, out, pcells, present):
@@ -942,15 +1022,21 @@ def smoke(args) -> int:
                                         "--warmup", "0"]),
         ("stream 4 MiB x2", ["--conns", "2", "--size", "1000", "--bulk", str(4 * MIB)]),
     ]
+    tls_workloads = [
+        ("TLS 1 KiB x4, 300 msgs", ["--tls", "--conns", "4", "--size", "1024", "--messages", "300", "--warmup", "0"]),
+        ("TLS 64 KiB x2, 20 msgs", ["--tls", "--conns", "2", "--size", "65536", "--messages", "20", "--warmup", "0"]),
+        ("TLS reconnect x4, 40 handshakes", ["--tls", "--reconnect", "--conns", "4", "--size", "100", "--messages",
+                                             "40", "--warmup", "0"]),
+    ]
     passed = failed = skipped = 0
-    for spec in ALL_SPECS:
+    for spec in ALL_SPECS + TLS_SPECS:
         if args.only and not re.search(args.only, spec.key):
             continue
         if spec.face == "python" and avail.get(spec.impl):
             log(f"SKIP {spec.key}: {avail[spec.impl]}")
             skipped += 1
             continue
-        for transport in ("tcp", "unix"):
+        for transport in ("tcp",) if spec.tls else ("tcp", "unix"):
             try:
                 srv = Server(spec, transport, args.py_gc)
             except Unsupported as e:
@@ -962,7 +1048,7 @@ def smoke(args) -> int:
                 failed += 1
                 continue
             try:
-                for name, wl in workloads:
+                for name, wl in tls_workloads if spec.tls else workloads:
                     r = run_loadgen(srv, wl, timeout=60)
                     if r.get("ok"):
                         passed += 1

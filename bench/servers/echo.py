@@ -1,7 +1,7 @@
 """Echo server for the benchmarks, on any asyncio event loop.
 
     python echo.py --loop ferroloop|uvloop|asyncio|rloop --mode protocol|buffered|streams
-                   [--tcp 127.0.0.1:0 | --unix PATH]
+                   [--tcp 127.0.0.1:0 | --unix PATH] [--tls CERT,KEY [--tls-impl ssl|rustls]]
 
 The three modes are the ones of uvloop's own echo benchmark
 (examples/bench/echoserver.py), each written the idiomatic way:
@@ -12,6 +12,10 @@ The three modes are the ones of uvloop's own echo benchmark
   ``buffer_updated`` (a copy, because the next read reuses the buffer);
 * streams: ``asyncio.start_server``, one task per connection:
   ``await reader.read(...)``, ``writer.write(data)``, ``await writer.drain()``.
+
+``--tls``: serve TLS with that certificate and key, through an
+``ssl.SSLContext`` (``--tls-impl ssl``, any loop) or, on ferroloop, through
+its rustls fast path ``ferroloop.TLSContext`` (``--tls-impl rustls``).
 
 Prints ``LISTENING tcp:HOST:PORT`` or ``LISTENING unix:PATH`` once serving (the
 driver waits for it), and exits with status 0 on SIGTERM or SIGINT. A loop or
@@ -94,8 +98,26 @@ def unsupported(reason):
     sys.exit(3)
 
 
+def tls_context(args):
+    if not args.tls:
+        return None
+    cert, _, key = args.tls.partition(",")
+    if args.tls_impl == "rustls":
+        if args.loop != "ferroloop":
+            unsupported(f"{args.loop}: the rustls TLS path is ferroloop's")
+        import ferroloop
+
+        return ferroloop.TLSContext.server(cert, key)
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 async def serve(args):
     loop = asyncio.get_running_loop()
+    tls = tls_context(args)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -111,18 +133,18 @@ async def serve(args):
             except FileNotFoundError:
                 pass
             if args.mode == "streams":
-                server = await asyncio.start_unix_server(echo_streams, args.unix, backlog=1024)
+                server = await asyncio.start_unix_server(echo_streams, args.unix, backlog=1024, ssl=tls)
             else:
                 factory = EchoProtocol if args.mode == "protocol" else EchoBufferedProtocol
-                server = await loop.create_unix_server(factory, args.unix, backlog=1024)
+                server = await loop.create_unix_server(factory, args.unix, backlog=1024, ssl=tls)
             where = f"unix:{args.unix}"
         else:
             host, _, port = args.tcp.rpartition(":")
             if args.mode == "streams":
-                server = await asyncio.start_server(echo_streams, host, int(port), backlog=1024)
+                server = await asyncio.start_server(echo_streams, host, int(port), backlog=1024, ssl=tls)
             else:
                 factory = EchoProtocol if args.mode == "protocol" else EchoBufferedProtocol
-                server = await loop.create_server(factory, host, int(port), backlog=1024)
+                server = await loop.create_server(factory, host, int(port), backlog=1024, ssl=tls)
             sockname = server.sockets[0].getsockname()
             where = f"tcp:{sockname[0]}:{sockname[1]}"
     except NotImplementedError as e:
@@ -144,6 +166,8 @@ def main():
     p.add_argument("--mode", default="protocol", choices=["protocol", "buffered", "streams"])
     p.add_argument("--tcp", default="127.0.0.1:0")
     p.add_argument("--unix")
+    p.add_argument("--tls", help="CERT,KEY: serve TLS")
+    p.add_argument("--tls-impl", default="ssl", choices=["ssl", "rustls"])
     p.add_argument(
         "--gc",
         default="on",

@@ -5,6 +5,7 @@
 //!         [--conns 1] [--size 100] [--depth 1] [--mode pingpong|stream]
 //!         [--duration 2 | --messages M] [--warmup 0.5] [--window 1048576]
 //!         [--bulk BYTES] [--idle] [--hold 0.5] [--server-pid PID] [--timeout 120]
+//!         [--tls] [--reconnect]
 //! ```
 //!
 //! * `pingpong`: each connection keeps `depth` messages of `size` bytes in
@@ -17,6 +18,10 @@
 //!   measured window is the whole transfer (MB/s).
 //! * `--idle`: open the connections, echo one message on each, then hold them
 //!   idle for `hold` seconds and report the server's RSS growth per connection.
+//! * `--tls`: every connection is a TLS client (rustls; the server's
+//!   certificate is not verified: the cost measured is the server's).
+//! * `--reconnect`: each connection echoes one message, closes and is opened
+//!   again: a "message" is then a whole connection (with `--tls`, a handshake).
 //!
 //! Every connection sends a deterministic byte pattern (period 65,537, a
 //! prime, with a per-connection phase), and every byte that comes back is
@@ -34,8 +39,10 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferroloop::rustls;
 use ferroloop_bench::{cpu_sample, die, fd_count, raise_nofile, rss_kib, Args, CpuSample, Endpoint};
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
@@ -48,37 +55,95 @@ const MAX_CONNECTING: usize = 256;
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over TCP: the socket and the client session.
+    Tls(TcpStream, Box<rustls::ClientConnection>),
+}
+
+/// Send the session's pending ciphertext: `Ok(true)` once all of it is out.
+fn tls_flush(s: &mut TcpStream, c: &mut rustls::ClientConnection) -> io::Result<bool> {
+    while c.wants_write() {
+        match c.write_tls(s) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 impl Stream {
+    /// Plaintext bytes (TLS: decrypted), `Ok(0)` at EOF, `WouldBlock` when
+    /// the socket has nothing more.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s, c) => loop {
+                match c.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                match c.read_tls(s) {
+                    Ok(0) => return Ok(0),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+                c.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                // Handshake messages, key updates: answer at once.
+                tls_flush(s, c)?;
+            },
         }
     }
+    /// TLS: plaintext is taken only when the previous ciphertext is out,
+    /// so at most one write's worth is buffered.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s, c) => {
+                if !tls_flush(s, c)? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = c.writer().write(buf)?;
+                tls_flush(s, c)?;
+                Ok(n)
+            }
         }
+    }
+    /// Send what TLS still holds (after a writable event).
+    fn flush(&mut self) -> io::Result<()> {
+        if let Stream::Tls(s, c) = self {
+            tls_flush(s, c)?;
+        }
+        Ok(())
+    }
+    fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(..))
     }
     fn source(&mut self) -> &mut dyn Source {
         match self {
             Stream::Tcp(s) => s,
             Stream::Unix(s) => s,
+            Stream::Tls(s, _) => s,
         }
     }
-    fn shutdown_write(&self) {
+    fn shutdown_write(&mut self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tls(s, c) => {
+                c.send_close_notify();
+                let _ = tls_flush(s, c);
+                s.shutdown(Shutdown::Write)
+            }
         };
     }
     /// After a writable event on a connecting socket: `Ok(true)` once connected.
     fn finish_connect(&self) -> io::Result<bool> {
         match self {
-            Stream::Tcp(s) => {
+            Stream::Tcp(s) | Stream::Tls(s, _) => {
                 if let Some(e) = s.take_error()? {
                     return Err(e);
                 }
@@ -121,6 +186,8 @@ struct Conn {
     /// Ping-pong: when each in-flight message was issued.
     inflight: VecDeque<Instant>,
     primed: bool,
+    /// `--reconnect`: this slot's connection was primed once already.
+    reopened: bool,
 }
 
 struct Config {
@@ -138,6 +205,8 @@ struct Config {
     hold: f64,
     server_pid: Option<u32>,
     timeout: f64,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    reconnect: bool,
 }
 
 struct Gen {
@@ -210,18 +279,26 @@ impl Gen {
         &self.pattern[start..start + len]
     }
 
-    fn open_one(&mut self) -> io::Result<()> {
-        let id = self.opened;
+    fn connect(&mut self, id: usize) -> io::Result<Conn> {
         let mut s = match &self.cfg.ep {
             Endpoint::Tcp(a) => {
                 let s = TcpStream::connect(*a)?;
                 let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                match &self.cfg.tls {
+                    Some(config) => {
+                        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+                        let c = rustls::ClientConnection::new(config.clone(), name)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                        Stream::Tls(s, Box::new(c))
+                    }
+                    None => Stream::Tcp(s),
+                }
             }
             Endpoint::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
         };
         self.poll.registry().register(s.source(), Token(id), Interest::READABLE | Interest::WRITABLE)?;
-        self.conns.push(Conn {
+        self.connecting += 1;
+        Ok(Conn {
             s,
             phase_off: (id * 7919) % PERIOD,
             connected: false,
@@ -230,10 +307,32 @@ impl Gen {
             recvd: 0,
             inflight: VecDeque::new(),
             primed: false,
-        });
+            reopened: false,
+        })
+    }
+
+    fn open_one(&mut self) -> io::Result<()> {
+        let c = self.connect(self.opened)?;
+        self.conns.push(c);
         self.opened += 1;
-        self.connecting += 1;
         Ok(())
+    }
+
+    /// `--reconnect`: close connection `id` (TLS: with close_notify) and,
+    /// while the run goes on, open a new one in its place.
+    fn reconnect(&mut self, id: usize) {
+        let _ = self.poll.registry().deregister(self.conns[id].s.source());
+        self.conns[id].s.shutdown_write();
+        if !matches!(self.phase, Phase::Warmup | Phase::Measure) {
+            return;
+        }
+        match self.connect(id) {
+            Ok(mut c) => {
+                c.reopened = true;
+                self.conns[id] = c;
+            }
+            Err(e) => fail(&format!("reconnect #{id}: {e}")),
+        }
     }
 
     /// Open connections up to the limit of concurrent handshakes.
@@ -260,6 +359,11 @@ impl Gen {
     fn pump(&mut self, id: usize) {
         let pattern = &self.pattern;
         let c = &mut self.conns[id];
+        if c.connected {
+            if let Err(e) = c.s.flush() {
+                fail(&format!("write on connection {id}: {e}"));
+            }
+        }
         while c.connected && c.sent < c.target {
             let len = ((c.target - c.sent) as usize).min(MAX_IO);
             let start = (c.phase_off + (c.sent % PERIOD as u64) as usize) % PERIOD;
@@ -313,8 +417,16 @@ impl Gen {
                 let k = (0..n).find(|&k| self.buf[k] != exp[k]).unwrap_or(0);
                 fail(&format!("connection {id}: echo differs at byte {}", recvd + k as u64));
             }
+            let tls = self.conns[id].s.is_tls();
+            let reopened_before = self.conns[id].reopened;
+            let primed_before = self.conns[id].primed;
             self.on_bytes(id, n as u64, now);
-            if n < self.buf.len() {
+            if self.cfg.reconnect && (reopened_before != self.conns[id].reopened || primed_before != self.conns[id].primed)
+            {
+                return; // the slot holds a new connection now
+            }
+            // A short TLS read says nothing about the socket: read on.
+            if n < self.buf.len() && !tls {
                 return;
             }
         }
@@ -334,7 +446,18 @@ impl Gen {
         if !self.conns[id].primed {
             if new >= size {
                 self.conns[id].primed = true;
-                self.conns[id].inflight.pop_front();
+                let t0 = self.conns[id].inflight.pop_front();
+                if self.conns[id].reopened {
+                    // --reconnect: a whole connection was one message.
+                    if measuring {
+                        self.messages += 1;
+                        if let Some(t0) = t0 {
+                            self.latencies.push(now.duration_since(t0).as_nanos() as u64);
+                        }
+                    }
+                    self.reconnect(id);
+                    return;
+                }
                 self.primed += 1;
                 if !self.cfg.idle {
                     self.start_conn(id, now);
@@ -370,6 +493,10 @@ impl Gen {
     /// Begin the load on a primed connection (only once the run has started).
     fn start_conn(&mut self, id: usize, now: Instant) {
         if !matches!(self.phase, Phase::Warmup | Phase::Measure) {
+            return;
+        }
+        if self.cfg.reconnect {
+            self.reconnect(id);
             return;
         }
         if self.cfg.stream {
@@ -425,6 +552,56 @@ impl Gen {
     }
 }
 
+/// The load generator does not verify the server's certificate (the
+/// signatures of the handshake are still checked).
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS 1.3 client; no session resumption (every `--reconnect` handshake is a full one).
+fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_no_client_auth();
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -452,7 +629,7 @@ fn num_or_null(v: f64) -> String {
 }
 
 fn main() {
-    let args = Args::parse(&["idle"]);
+    let args = Args::parse(&["idle", "tls", "reconnect"]);
     if args.get("tcp").is_none() && args.get("unix").is_none() {
         die("give --tcp HOST:PORT or --unix PATH");
     }
@@ -478,7 +655,12 @@ fn main() {
         hold: args.num("hold", 0.5f64),
         server_pid: args.get("server-pid").map(|_| args.num("server-pid", 0u32)),
         timeout: args.num("timeout", 120.0f64),
+        tls: args.flag("tls").then(tls_client_config),
+        reconnect: args.flag("reconnect"),
     };
+    if cfg.reconnect && (cfg.stream || cfg.idle) {
+        die("--reconnect is for ping-pong runs");
+    }
     if cfg.size as usize > MAX_IO && !cfg.stream {
         die(&format!("--size is at most {MAX_IO}"));
     }
@@ -547,7 +729,7 @@ fn main() {
             (Some(a), Some(b)) => b.stat_us - a.stat_us,
             _ => f64::NAN,
         };
-        for c in &g.conns {
+        for c in &mut g.conns {
             c.s.shutdown_write();
         }
         println!(
@@ -622,7 +804,7 @@ fn main() {
         }
         g.poll_once(&mut events, Some(Duration::from_millis(100)));
     }
-    for c in &g.conns {
+    for c in &mut g.conns {
         c.s.shutdown_write();
     }
 
