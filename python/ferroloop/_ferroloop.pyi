@@ -1,5 +1,6 @@
 """Type stubs of the Rust binding (crates/ferroloop-py). Internal: use ferroloop.Loop."""
 
+import os
 from typing import Any, Callable, Optional
 
 class DatagramCore:
@@ -46,7 +47,19 @@ class RemoteCore:
     def wake(self) -> Any: ...
 
 class StreamCore:
-    def __init__(self, core, loop_obj, transport, fd, protocol, waiter=None) -> None: ...
+    def __init__(
+        self,
+        core,
+        loop_obj,
+        transport,
+        fd,
+        protocol,
+        waiter=None,
+        tls: TLSContext | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> None: ...
     def abort(self) -> Any: ...
     def can_write_eof(self) -> Any: ...
     def close(self) -> Any: ...
@@ -63,11 +76,53 @@ class StreamCore:
     def resume_reading(self) -> Any: ...
     def set_protocol(self, protocol) -> Any: ...
     def set_write_blocked(self, blocked) -> Any: ...
+    def start_tls(
+        self,
+        transport,
+        protocol,
+        tls: TLSContext,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> StreamCore: ...
+    def tls_info(
+        self,
+    ) -> tuple[str | None, str | None, int | None, str | None, list[bytes], str | None] | None: ...
     def set_write_buffer_limits(self, high=None, low=None) -> Any: ...
     def wait_drained(self, callback) -> Any: ...
     def write(self, data) -> Any: ...
     def write_eof(self) -> Any: ...
     def writelines(self, list_of_data) -> Any: ...
+
+class TLSContext:
+    """A rustls configuration for ``ssl=`` (the TLS fast path)."""
+
+    @staticmethod
+    def server(
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str] | None = None,
+        *,
+        alpn_protocols: list[str] | None = None,
+        cafile: str | os.PathLike[str] | None = None,
+        client_auth: str = "none",
+        versions: list[str] | None = None,
+    ) -> TLSContext: ...
+    @staticmethod
+    def client(
+        *,
+        cafile: str | os.PathLike[str] | None = None,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        alpn_protocols: list[str] | None = None,
+        verify: bool = True,
+        versions: list[str] | None = None,
+    ) -> TLSContext: ...
+    @property
+    def server_side(self) -> bool: ...
+    @property
+    def alpn_protocols(self) -> tuple[str, ...]: ...
+    @property
+    def verify(self) -> bool: ...
 
 class TimerRef:
     def cancel(self) -> Any: ...
