@@ -74,6 +74,7 @@ class Loop(base_events.BaseEventLoop):
         super().__init__()
         self._core = _ferroloop.LoopCore(self)
         self._core.set_debug(self._debug)
+        self._bind_call_soon()
         self._remote = self._core.remote()
         self._transports = weakref.WeakValueDictionary()
         self._readers = {}
@@ -146,6 +147,16 @@ class Loop(base_events.BaseEventLoop):
         core = self.__dict__.get("_core")
         if core is not None:
             core.set_debug(bool(enabled))
+            self._bind_call_soon()
+
+    def _bind_call_soon(self):
+        # Outside debug mode, call_soon is the core's: the handle is a Rust
+        # object with asyncio.Handle's interface, run without Python frames.
+        # Debug mode keeps asyncio's Handle (source traceback, slow-callback log).
+        if self._debug:
+            self.__dict__.pop("call_soon", None)
+        else:
+            self.__dict__["call_soon"] = self._core.call_soon_fast
 
     def _run_debug(self, handle):
         """Run ``handle`` in debug mode: log it if slower than slow_callback_duration."""

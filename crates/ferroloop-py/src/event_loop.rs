@@ -57,11 +57,18 @@ pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct LoopCore {
     lp: GilBound<EventLoop>,
+    /// A weak reference to the Python loop.
+    owner: Py<PyAny>,
 }
 
 impl LoopCore {
     pub(crate) fn engine(&self) -> PyResult<&EventLoop> {
         Ok(self.lp.get())
+    }
+
+    /// The weak reference to the Python loop.
+    pub(crate) fn owner_ref(&self, py: Python<'_>) -> Py<PyAny> {
+        self.owner.clone_ref(py)
     }
 }
 
@@ -103,12 +110,25 @@ impl LoopCore {
                 }
             })
         })));
-        Ok(LoopCore { lp: GilBound::new(lp) })
+        let owner = PyWeakrefReference::new(owner)?.into_any().unbind();
+        Ok(LoopCore { lp: GilBound::new(lp), owner })
     }
 
     /// Seconds on the monotonic clock.
     fn time(&self) -> PyResult<f64> {
         Ok(self.engine()?.time())
+    }
+
+    /// `loop.call_soon()` outside debug mode (see handle.rs).
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_fast(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<pyo3::types::PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<crate::handle::FastHandle>> {
+        self.call_soon_fast_impl(py, callback, args, context)
     }
 
     /// Schedule `handle._run()` for the next iteration.

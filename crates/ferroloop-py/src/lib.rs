@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod event_loop;
+mod handle;
 mod sys;
 mod tls;
 mod transport;
@@ -17,6 +18,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<event_loop::RemoteCore>()?;
     m.add_class::<event_loop::TimerRef>()?;
+    m.add_class::<handle::FastHandle>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::udp::DatagramCore>()?;
     m.add_class::<tls::TlsContext>()?;

@@ -112,3 +112,14 @@ pub fn dup_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     // SAFETY: `rc` is the descriptor fcntl just created; nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc) })
 }
+
+/// `contextvars.copy_context()`.
+pub fn copy_context(py: pyo3::Python<'_>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>> {
+    // SAFETY: the GIL is held (`py`); PyContext_CopyCurrent returns a new
+    // reference or NULL with an exception set, which from_owned_ptr_or_err
+    // takes over.
+    unsafe {
+        let p = pyo3::ffi::PyContext_CopyCurrent();
+        pyo3::Bound::from_owned_ptr_or_err(py, p).map(pyo3::Bound::unbind)
+    }
+}
