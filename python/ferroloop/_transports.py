@@ -226,6 +226,9 @@ def _decode_cert(der):
         return ssl._ssl._test_decode_cert(f.name)
 
 
+_TLS_EXTRA = frozenset(("ssl_object", "cipher", "compression", "peercert"))
+
+
 class TLSTransport(StreamTransport):
     """The engine's TLS transport (``ssl=`` a ``ferroloop.TLSContext``):
     records are encrypted and decrypted in Rust. asyncio's SSL transport
@@ -281,15 +284,22 @@ class TLSTransport(StreamTransport):
         self._loop._transports[self._sock_fd] = self
         return self
 
-    def _tls_done(self, exc):
-        """The engine's word on the handshake (before ``connection_made``'s
-        waiter is woken)."""
+    def _tls_extra(self):
+        """Add what the handshake negotiated to the extra info (once it is done)."""
+        if "ssl_object" in self._extra:
+            return
+        info = self._core.tls_info()
+        if info is None or info[0] is None:
+            return  # handshake not done
         context, server_hostname = self._tls[0], self._tls[1]
+        obj = TLSObject(info, context, context.server_side, server_hostname or info[5])
+        self._extra.update(ssl_object=obj, cipher=obj.cipher(), compression=None)
+
+    def _tls_done(self, exc):
+        """The engine's word on the handshake, after ``connection_made``."""
         waiter, self._tls_waiter = self._tls_waiter, None
         if exc is None:
-            info = self._core.tls_info()
-            obj = TLSObject(info, context, context.server_side, server_hostname or info[5])
-            self._extra.update(ssl_object=obj, cipher=obj.cipher(), compression=None)
+            self._tls_extra()
             if waiter is not None and not waiter.cancelled():
                 waiter.set_result(None)
             return
@@ -309,6 +319,10 @@ class TLSTransport(StreamTransport):
             )
 
     def get_extra_info(self, name, default=None):
+        if name in _TLS_EXTRA and "ssl_object" not in self._extra:
+            # Asked in connection_made, before _tls_done: as asyncio, the
+            # handshake's results are there already.
+            self._tls_extra()
         if name == "peercert" and "peercert" not in self._extra:
             obj = self._extra.get("ssl_object")
             if obj is None:

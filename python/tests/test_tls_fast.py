@@ -35,7 +35,7 @@ import weakref
 import pytest
 
 import ferroloop
-from conftest import FLAVORS, ferroloop_bug, run, run_isolated
+from conftest import FLAVORS, run, run_isolated
 
 MIB = 1 << 20
 
@@ -427,10 +427,6 @@ def test_shutdown_timeout_bounds_close(flavor, certs):
     isolated(flavor, main)
 
 
-@ferroloop_bug(
-    "close() whose close_notify the peer never answers: after ssl_shutdown_timeout the TLS transport calls "
-    "connection_lost(None); asyncio calls connection_lost(TimeoutError('SSL shutdown timed out'))"
-)
 def test_shutdown_timeout_reported_to_connection_lost(flavor, certs):
     async def main(loop):
         _, exc = await _close_against_silent_peer(loop, flavor, certs)
@@ -520,11 +516,6 @@ def test_extra_info(flavor, certs):
     isolated(flavor, main)
 
 
-@ferroloop_bug(
-    "TLSTransport's extra info is set by _tls_done(), which the engine calls after protocol.connection_made: "
-    "inside connection_made get_extra_info('ssl_object'/'cipher'/'peercert') is None (both sides; "
-    "asyncio's SSLProtocol sets them before connection_made)"
-)
 def test_extra_info_available_in_connection_made(flavor, certs):
     async def main(loop):
         sctx = server_context(flavor, certs, client_auth="required")

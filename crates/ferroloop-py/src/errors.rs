@@ -56,7 +56,8 @@ pub fn external(err: PyErr) -> Error {
 /// A TLS error as asyncio's SSL transport reports it: a certificate that
 /// does not verify is `ssl.SSLCertVerificationError`, other TLS failures
 /// `ssl.SSLError`; a handshake timeout `ConnectionAbortedError`, a peer gone
-/// during the handshake `ConnectionResetError`.
+/// during the handshake `ConnectionResetError`, a peer that does not answer
+/// close_notify `TimeoutError`.
 fn tls_to_pyerr(err: TlsError) -> PyErr {
     let ssl_exc = |name: &str, message: String| {
         Python::attach(|py| {
@@ -69,6 +70,7 @@ fn tls_to_pyerr(err: TlsError) -> PyErr {
     match err {
         TlsError::HandshakeTimeout(_) => PyConnectionAbortedError::new_err(err.to_string()),
         TlsError::HandshakeInterrupted(_) => PyConnectionResetError::new_err(err.to_string()),
+        TlsError::ShutdownTimeout(_) => pyo3::exceptions::PyTimeoutError::new_err(err.to_string()),
         TlsError::Protocol(rustls::Error::InvalidCertificate(c)) => {
             ssl_exc("SSLCertVerificationError", format!("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {c}"))
         }

@@ -209,6 +209,9 @@ pub enum TlsError {
     HandshakeTimeout(std::time::Duration),
     /// The peer closed the connection (or it failed) before the handshake completed.
     HandshakeInterrupted(String),
+    /// After our close_notify, the peer's did not come within the shutdown
+    /// timeout (asyncio: `TimeoutError("SSL shutdown timed out")`).
+    ShutdownTimeout(std::time::Duration),
 }
 
 impl fmt::Display for TlsError {
@@ -219,6 +222,7 @@ impl fmt::Display for TlsError {
                 write!(f, "SSL handshake is taking longer than {} seconds: aborting the connection", d.as_secs_f64())
             }
             TlsError::HandshakeInterrupted(m) => write!(f, "TLS handshake interrupted: {m}"),
+            TlsError::ShutdownTimeout(_) => write!(f, "SSL shutdown timed out"),
         }
     }
 }

@@ -540,9 +540,10 @@ impl TlsInner {
         } else if first {
             // Wait for the peer's close_notify (reading must go on for it).
             raw.resume_reading();
-            self.set_timer(self.shutdown_timeout, |me| {
+            let timeout = self.shutdown_timeout;
+            self.set_timer(timeout, move |me| {
                 if let Some(raw) = me.raw() {
-                    raw.abort();
+                    raw.abort_with_error(Error::Tls(TlsError::ShutdownTimeout(timeout)));
                 }
             });
         }
