@@ -16,7 +16,7 @@ use ferroloop::rustls;
 use ferroloop::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use ferroloop::{
     ConnectOptions, Error, EventLoop, ExtraInfo, Protocol, Server, ServerOptions, TlsClientOptions, TlsError,
-    TlsServerOptions, Transport,
+    TlsInfo, TlsServerOptions, Transport,
 };
 
 struct Pki {
@@ -603,4 +603,327 @@ fn interop_rust_client_against_openssl_s_server() {
     assert!(status.success(), "s_server: {status} {err}");
     assert_eq!(proto.borrow().log.borrow().last().unwrap(), "lost:");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------- client auth, versions, resumption
+
+/// Wraps a protocol and records the TLS transport's [`TlsInfo`] at `connection_made`.
+struct Tap<P> {
+    inner: P,
+    infos: Rc<RefCell<Vec<TlsInfo>>>,
+}
+
+impl<P: Protocol> Protocol for Tap<P> {
+    fn connection_made(&mut self, t: Transport) {
+        self.infos.borrow_mut().push(t.tls_info().expect("a TLS transport"));
+        self.inner.connection_made(t)
+    }
+    fn data_received(&mut self, d: &[u8]) {
+        self.inner.data_received(d)
+    }
+    fn eof_received(&mut self) -> bool {
+        self.inner.eof_received()
+    }
+    fn connection_lost(&mut self, e: Option<Error>) {
+        self.inner.connection_lost(e)
+    }
+    fn pause_writing(&mut self) {
+        self.inner.pause_writing()
+    }
+    fn resume_writing(&mut self) {
+        self.inner.resume_writing()
+    }
+}
+
+type Infos = Rc<RefCell<Vec<TlsInfo>>>;
+
+/// An echo server whose connections record their [`TlsInfo`].
+fn tapped_echo_server(lp: &EventLoop, log: &Log, infos: &Infos, config: Arc<rustls::ServerConfig>) -> Server {
+    let (log, infos) = (log.clone(), infos.clone());
+    let opts = ServerOptions { tls: Some(TlsServerOptions::new(config)), ..Default::default() };
+    complete(lp, &lp.create_server(move || Tap { inner: Echo::new(&log), infos: infos.clone() }, "127.0.0.1", 0, opts), 5.0)
+        .unwrap()
+}
+
+/// A certificate authority that issues client certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn ca() -> Ca {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "ferroloop test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+/// A client certificate issued by `ca` (certificate DER, PKCS#8 key DER).
+fn client_cert(ca: &Ca, name: &str) -> (CertificateDer<'static>, Vec<u8>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    (cert.der().clone(), key.serialize_der())
+}
+
+/// A server that requires a client certificate issued by `ca`.
+fn server_config_client_auth(p: &Pki, ca: &Ca) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.key_der.clone()));
+    Arc::new(
+        rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![p.cert.clone()], key)
+            .unwrap(),
+    )
+}
+
+fn version_of(v: &str) -> &'static rustls::SupportedProtocolVersion {
+    match v {
+        "TLSv1.2" => &rustls::version::TLS12,
+        "TLSv1.3" => &rustls::version::TLS13,
+        _ => panic!("unknown version {v}"),
+    }
+}
+
+/// A client config trusting `trusted`, limited to `version`, with an optional client certificate.
+fn client_config_for(
+    trusted: &CertificateDer<'static>,
+    version: &str,
+    cert: Option<&(CertificateDer<'static>, Vec<u8>)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let b = rustls::ClientConfig::builder_with_protocol_versions(&[version_of(version)]).with_root_certificates(roots);
+    Arc::new(match cert {
+        Some((c, k)) => {
+            b.with_client_auth_cert(vec![c.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.clone()))).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// Connect a [`Sink`] client; returns its transport, received data and log.
+fn connect_sink(lp: &EventLoop, port: u16, config: Arc<rustls::ClientConfig>) -> (Transport, Rc<RefCell<Vec<u8>>>, Log) {
+    let sink = Sink::default();
+    let (data, log) = (sink.data.clone(), sink.log.clone());
+    let opts = TlsClientOptions::new(config);
+    let fut = lp.create_connection_tls(move || sink, "localhost", port, ConnectOptions::default(), opts);
+    let (t, _) = complete(lp, &fut, 5.0).expect("TLS connection");
+    (t, data, log)
+}
+
+/// Write `msg` and wait for its echo.
+fn roundtrip(lp: &EventLoop, t: &Transport, data: &Rc<RefCell<Vec<u8>>>, msg: &[u8]) {
+    data.borrow_mut().clear();
+    t.write(msg).unwrap();
+    must(lp, 5.0, "echo", || data.borrow().len() >= msg.len());
+    assert_eq!(&*data.borrow(), msg);
+}
+
+#[test]
+fn client_certificate_authentication_through_create_server() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let ca = ca();
+        let alice = client_cert(&ca, "alice");
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config_client_auth(&p, &ca));
+        let port = port_of(&server);
+
+        // With a certificate: the server sees it.
+        let (a, adata, alog) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        roundtrip(&lp, &a, &adata, b"hello from alice");
+        assert_eq!(infos.borrow().len(), 1);
+        assert_eq!(infos.borrow()[0].peer_certificates, vec![alice.0.as_ref().to_vec()], "{version}");
+        assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version));
+        assert_eq!(a.tls_info().unwrap().peer_certificates, vec![p.cert.as_ref().to_vec()]);
+
+        // Without one: a typed TLS error on the client. With TLS 1.2 the
+        // server refuses before its Finished, so the handshake fails; with
+        // TLS 1.3 the client has finished its handshake when the server's
+        // alert arrives, so the connection is lost with the error (as with
+        // OpenSSL).
+        let sink = Sink::default();
+        let blog = sink.log.clone();
+        let made = Rc::new(Cell::new(false));
+        let made2 = made.clone();
+        let opts = TlsClientOptions::new(client_config_for(&p.cert, version, None));
+        let fut = lp.create_connection_tls(
+            move || {
+                made2.set(true);
+                sink
+            },
+            "localhost",
+            port,
+            ConnectOptions::default(),
+            opts,
+        );
+        let r = complete(&lp, &fut, 5.0);
+        if version == "TLSv1.2" {
+            match r.map(|_| ()) {
+                Err(Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(_)))) => {}
+                other => panic!("{version}: expected a handshake alert, got {other:?}"),
+            }
+            assert!(!made.get(), "the factory is never called");
+        } else {
+            let _conn = r.expect("TLS 1.3: the client's side of the handshake completes");
+            must(&lp, 5.0, "client B lost", || blog.borrow().len() == 2);
+            assert_eq!(blog.borrow()[0], "made");
+            lost_with_certificate_required(&blog);
+        }
+        must(&lp, 5.0, "the refused connection is gone", || server.active_connections() == 1);
+        assert_eq!(infos.borrow().len(), 1, "the server's protocol factory ran for alice only");
+
+        // The server keeps serving: alice's connection and a new one.
+        roundtrip(&lp, &a, &adata, b"still here");
+        let (c, cdata, _) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        roundtrip(&lp, &c, &cdata, b"again");
+        assert_eq!(infos.borrow().len(), 2);
+        a.close();
+        c.close();
+        must(&lp, 5.0, "clients closed", || server.active_connections() == 0 && alog.borrow().len() == 2);
+        assert_eq!(*alog.borrow(), vec!["made", "lost:"]);
+        assert_eq!(slog.borrow().iter().filter(|e| *e == "lost:").count(), 2, "{:?}", slog.borrow());
+        server.close();
+    }
+}
+
+/// The server side's typed error, seen through `start_tls(server options)`
+/// on a plain server.
+#[test]
+fn client_without_certificate_fails_with_typed_errors_on_both_sides() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let ca = ca();
+        let sopts = TlsServerOptions::new(server_config_client_auth(&p, &ca));
+        type Results = Rc<RefCell<Vec<ferroloop::Result<TlsInfo>>>>;
+        let results: Results = Default::default();
+        struct Upgrader(TlsServerOptions, Results);
+        impl Protocol for Upgrader {
+            fn connection_made(&mut self, t: Transport) {
+                let fut = t.get_loop().start_tls(&t, self.0.clone());
+                let (f2, results) = (fut.clone(), self.1.clone());
+                fut.add_done_callback(move || {
+                    let r = f2.take_result().unwrap();
+                    results.borrow_mut().push(r.map(|t| t.tls_info().unwrap()));
+                });
+            }
+        }
+        let r2 = results.clone();
+        let server = complete(
+            &lp,
+            &lp.create_server(move || Upgrader(sopts.clone(), r2.clone()), "127.0.0.1", 0, ServerOptions::default()),
+            5.0,
+        )
+        .unwrap();
+        let port = port_of(&server);
+        let opts = TlsClientOptions::new(client_config_for(&p.cert, version, None));
+        let sink = Sink::default();
+        let clog = sink.log.clone();
+        let fut = lp.create_connection_tls(move || sink, "localhost", port, ConnectOptions::default(), opts);
+        must(&lp, 5.0, "server handshake done", || !results.borrow().is_empty());
+        match &results.borrow()[0] {
+            Err(Error::Tls(TlsError::Protocol(rustls::Error::NoCertificatesPresented))) => {}
+            other => panic!("{version}: server: expected NoCertificatesPresented, got {other:?}"),
+        }
+        let client_err = match complete(&lp, &fut, 5.0) {
+            Err(e) => e,
+            Ok(_) => {
+                must(&lp, 5.0, "client lost", || clog.borrow().len() == 2);
+                assert_eq!(version, "TLSv1.3", "only TLS 1.3 completes the client's handshake");
+                lost_with_certificate_required(&clog)
+            }
+        };
+        assert!(
+            matches!(client_err, Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(_)))),
+            "{version}: client: {client_err:?}"
+        );
+        // A client with a certificate is then served by the same server.
+        let alice = client_cert(&ca, "alice");
+        let (t, _, _) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        must(&lp, 5.0, "second server handshake", || results.borrow().len() == 2);
+        let info = results.borrow()[1].as_ref().unwrap().clone();
+        assert_eq!(info.peer_certificates, vec![alice.0.as_ref().to_vec()]);
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        t.close();
+        server.close();
+    }
+}
+
+/// Check that a [`Sink`]'s `connection_lost` got the certificate_required
+/// alert as an [`Error::Tls`]; returns that error.
+fn lost_with_certificate_required(log: &Log) -> Error {
+    let l = log.borrow();
+    let want = Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)));
+    assert_eq!(l.last().unwrap(), &format!("lost:{want}"));
+    want
+}
+
+#[test]
+fn explicit_tls12_and_tls13() {
+    for (version, prefix) in [("TLSv1.2", "TLS_ECDHE_"), ("TLSv1.3", "TLS13_")] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config(&p, &[]));
+        let (t, data, log) = connect_sink(&lp, port_of(&server), client_config_for(&p.cert, version, None));
+        roundtrip(&lp, &t, &data, &pattern(100_000, 5));
+        let info = t.tls_info().unwrap();
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        assert!(info.cipher_suite.as_deref().unwrap().starts_with(prefix), "{info:?}");
+        assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version), "the server agrees");
+        assert_eq!(infos.borrow()[0].cipher_suite, info.cipher_suite);
+        match t.get_extra_info("cipher") {
+            Some(ExtraInfo::Cipher { name, protocol, .. }) => {
+                assert_eq!(protocol, version);
+                assert_eq!(Some(name), info.cipher_suite);
+            }
+            other => panic!("cipher: {other:?}"),
+        }
+        t.close();
+        must(&lp, 5.0, "closed", || log.borrow().len() == 2 && slog.borrow().len() == 3);
+        assert_eq!(*log.borrow(), vec!["made", "lost:"]);
+        assert_eq!(*slog.borrow(), vec!["made", "eof", "lost:"], "close_notify in {version}");
+        server.close();
+    }
+}
+
+#[test]
+fn session_resumption_with_the_same_client_config() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config(&p, &[]));
+        let port = port_of(&server);
+        let config = client_config_for(&p.cert, version, None);
+        let mut resumed = Vec::new();
+        // The same config twice, then a new config (an empty session cache).
+        for cfg in [config.clone(), config.clone(), client_config_for(&p.cert, version, None)] {
+            let (t, data, log) = connect_sink(&lp, port, cfg);
+            // The round trip also makes sure a TLS 1.3 ticket, sent after
+            // the handshake, was received.
+            roundtrip(&lp, &t, &data, b"ticket?");
+            let info = t.tls_info().unwrap();
+            assert_eq!(info.protocol_version.as_deref(), Some(version));
+            resumed.push(info.resumed);
+            t.close();
+            must(&lp, 5.0, "closed", || log.borrow().len() == 2);
+        }
+        assert_eq!(resumed, [false, true, false], "{version}: client side");
+        let server_side: Vec<bool> = infos.borrow().iter().map(|i| i.resumed).collect();
+        assert_eq!(server_side, [false, true, false], "{version}: server side");
+        // A resumed session still authenticates the server.
+        assert!(infos.borrow().iter().all(|i| i.protocol_version.as_deref() == Some(version)));
+        server.close();
+    }
 }

@@ -132,6 +132,12 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<Vec<u8>>,
     /// Client: the name the server was verified against. Server: the SNI the client sent.
     pub server_name: Option<String>,
+    /// The handshake resumed an earlier session (a TLS 1.3 ticket or PSK, a
+    /// TLS 1.2 session ID or ticket) instead of a full handshake. Resumption
+    /// is on by default with rustls: a client resumes when it connects again
+    /// with the same `ClientConfig` (its session cache) to a server whose
+    /// `ServerConfig` remembers the session. `false` before the handshake completes.
+    pub resumed: bool,
 }
 
 type OnHandshake = Box<dyn FnOnce(Result<Transport>)>;
