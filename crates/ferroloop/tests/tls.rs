@@ -492,16 +492,28 @@ fn tmpdir(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn interop_openssl_s_client_against_rust_server() {
+    s_client_echo("sclient", &[], "TLSv1.3");
+}
+
+#[test]
+fn interop_openssl_s_client_tls12_against_rust_server() {
+    s_client_echo("sclient12", &["-tls1_2"], "TLSv1.2");
+}
+
+/// `openssl s_client` (with `args`) sends 200 KB to the Rust echo server,
+/// which closes after echoing them; the connection must have used `version`.
+fn s_client_echo(tag: &str, args: &[&str], version: &str) {
     if !openssl() {
         return;
     }
     let lp = EventLoop::new().unwrap();
     let p = pki();
-    let dir = tmpdir("sclient");
+    let dir = tmpdir(tag);
     std::fs::write(dir.join("ca.pem"), &p.cert_pem).unwrap();
     let payload: Vec<u8> = pattern(200_000, 3).iter().map(|b| b'a' + b % 26).collect();
     let slog: Log = Default::default();
-    let log2 = slog.clone();
+    let infos: Infos = Default::default();
+    let (log2, infos2) = (slog.clone(), infos.clone());
     let n = payload.len();
     let server = complete(
         &lp,
@@ -509,7 +521,7 @@ fn interop_openssl_s_client_against_rust_server() {
             move || {
                 let mut e = Echo::new(&log2);
                 e.close_after = Some(n);
-                e
+                Tap { inner: e, infos: infos2.clone() }
             },
             "127.0.0.1",
             0,
@@ -522,6 +534,7 @@ fn interop_openssl_s_client_against_rust_server() {
         .args(["s_client", "-connect", &format!("127.0.0.1:{}", port_of(&server))])
         .args(["-CAfile", dir.join("ca.pem").to_str().unwrap(), "-verify_return_error", "-servername", "localhost"])
         .args(["-verify_hostname", "localhost", "-quiet", "-ign_eof"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -546,6 +559,8 @@ fn interop_openssl_s_client_against_rust_server() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(out == payload, "s_client received the exact bytes ({} of {}); stderr: {err}", out.len(), payload.len());
     assert!(status.success(), "s_client: {status} {err}");
+    assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version));
+    assert_eq!(infos.borrow()[0].server_name.as_deref(), Some("localhost"), "the SNI s_client sent");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -925,5 +940,104 @@ fn session_resumption_with_the_same_client_config() {
         // A resumed session still authenticates the server.
         assert!(infos.borrow().iter().all(|i| i.protocol_version.as_deref() == Some(version)));
         server.close();
+    }
+}
+
+/// A one-request HTTP/1.1 server: reads the request head, answers it and
+/// closes (close_notify). Records the request head.
+struct Http {
+    t: Option<Transport>,
+    request: Rc<RefCell<Vec<u8>>>,
+}
+
+impl Protocol for Http {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, d: &[u8]) {
+        let mut req = self.request.borrow_mut();
+        let complete_before = req.windows(4).any(|w| w == b"\r\n\r\n");
+        req.extend_from_slice(d);
+        if complete_before || !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+        let t = self.t.as_ref().unwrap();
+        let info = t.tls_info().unwrap();
+        let body = format!("hello over {}\n", info.protocol_version.unwrap());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        t.write(head.as_bytes()).unwrap();
+        t.write(body.as_bytes()).unwrap();
+        t.close();
+    }
+}
+
+fn curl() -> bool {
+    let ok = Command::new("curl").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !ok {
+        println!("SKIPPED: curl not installed (`make deps` installs it)");
+    }
+    ok
+}
+
+/// `curl --cacert` fetches a page from a Rust TLS server on the loop.
+#[test]
+fn interop_curl_against_rust_server() {
+    if !curl() {
+        return;
+    }
+    for (version, flags) in [("TLSv1.3", &["--tlsv1.3"][..]), ("TLSv1.2", &["--tlsv1.2", "--tls-max", "1.2"][..])] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let dir = tmpdir("curl");
+        std::fs::write(dir.join("ca.pem"), &p.cert_pem).unwrap();
+        let request: Rc<RefCell<Vec<u8>>> = Default::default();
+        let infos: Infos = Default::default();
+        let (r2, i2) = (request.clone(), infos.clone());
+        let opts = ServerOptions {
+            tls: Some(TlsServerOptions::new(server_config(&p, &[b"http/1.1"]))),
+            ..Default::default()
+        };
+        let server = complete(
+            &lp,
+            &lp.create_server(
+                move || Tap { inner: Http { t: None, request: r2.clone() }, infos: i2.clone() },
+                "127.0.0.1",
+                0,
+                opts,
+            ),
+            5.0,
+        )
+        .unwrap();
+        let port = port_of(&server);
+        let child = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "20", "--cacert", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(flags)
+            .args(["-w", "%{http_code} %{http_version}"])
+            .arg(format!("https://localhost:{port}/hello"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child = RefCell::new(child);
+        must(&lp, 20.0, "curl exits", || child.borrow_mut().try_wait().unwrap().is_some());
+        let out = child.into_inner().wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {version}: {} {stderr}", out.status);
+        assert_eq!(stdout, format!("hello over {version}\n200 1.1"), "curl {version}; stderr: {stderr}");
+        let req = String::from_utf8(request.borrow().clone()).unwrap();
+        assert!(req.starts_with("GET /hello HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains(&format!("Host: localhost:{port}\r\n")), "{req}");
+        let info = infos.borrow()[0].clone();
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        assert_eq!(info.alpn_protocol.as_deref(), Some(&b"http/1.1"[..]), "curl offers h2 and http/1.1");
+        assert_eq!(info.server_name.as_deref(), Some("localhost"), "the SNI curl sent");
+        must(&lp, 5.0, "server connection closed", || server.active_connections() == 0);
+        server.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
