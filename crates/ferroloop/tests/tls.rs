@@ -1041,3 +1041,42 @@ fn interop_curl_against_rust_server() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+// ---------------------------------------------------------------------------- server close, loop close
+
+#[test]
+fn server_close_clients_sends_close_notify() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let (t, data, clog) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    roundtrip(&lp, &t, &data, b"before close_clients");
+    server.close();
+    server.close_clients();
+    // The client's eof_received means it got close_notify, not a bare FIN.
+    must(&lp, 5.0, "client lost", || clog.borrow().len() == 3);
+    assert_eq!(*clog.borrow(), vec!["made", "eof", "lost:"]);
+    must(&lp, 5.0, "server side lost", || slog.borrow().len() == 2);
+    assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
+    complete(&lp, &server.wait_closed(), 5.0).unwrap();
+    assert_eq!(server.active_connections(), 0);
+}
+
+#[test]
+fn server_abort_clients_sends_no_close_notify() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let (t, data, clog) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    roundtrip(&lp, &t, &data, b"before abort_clients");
+    server.close();
+    server.abort_clients();
+    must(&lp, 5.0, "client lost", || clog.borrow().len() == 2);
+    assert_eq!(clog.borrow()[0], "made");
+    assert!(clog.borrow()[1].starts_with("lost"), "no eof_received: {:?}", clog.borrow());
+    must(&lp, 5.0, "server side lost", || slog.borrow().len() == 2);
+    assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
+    complete(&lp, &server.wait_closed(), 5.0).unwrap();
+}

@@ -259,6 +259,9 @@ impl TlsInner {
     fn raw_made(self: &Rc<Self>, raw: Transport) {
         let (low, high) = self.st.borrow().flow.limits();
         let _ = raw.set_write_buffer_limits(Some(high), Some(low));
+        if let Some(stream) = raw.stream_inner() {
+            stream.set_tls_layer(Rc::downgrade(self));
+        }
         *self.raw.borrow_mut() = Some(raw);
         let timeout = self.handshake_timeout;
         self.set_timer(timeout, move |me| {
