@@ -1080,3 +1080,102 @@ fn server_abort_clients_sends_no_close_notify() {
     assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
     complete(&lp, &server.wait_closed(), 5.0).unwrap();
 }
+
+/// Holds its transport (the usual cycle through the transport) and counts its drops.
+struct Dropper {
+    t: Option<Transport>,
+    made: Rc<Cell<usize>>,
+    dropped: Rc<Cell<usize>>,
+}
+
+impl Protocol for Dropper {
+    fn connection_made(&mut self, t: Transport) {
+        self.made.set(self.made.get() + 1);
+        // A peer that does not read: a close() waits for its close_notify.
+        t.pause_reading();
+        self.t = Some(t);
+    }
+}
+
+impl Drop for Dropper {
+    fn drop(&mut self) {
+        self.dropped.set(self.dropped.get() + 1);
+    }
+}
+
+/// Closing the loop with TLS connections still open (established, in the
+/// handshake, closing) frees them: their protocols are dropped and their
+/// sockets closed.
+#[test]
+fn loop_close_releases_open_tls_connections() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let (made, dropped) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let (m2, d2) = (made.clone(), dropped.clone());
+    let server = complete(
+        &lp,
+        &lp.create_server(move || Dropper { t: None, made: m2.clone(), dropped: d2.clone() }, "127.0.0.1", 0, server_opts(&p)),
+        5.0,
+    )
+    .unwrap();
+    let port = port_of(&server);
+    // Two established connections (four protocols).
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (m, d) = (made.clone(), dropped.clone());
+        let fut = lp.create_connection_tls(
+            move || Dropper { t: None, made: m, dropped: d },
+            "localhost",
+            port,
+            ConnectOptions::default(),
+            client_opts(&p),
+        );
+        conns.push(complete(&lp, &fut, 5.0).unwrap());
+    }
+    must(&lp, 5.0, "server protocols made", || made.get() == 4);
+    // One of them closing: close_notify sent, waiting for the peer's (which
+    // does not read) under the shutdown timer.
+    conns[1].0.close();
+    // A server connection in the handshake: a peer that sends nothing.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A client connection in the handshake: a server that never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hs_port = listener.local_addr().unwrap().port();
+    let (m, d) = (made.clone(), dropped.clone());
+    let mut copts = client_opts(&p);
+    copts.server_name = Some("localhost".into());
+    let pending = lp.create_connection_tls(
+        move || Dropper { t: None, made: m, dropped: d },
+        "127.0.0.1",
+        hs_port,
+        ConnectOptions::default(),
+        copts,
+    );
+    let mut mute = None;
+    must(&lp, 5.0, "the mute server accepted", || {
+        mute = mute.take().or_else(|| listener.accept().ok().map(|(s, _)| s));
+        mute.is_some()
+    });
+    let mute = mute.unwrap();
+    mute.set_nonblocking(false).unwrap();
+    must(&lp, 5.0, "the server accepted the silent peer", || server.active_connections() == 3);
+    common::run_for(&lp, 0.05);
+    assert!(conns[1].0.is_closing());
+    assert_eq!(dropped.get(), 0);
+
+    drop(conns);
+    drop(pending);
+    drop(server);
+    lp.close().unwrap();
+    assert_eq!(made.get(), 4, "the handshakes in progress never made a protocol");
+    assert_eq!(dropped.get(), 4, "every protocol is dropped once the loop is closed");
+    // The sockets were closed: both silent peers read EOF (the mute
+    // server after the ClientHello).
+    for (mut s, what) in [(silent, "server side"), (mute, "client side")] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "{what}: the TLS connection's socket must be closed: {r:?}");
+    }
+}

@@ -208,6 +208,23 @@ impl Protocol for TlsProto {
     }
 }
 
+/// The raw transport lets go of its protocol after `connection_lost`, and
+/// when the loop closes with the connection still open (the stream's
+/// `on_loop_close`): nothing can drive this TLS connection any more, so it
+/// lets go of what it holds (application protocol, raw transport, timer,
+/// handshake callback). Else the cycles through them (the application's
+/// protocol holds the TLS transport; the timer's callback holds this state)
+/// would keep the connection and its socket alive for ever.
+impl Drop for TlsProto {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.st.try_borrow_mut() {
+            st.closing = true;
+            st.lost = true;
+        }
+        self.0.release();
+    }
+}
+
 impl TlsInner {
     fn new(
         lp: &EventLoop,
@@ -475,14 +492,21 @@ impl TlsInner {
         self.release();
     }
 
+    /// Let go of the application protocol, the raw transport, the timer and
+    /// the handshake callback (idempotent; a cell in use is left alone).
     fn release(&self) {
-        let app = self.app.borrow_mut().take();
+        self.cancel_timer();
+        let app = self.app.try_borrow_mut().ok().and_then(|mut a| a.take());
         drop(app);
-        let raw = self.raw.borrow_mut().take();
+        let raw = self.raw.try_borrow_mut().ok().and_then(|mut r| r.take());
         drop(raw);
-        self.notes.borrow_mut().clear();
-        self.pending.borrow_mut().clear();
-        let cb = self.on_handshake.borrow_mut().take();
+        if let Ok(mut notes) = self.notes.try_borrow_mut() {
+            notes.clear();
+        }
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.clear();
+        }
+        let cb = self.on_handshake.try_borrow_mut().ok().and_then(|mut c| c.take());
         drop(cb);
     }
 
