@@ -1179,3 +1179,80 @@ fn loop_close_releases_open_tls_connections() {
         assert!(r.is_ok(), "{what}: the TLS connection's socket must be closed: {r:?}");
     }
 }
+
+// ---------------------------------------------------------------------------- extra info
+
+/// Keeps its transport where the test can reach it.
+struct Hold(Rc<RefCell<Vec<Transport>>>);
+
+impl Protocol for Hold {
+    fn connection_made(&mut self, t: Transport) {
+        self.0.borrow_mut().push(t);
+    }
+}
+
+#[test]
+fn extra_info_keys_on_both_sides() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let ca = ca();
+    let alice = client_cert(&ca, "alice");
+    // With client authentication and ALPN.
+    let mut sconfig = (*server_config_client_auth(&p, &ca)).clone();
+    sconfig.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let held: Rc<RefCell<Vec<Transport>>> = Default::default();
+    let h2 = held.clone();
+    let opts = ServerOptions { tls: Some(TlsServerOptions::new(Arc::new(sconfig))), ..Default::default() };
+    let server = complete(&lp, &lp.create_server(move || Hold(h2.clone()), "127.0.0.1", 0, opts), 5.0).unwrap();
+    let mut cconfig = (*client_config_for(&p.cert, "TLSv1.3", Some(&alice))).clone();
+    cconfig.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (c, _, _) = connect_sink(&lp, port_of(&server), Arc::new(cconfig));
+    must(&lp, 5.0, "server side made", || held.borrow().len() == 1);
+    let s = held.borrow()[0].clone();
+    for (t, side, peer) in [(&c, "client", p.cert.as_ref()), (&s, "server", alice.0.as_ref())] {
+        assert_eq!(t.get_extra_info("peercert"), Some(ExtraInfo::Bytes(peer.to_vec())), "{side}");
+        match t.get_extra_info("cipher") {
+            Some(ExtraInfo::Cipher { name, protocol, bits }) => {
+                assert_eq!(protocol, "TLSv1.3", "{side}");
+                assert_eq!(Some(name), t.tls_info().unwrap().cipher_suite, "{side}");
+                assert_eq!(Some(bits), t.tls_info().unwrap().cipher_bits, "{side}");
+            }
+            other => panic!("{side}: cipher: {other:?}"),
+        }
+        assert_eq!(t.get_extra_info("compression"), None, "{side}");
+        assert_eq!(t.get_extra_info("alpn_protocol"), Some(ExtraInfo::Bytes(b"http/1.1".to_vec())), "{side}");
+        // Client: the name verified; server: the SNI received.
+        assert_eq!(t.get_extra_info("server_hostname"), Some(ExtraInfo::Text("localhost".into())), "{side}");
+        assert!(matches!(t.get_extra_info("peername"), Some(ExtraInfo::Address(_))), "{side}");
+        assert!(matches!(t.get_extra_info("socket"), Some(ExtraInfo::Fd(_))), "{side}");
+        assert_eq!(t.get_extra_info("no_such_key"), None, "{side}");
+    }
+    c.close();
+    s.close();
+
+    // Without client authentication nor ALPN: the server has no peercert, nobody an ALPN protocol.
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            {
+                let h = held.clone();
+                move || Hold(h.clone())
+            },
+            "127.0.0.1",
+            0,
+            server_opts(&p),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let (c, _, _) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    must(&lp, 5.0, "server side made", || held.borrow().len() == 2);
+    let s = held.borrow()[1].clone();
+    assert_eq!(s.get_extra_info("peercert"), None);
+    assert!(matches!(c.get_extra_info("peercert"), Some(ExtraInfo::Bytes(_))));
+    assert_eq!(c.get_extra_info("alpn_protocol"), None);
+    assert_eq!(s.get_extra_info("alpn_protocol"), None);
+    assert_eq!(s.get_extra_info("server_hostname"), Some(ExtraInfo::Text("localhost".into())));
+    c.close();
+    s.close();
+}

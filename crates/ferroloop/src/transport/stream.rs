@@ -71,6 +71,9 @@ pub enum ExtraInfo {
         /// The bulk cipher's key length in bits.
         bits: u32,
     },
+    /// `server_hostname` on a TLS transport: the name a client verified the
+    /// server against, or the SNI a server received.
+    Text(String),
 }
 
 pub(crate) enum Sock {

@@ -19,8 +19,10 @@
 //! - write flow control counts what is buffered below the application:
 //!   ciphertext not yet sent (plaintext is encrypted as soon as it is
 //!   written), against the water marks of [`crate::flow`].
-//! - `get_extra_info`: `peercert` (DER), `cipher`; asyncio's `sslcontext` and
-//!   `ssl_object` are absent; [`Transport::tls_info`] gives the rest.
+//! - `get_extra_info`: `peercert` (DER), `cipher`, `compression` (always
+//!   `None`, as with asyncio), `alpn_protocol`, `server_hostname`; asyncio's
+//!   `sslcontext` and `ssl_object` are absent; [`Transport::tls_info`] gives
+//!   the rest.
 
 mod session;
 
@@ -864,6 +866,8 @@ impl TlsInner {
                 .borrow()
                 .cipher()
                 .map(|(name, protocol, bits)| ExtraInfo::Cipher { name, protocol, bits }),
+            "alpn_protocol" => self.info().alpn_protocol.map(ExtraInfo::Bytes),
+            "server_hostname" => self.info().server_name.map(ExtraInfo::Text),
             "sslcontext" | "ssl_object" | "compression" => None,
             _ => self.raw().and_then(|r| r.get_extra_info(name)),
         }
