@@ -287,13 +287,18 @@ impl ServerInner {
         }
     }
 
+    /// The live connections, as their applications see them: the TLS
+    /// transport of a TLS connection (so that closing it sends close_notify).
     fn client_transports(&self) -> Vec<Transport> {
         self.clients
             .borrow()
             .iter()
             .filter_map(|(_, w)| w.upgrade())
             .filter(|t| !t.is_lost())
-            .map(Transport::from_stream)
+            .map(|t| match t.tls_layer() {
+                Some(tls) => Transport::from_tls(tls),
+                None => Transport::from_stream(t),
+            })
             .collect()
     }
 }
@@ -391,7 +396,9 @@ impl Server {
         }
     }
 
-    /// Close every connection the server accepted (asyncio 3.13).
+    /// Close every connection the server accepted (asyncio 3.13): as their
+    /// transports' `close()`, so a TLS connection flushes, sends close_notify
+    /// and waits (up to its shutdown timeout) for the peer's.
     pub fn close_clients(&self) {
         for t in self.inner.client_transports() {
             t.close();

@@ -16,7 +16,7 @@ use ferroloop::rustls;
 use ferroloop::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use ferroloop::{
     ConnectOptions, Error, EventLoop, ExtraInfo, Protocol, Server, ServerOptions, TlsClientOptions, TlsError,
-    TlsServerOptions, Transport,
+    TlsInfo, TlsServerOptions, Transport,
 };
 
 struct Pki {
@@ -492,16 +492,28 @@ fn tmpdir(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn interop_openssl_s_client_against_rust_server() {
+    s_client_echo("sclient", &[], "TLSv1.3");
+}
+
+#[test]
+fn interop_openssl_s_client_tls12_against_rust_server() {
+    s_client_echo("sclient12", &["-tls1_2"], "TLSv1.2");
+}
+
+/// `openssl s_client` (with `args`) sends 200 KB to the Rust echo server,
+/// which closes after echoing them; the connection must have used `version`.
+fn s_client_echo(tag: &str, args: &[&str], version: &str) {
     if !openssl() {
         return;
     }
     let lp = EventLoop::new().unwrap();
     let p = pki();
-    let dir = tmpdir("sclient");
+    let dir = tmpdir(tag);
     std::fs::write(dir.join("ca.pem"), &p.cert_pem).unwrap();
     let payload: Vec<u8> = pattern(200_000, 3).iter().map(|b| b'a' + b % 26).collect();
     let slog: Log = Default::default();
-    let log2 = slog.clone();
+    let infos: Infos = Default::default();
+    let (log2, infos2) = (slog.clone(), infos.clone());
     let n = payload.len();
     let server = complete(
         &lp,
@@ -509,7 +521,7 @@ fn interop_openssl_s_client_against_rust_server() {
             move || {
                 let mut e = Echo::new(&log2);
                 e.close_after = Some(n);
-                e
+                Tap { inner: e, infos: infos2.clone() }
             },
             "127.0.0.1",
             0,
@@ -522,6 +534,7 @@ fn interop_openssl_s_client_against_rust_server() {
         .args(["s_client", "-connect", &format!("127.0.0.1:{}", port_of(&server))])
         .args(["-CAfile", dir.join("ca.pem").to_str().unwrap(), "-verify_return_error", "-servername", "localhost"])
         .args(["-verify_hostname", "localhost", "-quiet", "-ign_eof"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -546,6 +559,8 @@ fn interop_openssl_s_client_against_rust_server() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(out == payload, "s_client received the exact bytes ({} of {}); stderr: {err}", out.len(), payload.len());
     assert!(status.success(), "s_client: {status} {err}");
+    assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version));
+    assert_eq!(infos.borrow()[0].server_name.as_deref(), Some("localhost"), "the SNI s_client sent");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -603,4 +618,641 @@ fn interop_rust_client_against_openssl_s_server() {
     assert!(status.success(), "s_server: {status} {err}");
     assert_eq!(proto.borrow().log.borrow().last().unwrap(), "lost:");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------- client auth, versions, resumption
+
+/// Wraps a protocol and records the TLS transport's [`TlsInfo`] at `connection_made`.
+struct Tap<P> {
+    inner: P,
+    infos: Rc<RefCell<Vec<TlsInfo>>>,
+}
+
+impl<P: Protocol> Protocol for Tap<P> {
+    fn connection_made(&mut self, t: Transport) {
+        self.infos.borrow_mut().push(t.tls_info().expect("a TLS transport"));
+        self.inner.connection_made(t)
+    }
+    fn data_received(&mut self, d: &[u8]) {
+        self.inner.data_received(d)
+    }
+    fn eof_received(&mut self) -> bool {
+        self.inner.eof_received()
+    }
+    fn connection_lost(&mut self, e: Option<Error>) {
+        self.inner.connection_lost(e)
+    }
+    fn pause_writing(&mut self) {
+        self.inner.pause_writing()
+    }
+    fn resume_writing(&mut self) {
+        self.inner.resume_writing()
+    }
+}
+
+type Infos = Rc<RefCell<Vec<TlsInfo>>>;
+
+/// An echo server whose connections record their [`TlsInfo`].
+fn tapped_echo_server(lp: &EventLoop, log: &Log, infos: &Infos, config: Arc<rustls::ServerConfig>) -> Server {
+    let (log, infos) = (log.clone(), infos.clone());
+    let opts = ServerOptions { tls: Some(TlsServerOptions::new(config)), ..Default::default() };
+    complete(lp, &lp.create_server(move || Tap { inner: Echo::new(&log), infos: infos.clone() }, "127.0.0.1", 0, opts), 5.0)
+        .unwrap()
+}
+
+/// A certificate authority that issues client certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn ca() -> Ca {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "ferroloop test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+/// A client certificate issued by `ca` (certificate DER, PKCS#8 key DER).
+fn client_cert(ca: &Ca, name: &str) -> (CertificateDer<'static>, Vec<u8>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    (cert.der().clone(), key.serialize_der())
+}
+
+/// A server that requires a client certificate issued by `ca`.
+fn server_config_client_auth(p: &Pki, ca: &Ca) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.key_der.clone()));
+    Arc::new(
+        rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![p.cert.clone()], key)
+            .unwrap(),
+    )
+}
+
+fn version_of(v: &str) -> &'static rustls::SupportedProtocolVersion {
+    match v {
+        "TLSv1.2" => &rustls::version::TLS12,
+        "TLSv1.3" => &rustls::version::TLS13,
+        _ => panic!("unknown version {v}"),
+    }
+}
+
+/// A client config trusting `trusted`, limited to `version`, with an optional client certificate.
+fn client_config_for(
+    trusted: &CertificateDer<'static>,
+    version: &str,
+    cert: Option<&(CertificateDer<'static>, Vec<u8>)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let b = rustls::ClientConfig::builder_with_protocol_versions(&[version_of(version)]).with_root_certificates(roots);
+    Arc::new(match cert {
+        Some((c, k)) => {
+            b.with_client_auth_cert(vec![c.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.clone()))).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// Connect a [`Sink`] client; returns its transport, received data and log.
+fn connect_sink(lp: &EventLoop, port: u16, config: Arc<rustls::ClientConfig>) -> (Transport, Rc<RefCell<Vec<u8>>>, Log) {
+    let sink = Sink::default();
+    let (data, log) = (sink.data.clone(), sink.log.clone());
+    let opts = TlsClientOptions::new(config);
+    let fut = lp.create_connection_tls(move || sink, "localhost", port, ConnectOptions::default(), opts);
+    let (t, _) = complete(lp, &fut, 5.0).expect("TLS connection");
+    (t, data, log)
+}
+
+/// Write `msg` and wait for its echo.
+fn roundtrip(lp: &EventLoop, t: &Transport, data: &Rc<RefCell<Vec<u8>>>, msg: &[u8]) {
+    data.borrow_mut().clear();
+    t.write(msg).unwrap();
+    must(lp, 5.0, "echo", || data.borrow().len() >= msg.len());
+    assert_eq!(&*data.borrow(), msg);
+}
+
+#[test]
+fn client_certificate_authentication_through_create_server() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let ca = ca();
+        let alice = client_cert(&ca, "alice");
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config_client_auth(&p, &ca));
+        let port = port_of(&server);
+
+        // With a certificate: the server sees it.
+        let (a, adata, alog) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        roundtrip(&lp, &a, &adata, b"hello from alice");
+        assert_eq!(infos.borrow().len(), 1);
+        assert_eq!(infos.borrow()[0].peer_certificates, vec![alice.0.as_ref().to_vec()], "{version}");
+        assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version));
+        assert_eq!(a.tls_info().unwrap().peer_certificates, vec![p.cert.as_ref().to_vec()]);
+
+        // Without one: a typed TLS error on the client. With TLS 1.2 the
+        // server refuses before its Finished, so the handshake fails; with
+        // TLS 1.3 the client has finished its handshake when the server's
+        // alert arrives, so the connection is lost with the error (as with
+        // OpenSSL).
+        let sink = Sink::default();
+        let blog = sink.log.clone();
+        let made = Rc::new(Cell::new(false));
+        let made2 = made.clone();
+        let opts = TlsClientOptions::new(client_config_for(&p.cert, version, None));
+        let fut = lp.create_connection_tls(
+            move || {
+                made2.set(true);
+                sink
+            },
+            "localhost",
+            port,
+            ConnectOptions::default(),
+            opts,
+        );
+        let r = complete(&lp, &fut, 5.0);
+        if version == "TLSv1.2" {
+            match r.map(|_| ()) {
+                Err(Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(_)))) => {}
+                other => panic!("{version}: expected a handshake alert, got {other:?}"),
+            }
+            assert!(!made.get(), "the factory is never called");
+        } else {
+            let _conn = r.expect("TLS 1.3: the client's side of the handshake completes");
+            must(&lp, 5.0, "client B lost", || blog.borrow().len() == 2);
+            assert_eq!(blog.borrow()[0], "made");
+            lost_with_certificate_required(&blog);
+        }
+        must(&lp, 5.0, "the refused connection is gone", || server.active_connections() == 1);
+        assert_eq!(infos.borrow().len(), 1, "the server's protocol factory ran for alice only");
+
+        // The server keeps serving: alice's connection and a new one.
+        roundtrip(&lp, &a, &adata, b"still here");
+        let (c, cdata, _) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        roundtrip(&lp, &c, &cdata, b"again");
+        assert_eq!(infos.borrow().len(), 2);
+        a.close();
+        c.close();
+        must(&lp, 5.0, "clients closed", || server.active_connections() == 0 && alog.borrow().len() == 2);
+        assert_eq!(*alog.borrow(), vec!["made", "lost:"]);
+        assert_eq!(slog.borrow().iter().filter(|e| *e == "lost:").count(), 2, "{:?}", slog.borrow());
+        server.close();
+    }
+}
+
+/// The server side's typed error, seen through `start_tls(server options)`
+/// on a plain server.
+#[test]
+fn client_without_certificate_fails_with_typed_errors_on_both_sides() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let ca = ca();
+        let sopts = TlsServerOptions::new(server_config_client_auth(&p, &ca));
+        type Results = Rc<RefCell<Vec<ferroloop::Result<TlsInfo>>>>;
+        let results: Results = Default::default();
+        struct Upgrader(TlsServerOptions, Results);
+        impl Protocol for Upgrader {
+            fn connection_made(&mut self, t: Transport) {
+                let fut = t.get_loop().start_tls(&t, self.0.clone());
+                let (f2, results) = (fut.clone(), self.1.clone());
+                fut.add_done_callback(move || {
+                    let r = f2.take_result().unwrap();
+                    results.borrow_mut().push(r.map(|t| t.tls_info().unwrap()));
+                });
+            }
+        }
+        let r2 = results.clone();
+        let server = complete(
+            &lp,
+            &lp.create_server(move || Upgrader(sopts.clone(), r2.clone()), "127.0.0.1", 0, ServerOptions::default()),
+            5.0,
+        )
+        .unwrap();
+        let port = port_of(&server);
+        let opts = TlsClientOptions::new(client_config_for(&p.cert, version, None));
+        let sink = Sink::default();
+        let clog = sink.log.clone();
+        let fut = lp.create_connection_tls(move || sink, "localhost", port, ConnectOptions::default(), opts);
+        must(&lp, 5.0, "server handshake done", || !results.borrow().is_empty());
+        match &results.borrow()[0] {
+            Err(Error::Tls(TlsError::Protocol(rustls::Error::NoCertificatesPresented))) => {}
+            other => panic!("{version}: server: expected NoCertificatesPresented, got {other:?}"),
+        }
+        let client_err = match complete(&lp, &fut, 5.0) {
+            Err(e) => e,
+            Ok(_) => {
+                must(&lp, 5.0, "client lost", || clog.borrow().len() == 2);
+                assert_eq!(version, "TLSv1.3", "only TLS 1.3 completes the client's handshake");
+                lost_with_certificate_required(&clog)
+            }
+        };
+        assert!(
+            matches!(client_err, Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(_)))),
+            "{version}: client: {client_err:?}"
+        );
+        // A client with a certificate is then served by the same server.
+        let alice = client_cert(&ca, "alice");
+        let (t, _, _) = connect_sink(&lp, port, client_config_for(&p.cert, version, Some(&alice)));
+        must(&lp, 5.0, "second server handshake", || results.borrow().len() == 2);
+        let info = results.borrow()[1].as_ref().unwrap().clone();
+        assert_eq!(info.peer_certificates, vec![alice.0.as_ref().to_vec()]);
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        t.close();
+        server.close();
+    }
+}
+
+/// Check that a [`Sink`]'s `connection_lost` got the certificate_required
+/// alert as an [`Error::Tls`]; returns that error.
+fn lost_with_certificate_required(log: &Log) -> Error {
+    let l = log.borrow();
+    let want = Error::Tls(TlsError::Protocol(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)));
+    assert_eq!(l.last().unwrap(), &format!("lost:{want}"));
+    want
+}
+
+#[test]
+fn explicit_tls12_and_tls13() {
+    for (version, prefix) in [("TLSv1.2", "TLS_ECDHE_"), ("TLSv1.3", "TLS13_")] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config(&p, &[]));
+        let (t, data, log) = connect_sink(&lp, port_of(&server), client_config_for(&p.cert, version, None));
+        roundtrip(&lp, &t, &data, &pattern(100_000, 5));
+        let info = t.tls_info().unwrap();
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        assert!(info.cipher_suite.as_deref().unwrap().starts_with(prefix), "{info:?}");
+        assert_eq!(infos.borrow()[0].protocol_version.as_deref(), Some(version), "the server agrees");
+        assert_eq!(infos.borrow()[0].cipher_suite, info.cipher_suite);
+        match t.get_extra_info("cipher") {
+            Some(ExtraInfo::Cipher { name, protocol, .. }) => {
+                assert_eq!(protocol, version);
+                assert_eq!(Some(name), info.cipher_suite);
+            }
+            other => panic!("cipher: {other:?}"),
+        }
+        t.close();
+        must(&lp, 5.0, "closed", || log.borrow().len() == 2 && slog.borrow().len() == 3);
+        assert_eq!(*log.borrow(), vec!["made", "lost:"]);
+        assert_eq!(*slog.borrow(), vec!["made", "eof", "lost:"], "close_notify in {version}");
+        server.close();
+    }
+}
+
+#[test]
+fn session_resumption_with_the_same_client_config() {
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let (slog, infos): (Log, Infos) = Default::default();
+        let server = tapped_echo_server(&lp, &slog, &infos, server_config(&p, &[]));
+        let port = port_of(&server);
+        let config = client_config_for(&p.cert, version, None);
+        let mut resumed = Vec::new();
+        // The same config twice, then a new config (an empty session cache).
+        for cfg in [config.clone(), config.clone(), client_config_for(&p.cert, version, None)] {
+            let (t, data, log) = connect_sink(&lp, port, cfg);
+            // The round trip also makes sure a TLS 1.3 ticket, sent after
+            // the handshake, was received.
+            roundtrip(&lp, &t, &data, b"ticket?");
+            let info = t.tls_info().unwrap();
+            assert_eq!(info.protocol_version.as_deref(), Some(version));
+            resumed.push(info.resumed);
+            t.close();
+            must(&lp, 5.0, "closed", || log.borrow().len() == 2);
+        }
+        assert_eq!(resumed, [false, true, false], "{version}: client side");
+        let server_side: Vec<bool> = infos.borrow().iter().map(|i| i.resumed).collect();
+        assert_eq!(server_side, [false, true, false], "{version}: server side");
+        // A resumed session still authenticates the server.
+        assert!(infos.borrow().iter().all(|i| i.protocol_version.as_deref() == Some(version)));
+        server.close();
+    }
+}
+
+/// A one-request HTTP/1.1 server: reads the request head, answers it and
+/// closes (close_notify). Records the request head.
+struct Http {
+    t: Option<Transport>,
+    request: Rc<RefCell<Vec<u8>>>,
+}
+
+impl Protocol for Http {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, d: &[u8]) {
+        let mut req = self.request.borrow_mut();
+        let complete_before = req.windows(4).any(|w| w == b"\r\n\r\n");
+        req.extend_from_slice(d);
+        if complete_before || !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+        let t = self.t.as_ref().unwrap();
+        let info = t.tls_info().unwrap();
+        let body = format!("hello over {}\n", info.protocol_version.unwrap());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        t.write(head.as_bytes()).unwrap();
+        t.write(body.as_bytes()).unwrap();
+        t.close();
+    }
+}
+
+fn curl() -> bool {
+    let ok = Command::new("curl").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !ok {
+        println!("SKIPPED: curl not installed (`make deps` installs it)");
+    }
+    ok
+}
+
+/// `curl --cacert` fetches a page from a Rust TLS server on the loop.
+#[test]
+fn interop_curl_against_rust_server() {
+    if !curl() {
+        return;
+    }
+    for (version, flags) in [("TLSv1.3", &["--tlsv1.3"][..]), ("TLSv1.2", &["--tlsv1.2", "--tls-max", "1.2"][..])] {
+        let lp = EventLoop::new().unwrap();
+        let p = pki();
+        let dir = tmpdir("curl");
+        std::fs::write(dir.join("ca.pem"), &p.cert_pem).unwrap();
+        let request: Rc<RefCell<Vec<u8>>> = Default::default();
+        let infos: Infos = Default::default();
+        let (r2, i2) = (request.clone(), infos.clone());
+        let opts = ServerOptions {
+            tls: Some(TlsServerOptions::new(server_config(&p, &[b"http/1.1"]))),
+            ..Default::default()
+        };
+        let server = complete(
+            &lp,
+            &lp.create_server(
+                move || Tap { inner: Http { t: None, request: r2.clone() }, infos: i2.clone() },
+                "127.0.0.1",
+                0,
+                opts,
+            ),
+            5.0,
+        )
+        .unwrap();
+        let port = port_of(&server);
+        let child = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "20", "--cacert", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(flags)
+            .args(["-w", "%{http_code} %{http_version}"])
+            .arg(format!("https://localhost:{port}/hello"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child = RefCell::new(child);
+        must(&lp, 20.0, "curl exits", || child.borrow_mut().try_wait().unwrap().is_some());
+        let out = child.into_inner().wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {version}: {} {stderr}", out.status);
+        assert_eq!(stdout, format!("hello over {version}\n200 1.1"), "curl {version}; stderr: {stderr}");
+        let req = String::from_utf8(request.borrow().clone()).unwrap();
+        assert!(req.starts_with("GET /hello HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains(&format!("Host: localhost:{port}\r\n")), "{req}");
+        let info = infos.borrow()[0].clone();
+        assert_eq!(info.protocol_version.as_deref(), Some(version));
+        assert_eq!(info.alpn_protocol.as_deref(), Some(&b"http/1.1"[..]), "curl offers h2 and http/1.1");
+        assert_eq!(info.server_name.as_deref(), Some("localhost"), "the SNI curl sent");
+        must(&lp, 5.0, "server connection closed", || server.active_connections() == 0);
+        server.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+// ---------------------------------------------------------------------------- server close, loop close
+
+#[test]
+fn server_close_clients_sends_close_notify() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let (t, data, clog) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    roundtrip(&lp, &t, &data, b"before close_clients");
+    server.close();
+    server.close_clients();
+    // The client's eof_received means it got close_notify, not a bare FIN.
+    must(&lp, 5.0, "client lost", || clog.borrow().len() == 3);
+    assert_eq!(*clog.borrow(), vec!["made", "eof", "lost:"]);
+    must(&lp, 5.0, "server side lost", || slog.borrow().len() == 2);
+    assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
+    complete(&lp, &server.wait_closed(), 5.0).unwrap();
+    assert_eq!(server.active_connections(), 0);
+}
+
+#[test]
+fn server_abort_clients_sends_no_close_notify() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let (t, data, clog) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    roundtrip(&lp, &t, &data, b"before abort_clients");
+    server.close();
+    server.abort_clients();
+    must(&lp, 5.0, "client lost", || clog.borrow().len() == 2);
+    assert_eq!(clog.borrow()[0], "made");
+    assert!(clog.borrow()[1].starts_with("lost"), "no eof_received: {:?}", clog.borrow());
+    must(&lp, 5.0, "server side lost", || slog.borrow().len() == 2);
+    assert_eq!(*slog.borrow(), vec!["made", "lost:"]);
+    complete(&lp, &server.wait_closed(), 5.0).unwrap();
+}
+
+/// Holds its transport (the usual cycle through the transport) and counts its drops.
+struct Dropper {
+    t: Option<Transport>,
+    made: Rc<Cell<usize>>,
+    dropped: Rc<Cell<usize>>,
+}
+
+impl Protocol for Dropper {
+    fn connection_made(&mut self, t: Transport) {
+        self.made.set(self.made.get() + 1);
+        // A peer that does not read: a close() waits for its close_notify.
+        t.pause_reading();
+        self.t = Some(t);
+    }
+}
+
+impl Drop for Dropper {
+    fn drop(&mut self) {
+        self.dropped.set(self.dropped.get() + 1);
+    }
+}
+
+/// Closing the loop with TLS connections still open (established, in the
+/// handshake, closing) frees them: their protocols are dropped and their
+/// sockets closed.
+#[test]
+fn loop_close_releases_open_tls_connections() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let (made, dropped) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let (m2, d2) = (made.clone(), dropped.clone());
+    let server = complete(
+        &lp,
+        &lp.create_server(move || Dropper { t: None, made: m2.clone(), dropped: d2.clone() }, "127.0.0.1", 0, server_opts(&p)),
+        5.0,
+    )
+    .unwrap();
+    let port = port_of(&server);
+    // Two established connections (four protocols).
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (m, d) = (made.clone(), dropped.clone());
+        let fut = lp.create_connection_tls(
+            move || Dropper { t: None, made: m, dropped: d },
+            "localhost",
+            port,
+            ConnectOptions::default(),
+            client_opts(&p),
+        );
+        conns.push(complete(&lp, &fut, 5.0).unwrap());
+    }
+    must(&lp, 5.0, "server protocols made", || made.get() == 4);
+    // One of them closing: close_notify sent, waiting for the peer's (which
+    // does not read) under the shutdown timer.
+    conns[1].0.close();
+    // A server connection in the handshake: a peer that sends nothing.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A client connection in the handshake: a server that never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hs_port = listener.local_addr().unwrap().port();
+    let (m, d) = (made.clone(), dropped.clone());
+    let mut copts = client_opts(&p);
+    copts.server_name = Some("localhost".into());
+    let pending = lp.create_connection_tls(
+        move || Dropper { t: None, made: m, dropped: d },
+        "127.0.0.1",
+        hs_port,
+        ConnectOptions::default(),
+        copts,
+    );
+    let mut mute = None;
+    must(&lp, 5.0, "the mute server accepted", || {
+        mute = mute.take().or_else(|| listener.accept().ok().map(|(s, _)| s));
+        mute.is_some()
+    });
+    let mute = mute.unwrap();
+    mute.set_nonblocking(false).unwrap();
+    must(&lp, 5.0, "the server accepted the silent peer", || server.active_connections() == 3);
+    common::run_for(&lp, 0.05);
+    assert!(conns[1].0.is_closing());
+    assert_eq!(dropped.get(), 0);
+
+    drop(conns);
+    drop(pending);
+    drop(server);
+    lp.close().unwrap();
+    assert_eq!(made.get(), 4, "the handshakes in progress never made a protocol");
+    assert_eq!(dropped.get(), 4, "every protocol is dropped once the loop is closed");
+    // The sockets were closed: both silent peers read EOF (the mute
+    // server after the ClientHello).
+    for (mut s, what) in [(silent, "server side"), (mute, "client side")] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "{what}: the TLS connection's socket must be closed: {r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------- extra info
+
+/// Keeps its transport where the test can reach it.
+struct Hold(Rc<RefCell<Vec<Transport>>>);
+
+impl Protocol for Hold {
+    fn connection_made(&mut self, t: Transport) {
+        self.0.borrow_mut().push(t);
+    }
+}
+
+#[test]
+fn extra_info_keys_on_both_sides() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let ca = ca();
+    let alice = client_cert(&ca, "alice");
+    // With client authentication and ALPN.
+    let mut sconfig = (*server_config_client_auth(&p, &ca)).clone();
+    sconfig.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let held: Rc<RefCell<Vec<Transport>>> = Default::default();
+    let h2 = held.clone();
+    let opts = ServerOptions { tls: Some(TlsServerOptions::new(Arc::new(sconfig))), ..Default::default() };
+    let server = complete(&lp, &lp.create_server(move || Hold(h2.clone()), "127.0.0.1", 0, opts), 5.0).unwrap();
+    let mut cconfig = (*client_config_for(&p.cert, "TLSv1.3", Some(&alice))).clone();
+    cconfig.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (c, _, _) = connect_sink(&lp, port_of(&server), Arc::new(cconfig));
+    must(&lp, 5.0, "server side made", || held.borrow().len() == 1);
+    let s = held.borrow()[0].clone();
+    for (t, side, peer) in [(&c, "client", p.cert.as_ref()), (&s, "server", alice.0.as_ref())] {
+        assert_eq!(t.get_extra_info("peercert"), Some(ExtraInfo::Bytes(peer.to_vec())), "{side}");
+        match t.get_extra_info("cipher") {
+            Some(ExtraInfo::Cipher { name, protocol, bits }) => {
+                assert_eq!(protocol, "TLSv1.3", "{side}");
+                assert_eq!(Some(name), t.tls_info().unwrap().cipher_suite, "{side}");
+                assert_eq!(Some(bits), t.tls_info().unwrap().cipher_bits, "{side}");
+            }
+            other => panic!("{side}: cipher: {other:?}"),
+        }
+        assert_eq!(t.get_extra_info("compression"), None, "{side}");
+        assert_eq!(t.get_extra_info("alpn_protocol"), Some(ExtraInfo::Bytes(b"http/1.1".to_vec())), "{side}");
+        // Client: the name verified; server: the SNI received.
+        assert_eq!(t.get_extra_info("server_hostname"), Some(ExtraInfo::Text("localhost".into())), "{side}");
+        assert!(matches!(t.get_extra_info("peername"), Some(ExtraInfo::Address(_))), "{side}");
+        assert!(matches!(t.get_extra_info("socket"), Some(ExtraInfo::Fd(_))), "{side}");
+        assert_eq!(t.get_extra_info("no_such_key"), None, "{side}");
+    }
+    c.close();
+    s.close();
+
+    // Without client authentication nor ALPN: the server has no peercert, nobody an ALPN protocol.
+    let server = complete(
+        &lp,
+        &lp.create_server(
+            {
+                let h = held.clone();
+                move || Hold(h.clone())
+            },
+            "127.0.0.1",
+            0,
+            server_opts(&p),
+        ),
+        5.0,
+    )
+    .unwrap();
+    let (c, _, _) = connect_sink(&lp, port_of(&server), client_opts(&p).config);
+    must(&lp, 5.0, "server side made", || held.borrow().len() == 2);
+    let s = held.borrow()[1].clone();
+    assert_eq!(s.get_extra_info("peercert"), None);
+    assert!(matches!(c.get_extra_info("peercert"), Some(ExtraInfo::Bytes(_))));
+    assert_eq!(c.get_extra_info("alpn_protocol"), None);
+    assert_eq!(s.get_extra_info("alpn_protocol"), None);
+    assert_eq!(s.get_extra_info("server_hostname"), Some(ExtraInfo::Text("localhost".into())));
+    c.close();
+    s.close();
 }

@@ -256,8 +256,12 @@ impl Transport {
     /// Look up extra information by asyncio's key: `peername`, `sockname`,
     /// `socket` for a stream socket; `pipe` (the descriptor) for a pipe; a
     /// TLS transport adds `peercert` ([`ExtraInfo::Bytes`], the DER of the
-    /// peer's end certificate) and `cipher` ([`ExtraInfo::Cipher`]);
-    /// `sslcontext` and `ssl_object` (Python objects) are absent.
+    /// peer's end certificate), `cipher` ([`ExtraInfo::Cipher`]),
+    /// `compression` (always `None`: TLS compression is never used),
+    /// `alpn_protocol` ([`ExtraInfo::Bytes`], the protocol ALPN agreed on, if
+    /// any) and `server_hostname` ([`ExtraInfo::Text`]: on a client the name
+    /// the server was verified against, on a server the SNI the client sent,
+    /// if any); `sslcontext` and `ssl_object` (Python objects) are absent.
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
         dispatch!(self, t => t.get_extra_info(name))
     }

@@ -24,6 +24,7 @@ use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
+use crate::transport::tls::TlsInner;
 pub use crate::transport::handle::Transport;
 
 /// Reads per readiness event before yielding to other sources.
@@ -70,6 +71,9 @@ pub enum ExtraInfo {
         /// The bulk cipher's key length in bits.
         bits: u32,
     },
+    /// `server_hostname` on a TLS transport: the name a client verified the
+    /// server against, or the SNI a server received.
+    Text(String),
 }
 
 pub(crate) enum Sock {
@@ -221,6 +225,9 @@ pub(crate) struct StreamInner {
     on_made: RefCell<Option<Box<dyn FnOnce(Result<Transport>)>>>,
     /// Called once the write buffer is empty (or the connection is lost).
     on_drained: RefCell<Option<Box<dyn FnOnce(Result<()>)>>>,
+    /// The TLS transport layered over this one, if any: a server's
+    /// `close_clients` closes that one (with close_notify).
+    tls_layer: RefCell<Weak<TlsInner>>,
 }
 
 /// The stream transport's own handle; the public [`Transport`] dispatches to
@@ -273,6 +280,7 @@ impl StreamTransport {
             sockname,
             on_made: RefCell::new(on_made),
             on_drained: RefCell::new(None),
+            tls_layer: RefCell::new(Weak::new()),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
@@ -1087,6 +1095,16 @@ impl StreamInner {
 
     pub(crate) fn is_lost(&self) -> bool {
         self.st.borrow().lost
+    }
+
+    /// Record the TLS transport layered over this one.
+    pub(crate) fn set_tls_layer(&self, tls: Weak<TlsInner>) {
+        *self.tls_layer.borrow_mut() = tls;
+    }
+
+    /// The TLS transport layered over this one, while it lives.
+    pub(crate) fn tls_layer(&self) -> Option<Rc<TlsInner>> {
+        self.tls_layer.borrow().upgrade()
     }
 }
 

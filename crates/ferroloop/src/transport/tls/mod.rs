@@ -19,8 +19,10 @@
 //! - write flow control counts what is buffered below the application:
 //!   ciphertext not yet sent (plaintext is encrypted as soon as it is
 //!   written), against the water marks of [`crate::flow`].
-//! - `get_extra_info`: `peercert` (DER), `cipher`; asyncio's `sslcontext` and
-//!   `ssl_object` are absent; [`Transport::tls_info`] gives the rest.
+//! - `get_extra_info`: `peercert` (DER), `cipher`, `compression` (always
+//!   `None`, as with asyncio), `alpn_protocol`, `server_hostname`; asyncio's
+//!   `sslcontext` and `ssl_object` are absent; [`Transport::tls_info`] gives
+//!   the rest.
 
 mod session;
 
@@ -132,6 +134,12 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<Vec<u8>>,
     /// Client: the name the server was verified against. Server: the SNI the client sent.
     pub server_name: Option<String>,
+    /// The handshake resumed an earlier session (a TLS 1.3 ticket or PSK, a
+    /// TLS 1.2 session ID or ticket) instead of a full handshake. Resumption
+    /// is on by default with rustls: a client resumes when it connects again
+    /// with the same `ClientConfig` (its session cache) to a server whose
+    /// `ServerConfig` remembers the session. `false` before the handshake completes.
+    pub resumed: bool,
 }
 
 type OnHandshake = Box<dyn FnOnce(Result<Transport>)>;
@@ -202,6 +210,23 @@ impl Protocol for TlsProto {
     }
 }
 
+/// The raw transport lets go of its protocol after `connection_lost`, and
+/// when the loop closes with the connection still open (the stream's
+/// `on_loop_close`): nothing can drive this TLS connection any more, so it
+/// lets go of what it holds (application protocol, raw transport, timer,
+/// handshake callback). Else the cycles through them (the application's
+/// protocol holds the TLS transport; the timer's callback holds this state)
+/// would keep the connection and its socket alive for ever.
+impl Drop for TlsProto {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.st.try_borrow_mut() {
+            st.closing = true;
+            st.lost = true;
+        }
+        self.0.release();
+    }
+}
+
 impl TlsInner {
     fn new(
         lp: &EventLoop,
@@ -253,6 +278,9 @@ impl TlsInner {
     fn raw_made(self: &Rc<Self>, raw: Transport) {
         let (low, high) = self.st.borrow().flow.limits();
         let _ = raw.set_write_buffer_limits(Some(high), Some(low));
+        if let Some(stream) = raw.stream_inner() {
+            stream.set_tls_layer(Rc::downgrade(self));
+        }
         *self.raw.borrow_mut() = Some(raw);
         let timeout = self.handshake_timeout;
         self.set_timer(timeout, move |me| {
@@ -466,14 +494,21 @@ impl TlsInner {
         self.release();
     }
 
+    /// Let go of the application protocol, the raw transport, the timer and
+    /// the handshake callback (idempotent; a cell in use is left alone).
     fn release(&self) {
-        let app = self.app.borrow_mut().take();
+        self.cancel_timer();
+        let app = self.app.try_borrow_mut().ok().and_then(|mut a| a.take());
         drop(app);
-        let raw = self.raw.borrow_mut().take();
+        let raw = self.raw.try_borrow_mut().ok().and_then(|mut r| r.take());
         drop(raw);
-        self.notes.borrow_mut().clear();
-        self.pending.borrow_mut().clear();
-        let cb = self.on_handshake.borrow_mut().take();
+        if let Ok(mut notes) = self.notes.try_borrow_mut() {
+            notes.clear();
+        }
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.clear();
+        }
+        let cb = self.on_handshake.try_borrow_mut().ok().and_then(|mut c| c.take());
         drop(cb);
     }
 
@@ -832,6 +867,8 @@ impl TlsInner {
                 .borrow()
                 .cipher()
                 .map(|(name, protocol, bits)| ExtraInfo::Cipher { name, protocol, bits }),
+            "alpn_protocol" => self.info().alpn_protocol.map(ExtraInfo::Bytes),
+            "server_hostname" => self.info().server_name.map(ExtraInfo::Text),
             "sslcontext" | "ssl_object" | "compression" => None,
             _ => self.raw().and_then(|r| r.get_extra_info(name)),
         }

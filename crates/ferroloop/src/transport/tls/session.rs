@@ -136,6 +136,7 @@ impl TlsSession {
                 .map(|v| v.iter().map(|c| c.as_ref().to_vec()).collect())
                 .unwrap_or_default(),
             server_name,
+            resumed: self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }
     }
 }
