@@ -125,6 +125,44 @@ def test_read_pipe_data_eof_lost(loop):
     assert pipe.closed, "the transport closes the pipe object after connection_lost"
 
 
+def test_read_pipe_data_received_exception_is_reported_and_reading_goes_on(loop):
+    # asyncio's read pipe transport calls data_received unguarded: the
+    # exception reaches the exception handler as a callback's, the pipe
+    # stays open and later data still arrives.
+    r, w = os.pipe()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    class Flaky(PipeRecorder):
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.first = loop.create_future()
+
+        def data_received(self, data):
+            super().data_received(data)
+            if len(self.data) == 3:
+                self.first.set_result(None)
+                raise ValueError("boom")
+
+    async def main():
+        t, p = await loop.connect_read_pipe(lambda: Flaky(loop), open(r, "rb", buffering=0))
+        os.write(w, b"abc")
+        await p.first
+        await asyncio.sleep(0.05)
+        assert not t.is_closing()
+        os.write(w, b"def")
+        os.close(w)
+        assert await p.done is None
+        return p
+
+    p = run(loop, main())
+    assert bytes(p.data) == b"abcdef"
+    assert p.events == ["made", "data", "eof", ("lost", None)]
+    assert len(errors) == 1
+    assert isinstance(errors[0]["exception"], ValueError)
+    assert errors[0]["message"].startswith("Exception in callback")
+
+
 def test_read_pipe_pause_and_resume(loop):
     r, w = os.pipe()
     want = pattern(1 << 20, 1)

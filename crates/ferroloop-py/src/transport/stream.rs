@@ -53,6 +53,10 @@ struct Shared {
     engine: RefCell<Option<Transport>>,
     /// Set while `sendfile` owns the socket: `write()` is refused.
     write_blocked: std::cell::Cell<bool>,
+    /// A read pipe: asyncio's read pipe transport calls `data_received` and
+    /// `eof_received` without a guard, so an exception there is reported as
+    /// a callback's and the pipe stays open (a socket transport closes).
+    read_pipe: std::cell::Cell<bool>,
 }
 
 impl Shared {
@@ -183,7 +187,11 @@ impl Protocol for PyProtocolAdapter {
             let bytes = PyBytes::new(py, data);
             let r = self.data_method(py).and_then(|m| self.shared.run_in_context(py, &m, &[bytes.into_any()]));
             if let Err(e) = r {
-                self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
+                if self.shared.read_pipe.get() {
+                    self.shared.callback_error(py, e, "_UnixReadPipeTransport._read_ready()", &self.proto);
+                } else {
+                    self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
+                }
             }
         })
     }
@@ -196,6 +204,11 @@ impl Protocol for PyProtocolAdapter {
                 .and_then(|v| v.is_truthy());
             match r {
                 Ok(keep) => keep,
+                Err(e) if self.shared.read_pipe.get() => {
+                    // A read pipe closes after EOF whatever eof_received does.
+                    self.shared.callback_error(py, e, "BaseProtocol.eof_received()", &self.proto);
+                    false
+                }
                 Err(e) => {
                     self.shared.fatal(py, e, "Fatal error: protocol.eof_received() call failed.", &self.proto);
                     true
@@ -336,6 +349,7 @@ impl StreamCore {
             context: RefCell::new(Some(context)),
             engine: RefCell::new(None),
             write_blocked: std::cell::Cell::new(false),
+            read_pipe: std::cell::Cell::new(false),
         });
         let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
         let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
@@ -349,6 +363,11 @@ impl StreamCore {
             lp_obj.call_method1(py, intern!(py, "call_soon"), (set, w, py.None()))?;
         }
         Ok(StreamCore { inner: GilBound::new((t, shared)) })
+    }
+
+    /// Mark the core as a read pipe's (see `Shared::read_pipe`).
+    pub(crate) fn set_read_pipe(&self) {
+        self.inner.get().1.read_pipe.set(true);
     }
 
     fn check_writable(&self) -> PyResult<()> {
@@ -458,6 +477,7 @@ impl StreamCore {
             context: RefCell::new(Shared::get(&old.context, py)),
             engine: RefCell::new(None),
             write_blocked: std::cell::Cell::new(false),
+            read_pipe: std::cell::Cell::new(false),
         });
         let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
         let t = old.lp.start_tls_transport(raw, opts, Some(Rc::new(RefCell::new(adapter))), done).map_err(to_pyerr)?;
