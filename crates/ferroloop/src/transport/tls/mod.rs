@@ -1034,15 +1034,7 @@ impl EventLoop {
         if transport.is_closing() {
             return Err(Error::state("the transport is closing"));
         }
-        let (session, hs, sd) = match tls.into() {
-            TlsOptions::Client(o) => {
-                let Some(name) = o.server_name.clone() else {
-                    return Err(Error::invalid("start_tls: TlsClientOptions::server_name is required"));
-                };
-                (TlsSession::client(o.config.clone(), &name)?, o.handshake_timeout, o.shutdown_timeout)
-            }
-            TlsOptions::Server(o) => (TlsSession::server(o.config.clone())?, o.handshake_timeout, o.shutdown_timeout),
-        };
+        let (session, hs, sd) = session_for(tls.into(), "start_tls")?;
         let app = protocol.or_else(|| transport.get_protocol());
         let on_hs: OnHandshake = Box::new(move |r| match r {
             Ok(t) => {
@@ -1058,6 +1050,20 @@ impl EventLoop {
         inner.raw_made(transport.clone());
         Ok(inner.transport())
     }
+}
+
+/// The session and timeouts `opts` ask for; `what` names the caller in the
+/// error when client options lack a `server_name`.
+fn session_for(opts: TlsOptions, what: &str) -> Result<(TlsSession, Option<Duration>, Option<Duration>)> {
+    Ok(match opts {
+        TlsOptions::Client(o) => {
+            let Some(name) = o.server_name.clone() else {
+                return Err(Error::invalid(format!("{what}: TlsClientOptions::server_name is required")));
+            };
+            (TlsSession::client(o.config.clone(), &name)?, o.handshake_timeout, o.shutdown_timeout)
+        }
+        TlsOptions::Server(o) => (TlsSession::server(o.config.clone())?, o.handshake_timeout, o.shutdown_timeout),
+    })
 }
 
 impl EventLoop {
@@ -1076,15 +1082,7 @@ impl EventLoop {
         tls: impl Into<TlsOptions>,
         on_handshake: impl FnOnce(Result<Transport>) + 'static,
     ) -> Result<Transport> {
-        let (session, hs, sd) = match tls.into() {
-            TlsOptions::Client(o) => {
-                let Some(name) = o.server_name.clone() else {
-                    return Err(Error::invalid("TlsClientOptions::server_name is required"));
-                };
-                (TlsSession::client(o.config.clone(), &name)?, o.handshake_timeout, o.shutdown_timeout)
-            }
-            TlsOptions::Server(o) => (TlsSession::server(o.config.clone())?, o.handshake_timeout, o.shutdown_timeout),
-        };
+        let (session, hs, sd) = session_for(tls.into(), "create_tls_transport")?;
         let on_hs: OnHandshake = Box::new(move |r| match r {
             Ok(t) => {
                 let ok = t.tls_inner().map(|i| i.start_app(protocol)).unwrap_or(false);
