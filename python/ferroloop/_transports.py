@@ -22,18 +22,24 @@ from . import _ferroloop
 # asyncio 3.12 changed Server._attach()/_detach() to take the transport.
 _SERVER_ATTACH_TAKES_TRANSPORT = "transport" in inspect.signature(base_events.Server._attach).parameters
 
+# The core's methods called per message: bound into each transport's
+# instance dict (no Python frame, no lookup beyond the dict).
 _BOUND = (
     "write",
     "writelines",
+    "is_closing",
+    "get_write_buffer_size",
+    "pause_reading",
+    "resume_reading",
+)
+# The others: one class-level descriptor each, forwarding to ``_core``
+# (about 135 ns more per call, 67 bytes less per transport and method).
+_FORWARDED = (
     "write_eof",
     "can_write_eof",
     "close",
     "abort",
-    "is_closing",
-    "pause_reading",
-    "resume_reading",
     "is_reading",
-    "get_write_buffer_size",
     "get_write_buffer_limits",
     "set_write_buffer_limits",
     "get_protocol",
@@ -47,8 +53,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     # BaseEventLoop.start_tls() and sendfile() look for these.
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    # The core's methods bound into the instance dict.
-    _bound = _BOUND
+    _force_close = _ferroloop.CoreMethod("force_close")
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
@@ -86,9 +91,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     def _set_core(self, core):
         self._core = core
         d = self.__dict__
-        for name in self._bound:
+        for name in _BOUND:
             d[name] = getattr(core, name)
-        d["_force_close"] = core.force_close
 
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
@@ -161,6 +165,11 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             sock = self.__dict__.get("_sock")
             if sock is not None:
                 sock.close()
+
+
+for _name in _FORWARDED:
+    setattr(StreamTransport, _name, _ferroloop.CoreMethod(_name))
+del _name
 
 
 # ----- TLS fast path ---------------------------------------------------------
@@ -237,7 +246,6 @@ class TLSTransport(StreamTransport):
 
     _start_tls_compatible = False
     _sendfile_compatible = constants._SendfileMode.FALLBACK
-    _bound = tuple(n for n in _BOUND if n not in ("write_eof", "can_write_eof"))
 
     def __init__(
         self,

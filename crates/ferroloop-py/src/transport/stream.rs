@@ -654,3 +654,32 @@ impl StreamCore {
         }
     }
 }
+
+/// A method of the Python transport class that forwards to the same-named
+/// method of the instance's `_core` (a `StreamCore`): the class holds one
+/// descriptor per method instead of each transport holding bound methods.
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct CoreMethod {
+    name: Py<pyo3::types::PyString>,
+}
+
+#[pymethods]
+impl CoreMethod {
+    #[new]
+    fn new(name: Py<pyo3::types::PyString>) -> Self {
+        CoreMethod { name }
+    }
+
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        obj: Option<&Bound<'py, PyAny>>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        match obj {
+            None => Ok(slf.clone().into_any()),
+            Some(o) if o.is_none() => Ok(slf.clone().into_any()),
+            Some(o) => o.getattr(intern!(py, "_core"))?.getattr(slf.get().name.bind(py)),
+        }
+    }
+}
