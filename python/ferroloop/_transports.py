@@ -312,7 +312,8 @@ class TLSTransport(StreamTransport):
                 waiter.set_result(None)
             return
         # The protocol never heard of the connection: no connection_lost
-        # will come to finish the transport.
+        # will come to finish the transport. The engine calls this once the
+        # socket is out of its poll, so closing it now is safe.
         self._finish()
         if waiter is not None:
             if not waiter.cancelled():

@@ -184,6 +184,11 @@ pub(crate) struct TlsInner {
     /// Reused plaintext buffer.
     rbuf: RefCell<Vec<u8>>,
     on_handshake: RefCell<Option<OnHandshake>>,
+    /// Report a failed handshake only once the raw transport is lost (the
+    /// socket closed, out of the poll): for callers that close a descriptor
+    /// of their own then (`create_tls_transport`, `start_tls_transport`).
+    defer_failure: std::cell::Cell<bool>,
+    deferred_failure: RefCell<Option<(OnHandshake, Error)>>,
     handshake_timeout: Duration,
     shutdown_timeout: Duration,
     timer: RefCell<Option<TimerHandle>>,
@@ -245,6 +250,8 @@ impl TlsInner {
             pending: RefCell::new(VecDeque::new()),
             rbuf: RefCell::new(Vec::new()),
             on_handshake: RefCell::new(Some(on_handshake)),
+            defer_failure: std::cell::Cell::new(false),
+            deferred_failure: RefCell::new(None),
             handshake_timeout: handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
             shutdown_timeout: shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             timer: RefCell::new(None),
@@ -491,7 +498,11 @@ impl TlsInner {
                 }
             }
         }
+        let deferred = self.deferred_failure.borrow_mut().take();
         self.release();
+        if let Some((cb, err)) = deferred {
+            cb(Err(err));
+        }
     }
 
     /// Let go of the application protocol, the raw transport, the timer and
@@ -510,6 +521,8 @@ impl TlsInner {
         }
         let cb = self.on_handshake.try_borrow_mut().ok().and_then(|mut c| c.take());
         drop(cb);
+        let deferred = self.deferred_failure.try_borrow_mut().ok().and_then(|mut c| c.take());
+        drop(deferred);
     }
 
     /// The handshake failed: fail the future; close the socket (after the
@@ -522,7 +535,11 @@ impl TlsInner {
         }
         let cb = self.on_handshake.borrow_mut().take();
         if let Some(cb) = cb {
-            cb(Err(err));
+            if self.defer_failure.get() && self.raw().is_some() {
+                *self.deferred_failure.borrow_mut() = Some((cb, err));
+            } else {
+                cb(Err(err));
+            }
         }
         if let Some(raw) = self.raw() {
             if abort {
@@ -1019,8 +1036,8 @@ impl EventLoop {
     /// the transport's protocol on the plaintext side (asyncio's
     /// `start_tls(transport, protocol, ...)`); it hears nothing before the
     /// handshake completes, and no `connection_made`. `on_handshake` gets
-    /// the TLS transport, or the error ([`Error::Tls`]) after which the
-    /// socket is closed.
+    /// the TLS transport, or the error ([`Error::Tls`]) once the socket is
+    /// closed and out of the poll (its descriptor may then be closed).
     pub fn start_tls_transport(
         &self,
         transport: &Transport,
@@ -1046,6 +1063,7 @@ impl EventLoop {
             Err(e) => on_handshake(Err(e)),
         });
         let inner = TlsInner::new(self, session, hs, sd, on_hs);
+        inner.defer_failure.set(true);
         transport.set_protocol(Rc::new(RefCell::new(TlsProto(inner.clone()))));
         inner.raw_made(transport.clone());
         Ok(inner.transport())
@@ -1071,8 +1089,8 @@ impl EventLoop {
     /// connected socket handed over by other code, as asyncio's
     /// `_make_ssl_transport`). `protocol` gets `connection_made` once the
     /// handshake is done, then `on_handshake(Ok(transport))` runs; a failed
-    /// handshake runs `on_handshake(Err(Error::Tls(..)))` instead (the
-    /// protocol never hears of the connection) and closes the socket.
+    /// handshake closes the socket, then runs `on_handshake(Err(..))` once
+    /// it is out of the poll (the protocol never hears of the connection).
     /// Client options need a `server_name`. The TLS transport is returned at
     /// once; until the handshake completes it only accepts `close`/`abort`.
     pub fn create_tls_transport(
@@ -1095,6 +1113,7 @@ impl EventLoop {
             Err(e) => on_handshake(Err(e)),
         });
         let inner = TlsInner::new(self, session, hs, sd, on_hs);
+        inner.defer_failure.set(true);
         let tls_transport = inner.transport();
         self.create_transport(stream, Rc::new(RefCell::new(TlsProto(inner))))?;
         Ok(tls_transport)
