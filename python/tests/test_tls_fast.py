@@ -1242,3 +1242,86 @@ def test_interop_openssl_s_server(flavor, certs, version):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+# ----- Unix sockets, sendfile, configuration errors ---------------------------
+
+
+def test_unix_socket_tls_echo(flavor, certs, tmp_path):
+    path = str(tmp_path / "tls.sock")
+    payload = os.urandom(256 * 1024)
+
+    async def main(loop):
+        async def handler(reader, writer):
+            writer.write(await reader.readexactly(len(payload)))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(handler, path, ssl=server_context(flavor, certs))
+        reader, writer = await asyncio.open_unix_connection(
+            path, ssl=client_context(flavor, certs), server_hostname="localhost"
+        )
+        assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+        writer.write(payload)
+        assert await reader.readexactly(len(payload)) == payload
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    isolated(flavor, main)
+
+
+def test_sendfile_over_tls_falls_back_to_writes(flavor, certs, tmp_path):
+    blob = os.urandom(300 * 1024)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(blob)
+
+    async def main(loop):
+        got = loop.create_future()
+
+        async def handler(reader, writer):
+            got.set_result(await reader.readexactly(len(blob) - 1000))
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_context(flavor, certs))
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port_of(server), ssl=client_context(flavor, certs), server_hostname="localhost"
+        )
+        with open(f, "rb") as fh:
+            sent = await loop.sendfile(writer.transport, fh, offset=1000)
+        assert sent == len(blob) - 1000
+        assert await got == blob[1000:]
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    isolated(flavor, main)
+
+
+def test_tls_context_configuration_errors(certs, tmp_path):
+    # ferroloop only: the TLSContext constructors (ssl.SSLContext's own
+    # load_cert_chain raises the same kinds: OSError, ssl.SSLError).
+    with pytest.raises(FileNotFoundError):
+        ferroloop.TLSContext.server(str(tmp_path / "missing.pem"), certs["server_key"])
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ssl.SSLError):
+        ferroloop.TLSContext.server(str(junk), certs["server_key"])
+    with pytest.raises(ssl.SSLError):
+        ferroloop.TLSContext.server(certs["server"], str(junk))
+    # A key that is not the certificate's.
+    with pytest.raises(ssl.SSLError):
+        ferroloop.TLSContext.server(certs["server"], certs["client_key"])
+    with pytest.raises(ValueError):
+        ferroloop.TLSContext.server(certs["server"], certs["server_key"], client_auth="sometimes")
+    with pytest.raises(ValueError):
+        ferroloop.TLSContext.server(certs["server"], certs["server_key"], client_auth="required")  # no cafile
+    with pytest.raises(ssl.SSLError):
+        ferroloop.TLSContext.client(cafile=certs["ca"], versions=["TLSv1.1"])
+    with pytest.raises(FileNotFoundError):
+        ferroloop.TLSContext.client(cafile=str(tmp_path / "nope.pem"))
+    ctx = ferroloop.TLSContext.client(cafile=certs["ca"], alpn_protocols=["h2", "http/1.1"])
+    assert not ctx.server_side and ctx.verify and ctx.alpn_protocols == ("h2", "http/1.1")
