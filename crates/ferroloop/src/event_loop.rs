@@ -550,9 +550,12 @@ impl EventLoop {
     pub fn run_once(&self) -> Result<()> {
         self.check_closed()?;
         let inner = &*self.inner;
+        // Events left over by an interrupted iteration come first: readiness
+        // is edge-triggered, so none may be dropped.
+        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
         let timeout = if inner.stopping.get()
             || !inner.ready.borrow().is_empty()
-            || !inner.pending_events.borrow().is_empty()
+            || !pending.is_empty()
             || inner.remote.notified.load(Ordering::Acquire)
         {
             Some(Duration::ZERO)
@@ -566,6 +569,7 @@ impl EventLoop {
             }
         };
 
+        // A clone: the blocker may run code (signal handlers) that replaces it.
         let blocker = inner.blocker.borrow().clone();
         let polled = {
             let mut poll = inner.poll.borrow_mut();
@@ -578,11 +582,9 @@ impl EventLoop {
         };
 
         // Copy the events out so that handlers may register and deregister
-        // freely. Events left over by an interrupted iteration come first:
-        // readiness is edge-triggered, so none may be dropped.
-        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
+        // freely (and so that an interrupted iteration keeps them).
         {
-            let events = inner.events.borrow();
+            let mut events = inner.events.borrow_mut();
             for ev in events.iter() {
                 if ev.token() == WAKER_TOKEN {
                     continue;
@@ -598,8 +600,7 @@ impl EventLoop {
                     },
                 ));
             }
-            drop(events);
-            inner.events.borrow_mut().clear();
+            events.clear();
         }
         if let Err(e) = polled {
             // The blocker failed after the poll (a signal handler raised):
@@ -615,19 +616,14 @@ impl EventLoop {
         // ready before the poll, then the I/O callbacks, then the timers due
         // now, judged against one reading of the clock taken here. What any
         // of them schedules (a timer due at once included) waits for the
-        // next iteration.
-        let end = self.time() + inner.clock_resolution;
-        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
-        {
-            let mut timers = inner.timers.borrow_mut();
-            while let Some(h) = timers.pop_due(end) {
-                due.push(h);
-            }
-        }
+        // next iteration. Without timers there is nothing to judge: no clock.
+        let due = if inner.timers.borrow().is_empty() { None } else { Some(self.collect_due()) };
         let ntodo = inner.ready.borrow().len();
         for _ in 0..ntodo {
             if let Some(err) = inner.interrupt.borrow_mut().take() {
-                self.requeue_timers(due, 0);
+                if let Some(due) = due {
+                    self.requeue_timers(due, 0);
+                }
                 *inner.pending_events.borrow_mut() = pending;
                 return Err(err);
             }
@@ -662,11 +658,38 @@ impl EventLoop {
                 source.on_ready(self, ready);
             }
         }
-        pending.drain(..dispatched);
+        if dispatched == pending.len() {
+            pending.clear();
+        } else {
+            pending.drain(..dispatched);
+        }
         *inner.pending_events.borrow_mut() = pending;
 
+        if let Some(due) = due {
+            self.run_due(due)?;
+        }
+        match inner.interrupt.borrow_mut().take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Take the timers due now off the heap, in order (`run_once`).
+    fn collect_due(&self) -> Vec<Rc<HandleInner>> {
+        let inner = &*self.inner;
+        let end = self.time() + inner.clock_resolution;
+        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
+        let mut timers = inner.timers.borrow_mut();
+        while let Some(h) = timers.pop_due(end) {
+            due.push(h);
+        }
+        due
+    }
+
+    /// Run the due timers of this iteration; an interrupt requeues the rest.
+    fn run_due(&self, mut due: Vec<Rc<HandleInner>>) -> Result<()> {
         for i in 0..due.len() {
-            if let Some(err) = inner.interrupt.borrow_mut().take() {
+            if let Some(err) = self.inner.interrupt.borrow_mut().take() {
                 self.requeue_timers(due, i);
                 return Err(err);
             }
@@ -674,11 +697,8 @@ impl EventLoop {
             self.guarded("Exception in callback", || h.run());
         }
         due.clear();
-        *inner.due_timers.borrow_mut() = due;
-        match inner.interrupt.borrow_mut().take() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        *self.inner.due_timers.borrow_mut() = due;
+        Ok(())
     }
 
     /// After an interrupted iteration, the due timers not run yet go to the

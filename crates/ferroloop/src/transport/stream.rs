@@ -214,6 +214,12 @@ pub(crate) struct StreamInner {
     token: Cell<Token>,
     st: RefCell<State>,
     protocol: RefCell<Option<ProtocolRef>>,
+    /// Whether the current protocol is a buffered one, as its first
+    /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
+    /// `get_buffer` is not called again until `set_protocol` replaces it.
+    buffered: Cell<Option<bool>>,
+    /// Bumped by `set_protocol`: an answer of a replaced protocol is not cached.
+    protocol_epoch: Cell<u32>,
     notes: RefCell<Vec<Note>>,
     server: RefCell<Option<(Weak<ServerInner>, usize)>>,
     peername: Option<Address>,
@@ -267,6 +273,8 @@ impl StreamTransport {
             token: Cell::new(Token(0)),
             st: RefCell::new(State::default()),
             protocol: RefCell::new(Some(protocol)),
+            buffered: Cell::new(None),
+            protocol_epoch: Cell::new(0),
             notes: RefCell::new(Vec::new()),
             server: RefCell::new(server),
             peername,
@@ -470,6 +478,8 @@ impl StreamTransport {
     /// within the current protocol's methods.
     pub fn set_protocol(&self, protocol: ProtocolRef) {
         let old = self.inner.protocol.borrow_mut().replace(protocol);
+        self.inner.buffered.set(None);
+        self.inner.protocol_epoch.set(self.inner.protocol_epoch.get().wrapping_add(1));
         drop(old);
     }
 
@@ -621,7 +631,11 @@ impl StreamInner {
     }
 
     fn read_once(self: &Rc<Self>) -> ReadOutcome {
+        if self.buffered.get() == Some(false) {
+            return self.read_plain();
+        }
         // A buffered protocol reads into its own buffer.
+        let epoch = self.protocol_epoch.get();
         let buffered = self.with_protocol("get_buffer", |p| -> Option<ReadOutcome> {
             let buf = p.get_buffer(READ_BUFFER_SIZE)?;
             if buf.is_empty() {
@@ -653,19 +667,31 @@ impl StreamInner {
             }
             Some(Some(outcome)) => outcome,
             Some(None) => {
-                let mut buf = self.lp.take_read_buf();
-                let outcome = match self.sock_read(&mut buf) {
-                    Ok(0) => ReadOutcome::Eof,
-                    Ok(n) => match self.with_protocol("data_received", |p| p.data_received(&buf[..n])) {
-                        Some(()) => ReadOutcome::Data { drained: n < buf.len() },
-                        None => ReadOutcome::Failed,
-                    },
-                    Err(e) => ReadOutcome::from_err(e),
-                };
-                self.lp.put_read_buf(buf);
-                outcome
+                // A plain protocol: remembered until `set_protocol` (unless
+                // the protocol was replaced inside `get_buffer`).
+                if self.protocol_epoch.get() == epoch {
+                    self.buffered.set(Some(false));
+                }
+                self.read_plain()
             }
         }
+    }
+
+    /// A plain protocol's read: into the loop's buffer, then `data_received`,
+    /// in one guarded call of the protocol (nothing is read while the
+    /// protocol is busy or gone, so no bytes can be lost).
+    fn read_plain(self: &Rc<Self>) -> ReadOutcome {
+        let mut buf = self.lp.take_read_buf();
+        let outcome = self.with_protocol("data_received", |p| match self.sock_read(&mut buf) {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => {
+                p.data_received(&buf[..n]);
+                ReadOutcome::Data { drained: n < buf.len() }
+            }
+            Err(e) => ReadOutcome::from_err(e),
+        });
+        self.lp.put_read_buf(buf);
+        outcome.unwrap_or(ReadOutcome::Failed)
     }
 
     fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -1090,6 +1116,7 @@ impl StreamInner {
     }
 }
 
+#[inline(always)]
 fn write_retrying(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     loop {
         match f() {
@@ -1161,7 +1188,8 @@ impl IoSource for StreamInner {
         if ready.readable || ready.read_closed || ready.error {
             self.do_read();
         }
-        if ready.writable || ready.write_closed || ready.error {
+        // Nothing queued (the usual case: writes go out at once): nothing to do.
+        if (ready.writable || ready.write_closed || ready.error) && !self.st.borrow().buf.is_empty() {
             self.do_write();
         }
     }
