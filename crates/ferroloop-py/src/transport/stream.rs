@@ -374,8 +374,9 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 
 #[pymethods]
 impl StreamCore {
-    /// Make the transport on a duplicate of `fd`; the Python transport keeps
-    /// its socket object and closes it in `_finish()` after `connection_lost`.
+    /// Make the transport on `fd` itself, borrowed (one fd per connection);
+    /// the Python transport keeps its socket object and closes it in
+    /// `_finish()` after `connection_lost` (the engine leaves the poll first).
     #[new]
     #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None))]
     fn new(
@@ -388,7 +389,7 @@ impl StreamCore {
         waiter: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
-        let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+        let stream = StreamSocket::borrow_raw(fd).map_err(|e| io_to_pyerr(&e))?;
         Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| lp.create_transport(stream, proto))
     }
 

@@ -211,6 +211,12 @@ pub(crate) struct StreamInner {
     watch_peer: bool,
     sock: RefCell<Option<Sock>>,
     fd: RawFd,
+    /// False for a borrowed descriptor (`StreamSocket::borrow_raw`): the
+    /// socket is forgotten, never dropped, so the descriptor stays open for
+    /// its owner.
+    owns_fd: bool,
+    /// The socket is in the poll (its token in the loop's table).
+    registered: Cell<bool>,
     token: Cell<Token>,
     st: RefCell<State>,
     protocol: RefCell<Option<ProtocolRef>>,
@@ -252,13 +258,32 @@ impl StreamTransport {
     /// [`Transport::spawn`] for a transport of any kind (pipes too).
     pub(crate) fn spawn_kind(
         lp: &EventLoop,
-        mut sock: Sock,
+        sock: Sock,
         kind: TransportKind,
         protocol: ProtocolRef,
         server: Option<(Weak<ServerInner>, usize)>,
         on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     ) -> Result<Transport> {
-        lp.check_closed()?;
+        Self::spawn_with(lp, sock, kind, true, protocol, server, on_made)
+    }
+
+    /// [`StreamTransport::spawn_kind`]; with `owns_fd` false the transport
+    /// never closes the descriptor (see `StreamSocket::borrow_raw`).
+    pub(crate) fn spawn_with(
+        lp: &EventLoop,
+        mut sock: Sock,
+        kind: TransportKind,
+        owns_fd: bool,
+        protocol: ProtocolRef,
+        server: Option<(Weak<ServerInner>, usize)>,
+        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
+    ) -> Result<Transport> {
+        if let Err(e) = lp.check_closed() {
+            if !owns_fd {
+                std::mem::forget(sock);
+            }
+            return Err(e);
+        }
         let interest = kind.interest(&sock);
         let watch_peer = kind.watches_peer(&sock);
         let fd = sock.fd();
@@ -270,6 +295,8 @@ impl StreamTransport {
             watch_peer,
             sock: RefCell::new(None),
             fd,
+            owns_fd,
+            registered: Cell::new(false),
             token: Cell::new(Token(0)),
             st: RefCell::new(State::default()),
             protocol: RefCell::new(Some(protocol)),
@@ -284,8 +311,17 @@ impl StreamTransport {
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
-        let token = lp.register(sock.source(), interest, inner.clone())?;
+        let token = match lp.register(sock.source(), interest, inner.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                if !owns_fd {
+                    std::mem::forget(sock);
+                }
+                return Err(e);
+            }
+        };
         inner.token.set(token);
+        inner.registered.set(true);
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
         lp.schedule(Box::new(move || me.deliver_connection_made()));
@@ -1052,6 +1088,12 @@ impl StreamInner {
             st.closing = true;
             st.started
         };
+        if !self.owns_fd {
+            // The owner may close the descriptor in connection_lost (the
+            // Python face's `_finish`), and a descriptor of the same number
+            // may be opened and registered there: leave the poll first.
+            self.unregister();
+        }
         if started {
             let p = self.protocol.borrow().clone();
             if let Some(p) = p {
@@ -1071,12 +1113,29 @@ impl StreamInner {
         self.release();
     }
 
-    /// Close the socket and break the transport<->protocol cycle.
+    /// Remove the socket from the poll (once; no I/O follows).
+    fn unregister(&self) {
+        if !self.registered.replace(false) {
+            return;
+        }
+        let mut sock = self.sock.borrow_mut();
+        match sock.as_mut() {
+            Some(s) => self.lp.deregister(s.source(), self.token.get()),
+            None => self.lp.forget_token(self.token.get()),
+        }
+    }
+
+    /// Close the socket (a borrowed descriptor: only let go of it) and break
+    /// the transport<->protocol cycle.
     fn release(self: &Rc<Self>) {
+        self.unregister();
         let sock = self.sock.borrow_mut().take();
-        if let Some(mut s) = sock {
-            self.lp.deregister(s.source(), self.token.get());
-            drop(s);
+        if let Some(s) = sock {
+            if self.owns_fd {
+                drop(s);
+            } else {
+                std::mem::forget(s);
+            }
         }
         let proto = self.protocol.borrow_mut().take();
         drop(proto);
@@ -1142,6 +1201,18 @@ impl ReadOutcome {
             ReadOutcome::WouldBlock
         } else {
             ReadOutcome::Error(e)
+        }
+    }
+}
+
+impl Drop for StreamInner {
+    fn drop(&mut self) {
+        // A transport dropped without `release` (its loop was closed first):
+        // a borrowed descriptor is still not ours to close.
+        if !self.owns_fd {
+            if let Some(s) = self.sock.get_mut().take() {
+                std::mem::forget(s);
+            }
         }
     }
 }
