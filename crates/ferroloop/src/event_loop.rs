@@ -173,12 +173,22 @@ enum Ready {
 /// A file descriptor watched with `add_reader`/`add_writer`.
 struct FdWatch {
     fd: RawFd,
+    /// A duplicate of `fd` registered in its place when `fd` itself is
+    /// already in the poll (a transport on a borrowed descriptor, watched
+    /// during asyncio's native `sendfile`). Closed with the watch.
+    alias: RefCell<Option<std::os::fd::OwnedFd>>,
     token: Cell<Token>,
     reader: RefCell<Option<Rc<dyn Fn()>>>,
     writer: RefCell<Option<Rc<dyn Fn()>>>,
 }
 
 impl FdWatch {
+    /// The descriptor registered in the poll: `fd`, or its alias.
+    fn poll_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.alias.borrow().as_ref().map(|a| a.as_raw_fd()).unwrap_or(self.fd)
+    }
+
     fn interest(&self) -> Option<Interest> {
         match (self.reader.borrow().is_some(), self.writer.borrow().is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -210,7 +220,7 @@ impl IoSource for FdWatch {
         if still {
             if let Some(interest) = self.interest() {
                 let registry = lp.inner.registry();
-                if registry.reregister(&mut SourceFd(&self.fd), self.token.get(), interest).is_err() {
+                if registry.reregister(&mut SourceFd(&self.poll_fd()), self.token.get(), interest).is_err() {
                     // The descriptor was closed behind our back: forget it.
                     lp.drop_watch(self.fd);
                 }
@@ -904,6 +914,7 @@ impl EventLoop {
             None => (
                 Rc::new(FdWatch {
                     fd,
+                    alias: RefCell::new(None),
                     token: Cell::new(Token(0)),
                     reader: RefCell::new(None),
                     writer: RefCell::new(None),
@@ -920,7 +931,19 @@ impl EventLoop {
                 Ok(())
             }
             (Some(interest), true) => {
-                match self.register(&mut SourceFd(&fd), interest, watch.clone()) {
+                let mut r = self.register(&mut SourceFd(&fd), interest, watch.clone());
+                if matches!(&r, Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists) {
+                    // `fd` is in the poll already (a transport drives it):
+                    // watch a duplicate of it instead.
+                    match sys::dup_cloexec(fd) {
+                        Ok(dup) => {
+                            *watch.alias.borrow_mut() = Some(dup);
+                            r = self.register(&mut SourceFd(&watch.poll_fd()), interest, watch.clone());
+                        }
+                        Err(e) => r = Err(e.into()),
+                    }
+                }
+                match r {
                     Ok(token) => {
                         watch.token.set(token);
                         self.inner.watches.borrow_mut().insert(fd, watch.clone());
@@ -930,7 +953,7 @@ impl EventLoop {
                 }
             }
             (Some(interest), false) => self
-                .reregister(&mut SourceFd(&fd), watch.token.get(), interest)
+                .reregister(&mut SourceFd(&watch.poll_fd()), watch.token.get(), interest)
                 .map_err(Error::from),
         };
         drop((old_r, old_w));
@@ -940,7 +963,7 @@ impl EventLoop {
     fn drop_watch(&self, fd: RawFd) {
         let w = self.inner.watches.borrow_mut().remove(&fd);
         if let Some(w) = w {
-            self.deregister(&mut SourceFd(&fd), w.token.get());
+            self.deregister(&mut SourceFd(&w.poll_fd()), w.token.get());
         }
     }
 }

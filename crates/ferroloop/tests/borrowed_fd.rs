@@ -182,3 +182,28 @@ fn borrow_raw_refuses_what_is_not_a_socket() {
     let f = std::fs::File::open("/proc/self/stat").unwrap();
     assert!(StreamSocket::borrow_raw(f.as_raw_fd()).is_err());
 }
+
+#[test]
+fn add_writer_on_the_descriptor_of_a_borrowed_transport() {
+    // asyncio's native sendfile watches the transport's own socket with
+    // add_writer while the transport is paused.
+    let _serial = serial();
+    let lp = EventLoop::new().unwrap();
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let proto = Recorder::new();
+    let log = proto.log.clone();
+    let t = lp.create_transport(StreamSocket::borrow_raw(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    run_for(&lp, 0.02);
+    let fired = Rc::new(std::cell::Cell::new(0));
+    let f2 = fired.clone();
+    lp.add_writer(ours.as_raw_fd(), Rc::new(move || f2.set(f2.get() + 1))).unwrap();
+    must(&lp, 10.0, "writer callback", || fired.get() > 0);
+    assert!(lp.remove_writer(ours.as_raw_fd()));
+    // The transport still reads and writes its descriptor.
+    peer.write_all(b"after the watch").unwrap();
+    must(&lp, 10.0, "data", || log.borrow().data == b"after the watch");
+    t.write(b"back").unwrap();
+    let mut buf = [0u8; 4];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"back");
+}
