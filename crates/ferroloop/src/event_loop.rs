@@ -173,12 +173,22 @@ enum Ready {
 /// A file descriptor watched with `add_reader`/`add_writer`.
 struct FdWatch {
     fd: RawFd,
+    /// A duplicate of `fd` registered in its place when `fd` itself is
+    /// already in the poll (a transport on a borrowed descriptor, watched
+    /// during asyncio's native `sendfile`). Closed with the watch.
+    alias: RefCell<Option<std::os::fd::OwnedFd>>,
     token: Cell<Token>,
     reader: RefCell<Option<Rc<dyn Fn()>>>,
     writer: RefCell<Option<Rc<dyn Fn()>>>,
 }
 
 impl FdWatch {
+    /// The descriptor registered in the poll: `fd`, or its alias.
+    fn poll_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.alias.borrow().as_ref().map(|a| a.as_raw_fd()).unwrap_or(self.fd)
+    }
+
     fn interest(&self) -> Option<Interest> {
         match (self.reader.borrow().is_some(), self.writer.borrow().is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -210,7 +220,7 @@ impl IoSource for FdWatch {
         if still {
             if let Some(interest) = self.interest() {
                 let registry = lp.inner.registry();
-                if registry.reregister(&mut SourceFd(&self.fd), self.token.get(), interest).is_err() {
+                if registry.reregister(&mut SourceFd(&self.poll_fd()), self.token.get(), interest).is_err() {
                     // The descriptor was closed behind our back: forget it.
                     lp.drop_watch(self.fd);
                 }
@@ -550,9 +560,12 @@ impl EventLoop {
     pub fn run_once(&self) -> Result<()> {
         self.check_closed()?;
         let inner = &*self.inner;
+        // Events left over by an interrupted iteration come first: readiness
+        // is edge-triggered, so none may be dropped.
+        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
         let timeout = if inner.stopping.get()
             || !inner.ready.borrow().is_empty()
-            || !inner.pending_events.borrow().is_empty()
+            || !pending.is_empty()
             || inner.remote.notified.load(Ordering::Acquire)
         {
             Some(Duration::ZERO)
@@ -566,6 +579,7 @@ impl EventLoop {
             }
         };
 
+        // A clone: the blocker may run code (signal handlers) that replaces it.
         let blocker = inner.blocker.borrow().clone();
         let polled = {
             let mut poll = inner.poll.borrow_mut();
@@ -578,11 +592,9 @@ impl EventLoop {
         };
 
         // Copy the events out so that handlers may register and deregister
-        // freely. Events left over by an interrupted iteration come first:
-        // readiness is edge-triggered, so none may be dropped.
-        let mut pending = std::mem::take(&mut *inner.pending_events.borrow_mut());
+        // freely (and so that an interrupted iteration keeps them).
         {
-            let events = inner.events.borrow();
+            let mut events = inner.events.borrow_mut();
             for ev in events.iter() {
                 if ev.token() == WAKER_TOKEN {
                     continue;
@@ -598,8 +610,7 @@ impl EventLoop {
                     },
                 ));
             }
-            drop(events);
-            inner.events.borrow_mut().clear();
+            events.clear();
         }
         if let Err(e) = polled {
             // The blocker failed after the poll (a signal handler raised):
@@ -615,19 +626,14 @@ impl EventLoop {
         // ready before the poll, then the I/O callbacks, then the timers due
         // now, judged against one reading of the clock taken here. What any
         // of them schedules (a timer due at once included) waits for the
-        // next iteration.
-        let end = self.time() + inner.clock_resolution;
-        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
-        {
-            let mut timers = inner.timers.borrow_mut();
-            while let Some(h) = timers.pop_due(end) {
-                due.push(h);
-            }
-        }
+        // next iteration. Without timers there is nothing to judge: no clock.
+        let due = if inner.timers.borrow().is_empty() { None } else { Some(self.collect_due()) };
         let ntodo = inner.ready.borrow().len();
         for _ in 0..ntodo {
             if let Some(err) = inner.interrupt.borrow_mut().take() {
-                self.requeue_timers(due, 0);
+                if let Some(due) = due {
+                    self.requeue_timers(due, 0);
+                }
                 *inner.pending_events.borrow_mut() = pending;
                 return Err(err);
             }
@@ -662,11 +668,38 @@ impl EventLoop {
                 source.on_ready(self, ready);
             }
         }
-        pending.drain(..dispatched);
+        if dispatched == pending.len() {
+            pending.clear();
+        } else {
+            pending.drain(..dispatched);
+        }
         *inner.pending_events.borrow_mut() = pending;
 
+        if let Some(due) = due {
+            self.run_due(due)?;
+        }
+        match inner.interrupt.borrow_mut().take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Take the timers due now off the heap, in order (`run_once`).
+    fn collect_due(&self) -> Vec<Rc<HandleInner>> {
+        let inner = &*self.inner;
+        let end = self.time() + inner.clock_resolution;
+        let mut due = std::mem::take(&mut *inner.due_timers.borrow_mut());
+        let mut timers = inner.timers.borrow_mut();
+        while let Some(h) = timers.pop_due(end) {
+            due.push(h);
+        }
+        due
+    }
+
+    /// Run the due timers of this iteration; an interrupt requeues the rest.
+    fn run_due(&self, mut due: Vec<Rc<HandleInner>>) -> Result<()> {
         for i in 0..due.len() {
-            if let Some(err) = inner.interrupt.borrow_mut().take() {
+            if let Some(err) = self.inner.interrupt.borrow_mut().take() {
                 self.requeue_timers(due, i);
                 return Err(err);
             }
@@ -674,11 +707,8 @@ impl EventLoop {
             self.guarded("Exception in callback", || h.run());
         }
         due.clear();
-        *inner.due_timers.borrow_mut() = due;
-        match inner.interrupt.borrow_mut().take() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        *self.inner.due_timers.borrow_mut() = due;
+        Ok(())
     }
 
     /// After an interrupted iteration, the due timers not run yet go to the
@@ -884,6 +914,7 @@ impl EventLoop {
             None => (
                 Rc::new(FdWatch {
                     fd,
+                    alias: RefCell::new(None),
                     token: Cell::new(Token(0)),
                     reader: RefCell::new(None),
                     writer: RefCell::new(None),
@@ -900,7 +931,19 @@ impl EventLoop {
                 Ok(())
             }
             (Some(interest), true) => {
-                match self.register(&mut SourceFd(&fd), interest, watch.clone()) {
+                let mut r = self.register(&mut SourceFd(&fd), interest, watch.clone());
+                if matches!(&r, Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists) {
+                    // `fd` is in the poll already (a transport drives it):
+                    // watch a duplicate of it instead.
+                    match sys::dup_cloexec(fd) {
+                        Ok(dup) => {
+                            *watch.alias.borrow_mut() = Some(dup);
+                            r = self.register(&mut SourceFd(&watch.poll_fd()), interest, watch.clone());
+                        }
+                        Err(e) => r = Err(e.into()),
+                    }
+                }
+                match r {
                     Ok(token) => {
                         watch.token.set(token);
                         self.inner.watches.borrow_mut().insert(fd, watch.clone());
@@ -910,7 +953,7 @@ impl EventLoop {
                 }
             }
             (Some(interest), false) => self
-                .reregister(&mut SourceFd(&fd), watch.token.get(), interest)
+                .reregister(&mut SourceFd(&watch.poll_fd()), watch.token.get(), interest)
                 .map_err(Error::from),
         };
         drop((old_r, old_w));
@@ -920,7 +963,7 @@ impl EventLoop {
     fn drop_watch(&self, fd: RawFd) {
         let w = self.inner.watches.borrow_mut().remove(&fd);
         if let Some(w) = w {
-            self.deregister(&mut SourceFd(&fd), w.token.get());
+            self.deregister(&mut SourceFd(&w.poll_fd()), w.token.get());
         }
     }
 }

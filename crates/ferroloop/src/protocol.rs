@@ -60,6 +60,12 @@ pub trait Protocol: 'static {
     /// Buffered protocols: return a non-empty buffer for the transport to read
     /// into; `size_hint` is the size the transport would like (it may be
     /// ignored). Plain protocols return `None` (the default).
+    ///
+    /// A stream transport takes the first answer of a protocol as its kind,
+    /// as asyncio decides by type: once `get_buffer` returned `None`, the
+    /// transport reads into its own buffer and calls `data_received` without
+    /// asking again, until [`Transport::set_protocol`](crate::Transport::set_protocol)
+    /// installs another protocol.
     fn get_buffer(&mut self, size_hint: usize) -> Option<&mut [u8]> {
         let _ = size_hint;
         None

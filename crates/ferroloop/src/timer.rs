@@ -73,7 +73,15 @@ impl TimerQueue {
     }
 
     /// Drop cancelled timers from the top, then return the earliest deadline.
+    #[inline]
     pub(crate) fn next_deadline(&mut self) -> Option<f64> {
+        if self.heap.is_empty() {
+            return None;
+        }
+        self.next_deadline_slow()
+    }
+
+    fn next_deadline_slow(&mut self) -> Option<f64> {
         while let Some(top) = self.heap.peek() {
             if top.handle.cancelled.get() {
                 let e = self.heap.pop().expect("peeked");
@@ -108,6 +116,12 @@ impl TimerQueue {
     /// Number of timers in the heap, cancelled ones included.
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// True when no timer (live or cancelled) is in the heap.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 
     /// Drop every timer (loop close).

@@ -839,3 +839,104 @@ fn writelines_with_thousands_of_chunks_keeps_order() {
     t.close();
     must(&lp, 10.0, "lost", || log.borrow().is_lost());
 }
+
+/// One side of a hand-over chain: plain (`data_received`) or buffered
+/// (`get_buffer`); after `switch_after` bytes it hands the transport to a
+/// fresh protocol of the other kind. Every byte goes to `got`.
+struct Alternating {
+    buffered: bool,
+    switch_after: usize,
+    seen: usize,
+    buf: Vec<u8>,
+    t: Option<Transport>,
+    got: Shared<Vec<u8>>,
+    /// (plain reads, buffered reads)
+    reads: Shared<(usize, usize)>,
+    lost: Shared<bool>,
+}
+
+impl Alternating {
+    fn next(&mut self) {
+        if self.seen < self.switch_after {
+            return;
+        }
+        let other = Alternating {
+            buffered: !self.buffered,
+            switch_after: self.switch_after,
+            seen: 0,
+            buf: vec![0; 1000],
+            t: self.t.clone(),
+            got: self.got.clone(),
+            reads: self.reads.clone(),
+            lost: self.lost.clone(),
+        };
+        if let Some(t) = &self.t {
+            t.set_protocol(protocol_ref(other));
+        }
+    }
+}
+
+impl Protocol for Alternating {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        assert!(!self.buffered, "data_received on a buffered protocol");
+        self.reads.borrow_mut().0 += 1;
+        self.got.borrow_mut().extend_from_slice(data);
+        self.seen += data.len();
+        self.next();
+    }
+    fn get_buffer(&mut self, _size_hint: usize) -> Option<&mut [u8]> {
+        if self.buffered {
+            Some(&mut self.buf)
+        } else {
+            None
+        }
+    }
+    fn buffer_updated(&mut self, nbytes: usize) {
+        assert!(self.buffered, "buffer_updated on a plain protocol");
+        self.reads.borrow_mut().1 += 1;
+        self.got.borrow_mut().extend_from_slice(&self.buf[..nbytes]);
+        self.seen += nbytes;
+        self.next();
+    }
+    fn connection_lost(&mut self, _exc: Option<Error>) {
+        *self.lost.borrow_mut() = true;
+        self.t = None;
+    }
+}
+
+#[test]
+fn set_protocol_back_and_forth_between_plain_and_buffered_keeps_every_byte() {
+    // The transport remembers that a protocol is plain (its get_buffer said
+    // None) until set_protocol replaces it; each hand-over must be noticed.
+    let lp = EventLoop::new().unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let reads = Rc::new(RefCell::new((0, 0)));
+    let lost = Rc::new(RefCell::new(false));
+    let first = Alternating {
+        buffered: false,
+        switch_after: 3000,
+        seen: 0,
+        buf: Vec::new(),
+        t: None,
+        got: got.clone(),
+        reads: reads.clone(),
+        lost: lost.clone(),
+    };
+    let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let _t = lp.create_transport(ferroloop::StreamSocket::from(a), protocol_ref(first)).unwrap();
+    // Chunk by chunk, each received before the next is sent: many reads.
+    let payload = pattern(210_000, 31);
+    for (i, chunk) in payload.chunks(700).enumerate() {
+        b.write_all(chunk).unwrap();
+        let want = (i * 700 + chunk.len()).min(payload.len());
+        must(&lp, 20.0, "chunk", || got.borrow().len() >= want);
+    }
+    b.shutdown(Shutdown::Both).unwrap();
+    must(&lp, 20.0, "lost", || *lost.borrow());
+    assert_bytes_eq(&got.borrow(), &payload, "bytes across protocol hand-overs");
+    let (plain, buffered) = *reads.borrow();
+    assert!(plain > 10 && buffered > 10, "both kinds read: {plain} plain, {buffered} buffered");
+}

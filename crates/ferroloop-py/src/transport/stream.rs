@@ -410,13 +410,15 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 
 #[pymethods]
 impl StreamCore {
-    /// Make the transport on a duplicate of `fd`; the Python transport keeps
-    /// its socket object and closes it in `_finish()` after `connection_lost`.
+    /// Make the transport on `fd` itself, borrowed (one fd per connection);
+    /// the Python transport keeps its socket object and closes it in
+    /// `_finish()` after `connection_lost` (the engine leaves the poll first).
     ///
     /// With `tls` (a `TLSContext`) the transport is the engine's TLS
     /// transport: `protocol.connection_made` follows the handshake, then
     /// `transport._tls_done(None)`; a failed handshake calls
-    /// `transport._tls_done(exc)` instead (the protocol hears nothing).
+    /// `transport._tls_done(exc)` instead, once the engine left the poll
+    /// (the protocol hears nothing).
     #[new]
     #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None, tls=None, server_hostname=None,
                         ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
@@ -436,13 +438,13 @@ impl StreamCore {
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
         let Some(tls) = tls else {
-            let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+            let stream = StreamSocket::borrow_raw(fd).map_err(|e| io_to_pyerr(&e))?;
             return Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| {
                 lp.create_transport(stream, proto)
             });
         };
         let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
-        let stream = StreamSocket::dup_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+        let stream = StreamSocket::borrow_raw(fd).map_err(|e| io_to_pyerr(&e))?;
         let done = tls_done_callback(transport.clone_ref(py));
         Self::build(py, &lp, loop_obj, transport, protocol, None, move |lp, proto| {
             lp.create_tls_transport(stream, proto, opts, done)

@@ -32,6 +32,23 @@ pub fn monotonic_resolution() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
+/// A socket object on a descriptor the caller keeps owning. It is wrapped in
+/// `ManuallyDrop` so that dropping it never closes `fd`: whoever unwraps it
+/// takes on the duty of never letting it close the descriptor (the stream
+/// transport forgets it instead of dropping it).
+pub fn borrow_socket(fd: RawFd) -> io::Result<std::mem::ManuallyDrop<socket2::Socket>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the Socket is never dropped (ManuallyDrop, and the transport
+    // forgets it), so it never closes a descriptor it does not own; it is only
+    // used for system calls on `fd`, which fail with EBADF if `fd` is not open.
+    let sock = std::mem::ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) });
+    // Fails (EBADF/ENOTSOCK) unless `fd` is an open socket.
+    sock.r#type()?;
+    Ok(sock)
+}
+
 /// Duplicate a file descriptor (close-on-exec); the copy is owned by the caller.
 pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor; it does not touch memory.

@@ -96,6 +96,18 @@ impl Transport {
         StreamTransport::spawn(lp, sock, protocol, server, on_made)
     }
 
+    /// Wrap a connected stream socket handed in by the program; with
+    /// `owns_fd` false the descriptor is borrowed and never closed.
+    pub(crate) fn spawn_adopted(
+        lp: &EventLoop,
+        sock: crate::transport::stream::Sock,
+        owns_fd: bool,
+        protocol: ProtocolRef,
+        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
+    ) -> Result<Transport> {
+        StreamTransport::spawn_with(lp, sock, TransportKind::Stream, owns_fd, protocol, None, on_made)
+    }
+
     /// Wrap a socket or pipe of any kind (see `StreamTransport::spawn_kind`).
     pub(crate) fn spawn_kind(
         lp: &EventLoop,

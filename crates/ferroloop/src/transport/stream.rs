@@ -215,9 +215,21 @@ pub(crate) struct StreamInner {
     watch_peer: bool,
     sock: RefCell<Option<Sock>>,
     fd: RawFd,
+    /// False for a borrowed descriptor (`StreamSocket::borrow_raw`): the
+    /// socket is forgotten, never dropped, so the descriptor stays open for
+    /// its owner.
+    owns_fd: bool,
+    /// The socket is in the poll (its token in the loop's table).
+    registered: Cell<bool>,
     token: Cell<Token>,
     st: RefCell<State>,
     protocol: RefCell<Option<ProtocolRef>>,
+    /// Whether the current protocol is a buffered one, as its first
+    /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
+    /// `get_buffer` is not called again until `set_protocol` replaces it.
+    buffered: Cell<Option<bool>>,
+    /// Bumped by `set_protocol`: an answer of a replaced protocol is not cached.
+    protocol_epoch: Cell<u32>,
     notes: RefCell<Vec<Note>>,
     server: RefCell<Option<(Weak<ServerInner>, usize)>>,
     peername: Option<Address>,
@@ -253,13 +265,32 @@ impl StreamTransport {
     /// [`Transport::spawn`] for a transport of any kind (pipes too).
     pub(crate) fn spawn_kind(
         lp: &EventLoop,
-        mut sock: Sock,
+        sock: Sock,
         kind: TransportKind,
         protocol: ProtocolRef,
         server: Option<(Weak<ServerInner>, usize)>,
         on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     ) -> Result<Transport> {
-        lp.check_closed()?;
+        Self::spawn_with(lp, sock, kind, true, protocol, server, on_made)
+    }
+
+    /// [`StreamTransport::spawn_kind`]; with `owns_fd` false the transport
+    /// never closes the descriptor (see `StreamSocket::borrow_raw`).
+    pub(crate) fn spawn_with(
+        lp: &EventLoop,
+        mut sock: Sock,
+        kind: TransportKind,
+        owns_fd: bool,
+        protocol: ProtocolRef,
+        server: Option<(Weak<ServerInner>, usize)>,
+        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
+    ) -> Result<Transport> {
+        if let Err(e) = lp.check_closed() {
+            if !owns_fd {
+                std::mem::forget(sock);
+            }
+            return Err(e);
+        }
         let interest = kind.interest(&sock);
         let watch_peer = kind.watches_peer(&sock);
         let fd = sock.fd();
@@ -271,9 +302,13 @@ impl StreamTransport {
             watch_peer,
             sock: RefCell::new(None),
             fd,
+            owns_fd,
+            registered: Cell::new(false),
             token: Cell::new(Token(0)),
             st: RefCell::new(State::default()),
             protocol: RefCell::new(Some(protocol)),
+            buffered: Cell::new(None),
+            protocol_epoch: Cell::new(0),
             notes: RefCell::new(Vec::new()),
             server: RefCell::new(server),
             peername,
@@ -284,8 +319,17 @@ impl StreamTransport {
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
-        let token = lp.register(sock.source(), interest, inner.clone())?;
+        let token = match lp.register(sock.source(), interest, inner.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                if !owns_fd {
+                    std::mem::forget(sock);
+                }
+                return Err(e);
+            }
+        };
         inner.token.set(token);
+        inner.registered.set(true);
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
         lp.schedule(Box::new(move || me.deliver_connection_made()));
@@ -478,6 +522,8 @@ impl StreamTransport {
     /// within the current protocol's methods.
     pub fn set_protocol(&self, protocol: ProtocolRef) {
         let old = self.inner.protocol.borrow_mut().replace(protocol);
+        self.inner.buffered.set(None);
+        self.inner.protocol_epoch.set(self.inner.protocol_epoch.get().wrapping_add(1));
         drop(old);
     }
 
@@ -629,7 +675,11 @@ impl StreamInner {
     }
 
     fn read_once(self: &Rc<Self>) -> ReadOutcome {
+        if self.buffered.get() == Some(false) {
+            return self.read_plain();
+        }
         // A buffered protocol reads into its own buffer.
+        let epoch = self.protocol_epoch.get();
         let buffered = self.with_protocol("get_buffer", |p| -> Option<ReadOutcome> {
             let buf = p.get_buffer(READ_BUFFER_SIZE)?;
             if buf.is_empty() {
@@ -661,19 +711,31 @@ impl StreamInner {
             }
             Some(Some(outcome)) => outcome,
             Some(None) => {
-                let mut buf = self.lp.take_read_buf();
-                let outcome = match self.sock_read(&mut buf) {
-                    Ok(0) => ReadOutcome::Eof,
-                    Ok(n) => match self.with_protocol("data_received", |p| p.data_received(&buf[..n])) {
-                        Some(()) => ReadOutcome::Data { drained: n < buf.len() },
-                        None => ReadOutcome::Failed,
-                    },
-                    Err(e) => ReadOutcome::from_err(e),
-                };
-                self.lp.put_read_buf(buf);
-                outcome
+                // A plain protocol: remembered until `set_protocol` (unless
+                // the protocol was replaced inside `get_buffer`).
+                if self.protocol_epoch.get() == epoch {
+                    self.buffered.set(Some(false));
+                }
+                self.read_plain()
             }
         }
+    }
+
+    /// A plain protocol's read: into the loop's buffer, then `data_received`,
+    /// in one guarded call of the protocol (nothing is read while the
+    /// protocol is busy or gone, so no bytes can be lost).
+    fn read_plain(self: &Rc<Self>) -> ReadOutcome {
+        let mut buf = self.lp.take_read_buf();
+        let outcome = self.with_protocol("data_received", |p| match self.sock_read(&mut buf) {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => {
+                p.data_received(&buf[..n]);
+                ReadOutcome::Data { drained: n < buf.len() }
+            }
+            Err(e) => ReadOutcome::from_err(e),
+        });
+        self.lp.put_read_buf(buf);
+        outcome.unwrap_or(ReadOutcome::Failed)
     }
 
     fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -1034,6 +1096,12 @@ impl StreamInner {
             st.closing = true;
             st.started
         };
+        if !self.owns_fd {
+            // The owner may close the descriptor in connection_lost (the
+            // Python face's `_finish`), and a descriptor of the same number
+            // may be opened and registered there: leave the poll first.
+            self.unregister();
+        }
         if started {
             let p = self.protocol.borrow().clone();
             if let Some(p) = p {
@@ -1053,12 +1121,29 @@ impl StreamInner {
         self.release();
     }
 
-    /// Close the socket and break the transport<->protocol cycle.
+    /// Remove the socket from the poll (once; no I/O follows).
+    fn unregister(&self) {
+        if !self.registered.replace(false) {
+            return;
+        }
+        let mut sock = self.sock.borrow_mut();
+        match sock.as_mut() {
+            Some(s) => self.lp.deregister(s.source(), self.token.get()),
+            None => self.lp.forget_token(self.token.get()),
+        }
+    }
+
+    /// Close the socket (a borrowed descriptor: only let go of it) and break
+    /// the transport<->protocol cycle.
     fn release(self: &Rc<Self>) {
+        self.unregister();
         let sock = self.sock.borrow_mut().take();
-        if let Some(mut s) = sock {
-            self.lp.deregister(s.source(), self.token.get());
-            drop(s);
+        if let Some(s) = sock {
+            if self.owns_fd {
+                drop(s);
+            } else {
+                std::mem::forget(s);
+            }
         }
         let proto = self.protocol.borrow_mut().take();
         drop(proto);
@@ -1108,6 +1193,7 @@ impl StreamInner {
     }
 }
 
+#[inline(always)]
 fn write_retrying(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     loop {
         match f() {
@@ -1133,6 +1219,18 @@ impl ReadOutcome {
             ReadOutcome::WouldBlock
         } else {
             ReadOutcome::Error(e)
+        }
+    }
+}
+
+impl Drop for StreamInner {
+    fn drop(&mut self) {
+        // A transport dropped without `release` (its loop was closed first):
+        // a borrowed descriptor is still not ours to close.
+        if !self.owns_fd {
+            if let Some(s) = self.sock.get_mut().take() {
+                std::mem::forget(s);
+            }
         }
     }
 }
@@ -1179,7 +1277,8 @@ impl IoSource for StreamInner {
         if ready.readable || ready.read_closed || ready.error {
             self.do_read();
         }
-        if ready.writable || ready.write_closed || ready.error {
+        // Nothing queued (the usual case: writes go out at once): nothing to do.
+        if (ready.writable || ready.write_closed || ready.error) && !self.st.borrow().buf.is_empty() {
             self.do_write();
         }
     }

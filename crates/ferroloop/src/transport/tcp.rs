@@ -47,6 +47,18 @@ pub enum StreamSocket {
     Tcp(std::net::TcpStream),
     /// A Unix stream socket (e.g. one end of `UnixStream::pair()`).
     Unix(std::os::unix::net::UnixStream),
+    /// A socket on a descriptor that its owner keeps and closes (see
+    /// [`StreamSocket::borrow_raw`]).
+    Borrowed(BorrowedSocket),
+}
+
+/// A connected stream socket on a borrowed descriptor: the transport made on
+/// it reads and writes the descriptor but never closes it. Made by
+/// [`StreamSocket::borrow_raw`].
+#[derive(Debug)]
+pub struct BorrowedSocket {
+    /// Never dropped: that would close the owner's descriptor.
+    sock: std::mem::ManuallyDrop<Socket>,
 }
 
 impl From<std::net::TcpStream> for StreamSocket {
@@ -78,8 +90,43 @@ impl StreamSocket {
         Self::from_fd(crate::sys::dup_cloexec(fd)?)
     }
 
+    /// Use `fd` without owning it: no duplicate, so a connection costs one
+    /// descriptor. The transport made on it switches it to non-blocking
+    /// mode, stops all I/O on it and removes it from the poll when the
+    /// connection is lost (before `connection_lost` runs), closed with
+    /// `close_socket`, or aborted, and never closes it. The caller keeps
+    /// `fd` open until then and closes it afterwards (the Python face: the
+    /// `socket` object, in the transport's `_finish`).
+    ///
+    /// Fails unless `fd` is an open socket.
+    pub fn borrow_raw(fd: std::os::fd::RawFd) -> io::Result<StreamSocket> {
+        Ok(StreamSocket::Borrowed(BorrowedSocket { sock: crate::sys::borrow_socket(fd)? }))
+    }
+
+    /// Whether the transport made on this socket owns (and so closes) its descriptor.
+    pub fn owns_fd(&self) -> bool {
+        !matches!(self, StreamSocket::Borrowed(_))
+    }
+
     fn into_sock(self) -> io::Result<Sock> {
         Ok(match self {
+            StreamSocket::Borrowed(b) => {
+                // Everything that can fail happens on the ManuallyDrop, which
+                // never closes the descriptor; once unwrapped, the stream
+                // transport forgets the socket instead of dropping it
+                // (`StreamInner::owns_fd`).
+                let unix = b.sock.local_addr()?.family() == libc::AF_UNIX as libc::sa_family_t;
+                b.sock.set_nonblocking(true)?;
+                if !unix {
+                    let _ = b.sock.set_tcp_nodelay(true);
+                }
+                let sock = std::mem::ManuallyDrop::into_inner(b.sock);
+                if unix {
+                    Sock::Unix(mio::net::UnixStream::from_std(sock.into()))
+                } else {
+                    Sock::Tcp(mio::net::TcpStream::from_std(sock.into()))
+                }
+            }
             StreamSocket::Tcp(s) => {
                 s.set_nonblocking(true)?;
                 let _ = s.set_nodelay(true);
@@ -98,12 +145,12 @@ impl StreamSocket {
 pub type Connection<P> = (Transport, Rc<RefCell<P>>);
 
 /// Start a transport on `sock` and complete `out` after `connection_made`.
-fn start_transport<P: Protocol>(lp: &EventLoop, sock: Sock, protocol: P, out: LoopFuture<Connection<P>>) {
+fn start_transport<P: Protocol>(lp: &EventLoop, sock: Sock, owns_fd: bool, protocol: P, out: LoopFuture<Connection<P>>) {
     let proto = Rc::new(RefCell::new(protocol));
     let dyn_proto: ProtocolRef = proto.clone();
     let out2 = out.clone();
     let on_made = Box::new(move |r: Result<Transport>| out2.set(r.map(|t| (t, proto))));
-    if let Err(e) = Transport::spawn(lp, sock, dyn_proto, None, Some(on_made)) {
+    if let Err(e) = Transport::spawn_adopted(lp, sock, owns_fd, dyn_proto, Some(on_made)) {
         out.set(Err(e));
     }
 }
@@ -149,7 +196,7 @@ impl EventLoop {
             }
             let lp2 = lp.clone();
             Connector::start(&lp, addrs, opts.local_addr, opts.happy_eyeballs_delay, move |r| match r {
-                Ok(stream) => start_transport(&lp2, Sock::Tcp(stream), factory(), out2),
+                Ok(stream) => start_transport(&lp2, Sock::Tcp(stream), true, factory(), out2),
                 Err(e) => out2.set(Err(e)),
             });
         });
@@ -168,8 +215,10 @@ impl EventLoop {
             out.set(Err(e));
             return out;
         }
-        match sock.into().into_sock() {
-            Ok(s) => start_transport(self, s, factory(), out.clone()),
+        let sock = sock.into();
+        let owns_fd = sock.owns_fd();
+        match sock.into_sock() {
+            Ok(s) => start_transport(self, s, owns_fd, factory(), out.clone()),
             Err(e) => out.set(Err(Error::Io(e))),
         }
         out
@@ -179,8 +228,9 @@ impl EventLoop {
     /// (bindings: the protocol object is built by the caller).
     /// `connection_made` follows from the ready queue.
     pub fn create_transport(&self, sock: StreamSocket, protocol: ProtocolRef) -> Result<Transport> {
+        let owns_fd = sock.owns_fd();
         let sock = sock.into_sock()?;
-        Transport::spawn(self, sock, protocol, None, None)
+        Transport::spawn_adopted(self, sock, owns_fd, protocol, None)
     }
 
     /// Run a protocol on a socket accepted outside the loop (asyncio's
