@@ -207,6 +207,12 @@ class TLSObject:
     def compression(self):
         return None
 
+    @property
+    def session_reused(self):
+        """Whether the handshake resumed an earlier session (TLS 1.3 ticket
+        or TLS 1.2 session; clients of one ``TLSContext`` share a cache)."""
+        return self._info[6]
+
     def getpeercert(self, binary_form=False):
         """The peer's certificate: DER bytes with ``binary_form=True``, else
         the dict ``ssl.SSLObject.getpeercert()`` gives (``{}`` when it was

@@ -1325,3 +1325,45 @@ def test_tls_context_configuration_errors(certs, tmp_path):
         ferroloop.TLSContext.client(cafile=str(tmp_path / "nope.pem"))
     ctx = ferroloop.TLSContext.client(cafile=certs["ca"], alpn_protocols=["h2", "http/1.1"])
     assert not ctx.server_side and ctx.verify and ctx.alpn_protocols == ("h2", "http/1.1")
+
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+def test_session_resumption_with_one_client_context(flavor, certs, version):
+    # ferroloop only: clients of one TLSContext share a session cache, and a
+    # second connection resumes (SSLObject.session_reused). Stock asyncio has
+    # no way to hand a session to a new connection, so there is no oracle.
+    if not flavor.is_ferroloop:
+        pytest.skip("asyncio cannot pass an ssl session to create_connection")
+
+    async def main(loop):
+        server = await asyncio.start_server(
+            lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_context(flavor, certs, versions=[version])
+        )
+        cctx = client_context(flavor, certs, versions=[version])
+        reused = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port_of(server), ssl=cctx, server_hostname="localhost"
+            )
+            # Reading to the end also takes in TLS 1.3's session tickets.
+            assert await reader.read() == b""
+            obj = writer.get_extra_info("ssl_object")
+            assert obj.version() == version
+            reused.append(obj.session_reused)
+            writer.close()
+            await writer.wait_closed()
+        # A fresh context has no session to resume.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port_of(server), ssl=client_context(flavor, certs, versions=[version]),
+            server_hostname="localhost",
+        )
+        assert await reader.read() == b""
+        reused.append(writer.get_extra_info("ssl_object").session_reused)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        assert reused == [False, True, False], reused
+
+    isolated(flavor, main)

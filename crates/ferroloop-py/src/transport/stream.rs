@@ -490,13 +490,14 @@ impl StreamCore {
     }
 
     /// What the TLS handshake negotiated: `(version, cipher, secret_bits,
-    /// alpn, peer_certificates_der, server_name)`, or `None` without TLS.
+    /// alpn, peer_certificates_der, server_name, resumed)`, or `None` without TLS.
     #[allow(clippy::type_complexity)]
     fn tls_info(
         &self,
         py: Python<'_>,
-    ) -> PyResult<Option<(Option<String>, Option<String>, Option<u32>, Option<String>, Vec<Py<PyBytes>>, Option<String>)>>
-    {
+    ) -> PyResult<
+        Option<(Option<String>, Option<String>, Option<u32>, Option<String>, Vec<Py<PyBytes>>, Option<String>, bool)>,
+    > {
         let Some(i) = self.t()?.tls_info() else { return Ok(None) };
         Ok(Some((
             i.protocol_version,
@@ -505,6 +506,7 @@ impl StreamCore {
             i.alpn_protocol.map(|p| String::from_utf8_lossy(&p).into_owned()),
             i.peer_certificates.iter().map(|c| PyBytes::new(py, c).unbind()).collect(),
             i.server_name,
+            i.resumed,
         )))
     }
 
