@@ -54,14 +54,32 @@ pub(crate) struct ChildState {
 }
 
 impl ChildState {
-    /// Loop close: drop the callbacks (they may hold transports that hold the loop).
+    /// Loop close: drop the callbacks (they may hold transports that hold the
+    /// loop); children still running are reaped in the background.
     pub(crate) fn clear(&self) {
         let w = self.sigchld.borrow_mut().take();
         if let Some(w) = w {
             let children = std::mem::take(&mut *w.children.borrow_mut());
-            drop(children);
+            for (pid, cb) in children {
+                drop(cb);
+                reap_in_background(pid);
+            }
         }
     }
+}
+
+/// A watched child outlives its loop: a thread waits for it and reaps it,
+/// so that it does not stay a zombie for the life of the process (what
+/// asyncio's threaded child watcher does for every child).
+fn reap_in_background(pid: u32) {
+    if let Ok(Some(_)) | Err(_) = sys::try_reap(pid) {
+        return; // exited (now reaped) or not ours to wait for
+    }
+    let _ = std::thread::Builder::new()
+        .name(format!("ferroloop-reap-{pid}"))
+        .spawn(move || {
+            let _ = sys::reap_blocking(pid);
+        });
 }
 
 /// One child watched through its pidfd.
@@ -93,6 +111,16 @@ impl PidfdWatch {
         lp.deregister(&mut SourceFd(&self.fd.as_raw_fd()), self.token.get());
         if let Some(cb) = cb {
             lp.guarded("Exception in child watcher callback", || cb(rc));
+        }
+    }
+}
+
+impl Drop for PidfdWatch {
+    /// Dropped with its callback still pending: the loop closed before the
+    /// child exited.
+    fn drop(&mut self) {
+        if self.callback.get_mut().is_some() {
+            reap_in_background(self.pid);
         }
     }
 }
@@ -155,8 +183,9 @@ impl EventLoop {
     ///
     /// `f` receives the return code (exit status, or `-signal`), or `None` if
     /// the child was reaped elsewhere first. `pid` must be a child of this
-    /// process that nothing else waits for. The watch ends with the loop:
-    /// a child still running when the loop closes is not reaped by it.
+    /// process that nothing else waits for. The watch ends with the loop: a
+    /// child still running when the loop closes is reaped by a thread once
+    /// it exits (its callback is not called).
     ///
     /// Errors: the loop is closed; no mechanism is available (`SIGCHLD`
     /// could not be caught).

@@ -46,6 +46,26 @@ pub fn try_reap(pid: u32) -> io::Result<Option<i32>> {
     }
 }
 
+/// Wait for child `pid` to exit and reap it (a blocking `waitpid(pid, 0)`).
+/// `Err(ECHILD)`: not our child, or reaped by someone else.
+pub fn reap_blocking(pid: u32) -> io::Result<i32> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ECHILD))?;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the duration of the
+        // call; waitpid(2) writes at most that int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(returncode(status));
+    }
+}
+
 /// Python's `waitstatus_to_exitcode`: exit status, or `-signal`.
 fn returncode(status: libc::c_int) -> i32 {
     if libc::WIFSIGNALED(status) {
