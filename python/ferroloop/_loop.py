@@ -153,7 +153,8 @@ class Loop(base_events.BaseEventLoop):
         # Outside debug mode, call_soon is the core's: the handle is a Rust
         # object with asyncio.Handle's interface, run without Python frames.
         # Debug mode keeps asyncio's Handle (source traceback, slow-callback log).
-        if self._debug:
+        # A subclass's own call_soon is left alone.
+        if self._debug or type(self).call_soon is not Loop.call_soon:
             self.__dict__.pop("call_soon", None)
         else:
             self.__dict__["call_soon"] = self._core.call_soon_fast

@@ -156,15 +156,16 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self.__dict__.get("_sock") is None:
+        sock = self.__dict__.get("_sock")
+        if sock is None:
             return  # finished, or handed over to a TLS transport by start_tls()
         core = self.__dict__.get("_core")
-        if core is not None and core.fileno() != -1 and not core.is_closing():
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+        if core is not None and core.fileno() != -1:
+            if not core.is_closing():
+                _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            # Out of the engine's poll before the descriptor is closed.
             core.close_socket()
-            sock = self.__dict__.get("_sock")
-            if sock is not None:
-                sock.close()
+        sock.close()
 
 
 for _name in _FORWARDED:
@@ -295,6 +296,10 @@ class TLSTransport(StreamTransport):
         )
         self._sock, transport._sock = transport._sock, None
         self._server, transport._server = transport._server, None
+        clients = getattr(self._server, "_clients", None)  # asyncio 3.12+: the server's live transports
+        if clients is not None:
+            clients.discard(transport)
+            clients.add(self)
         self._loop._transports[self._sock_fd] = self
         return self
 

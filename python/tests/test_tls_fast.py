@@ -1012,6 +1012,38 @@ def test_start_tls_upgrade_both_sides(flavor, certs):
     isolated(flavor, main)
 
 
+def test_start_tls_on_a_transport_whose_reading_is_paused(flavor, certs):
+    # asyncio's start_tls reads the handshake even if the plain protocol had
+    # paused reading (it resumes reading on the transport).
+    async def main(loop):
+        server_side = loop.create_future()
+
+        class Plain(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.pause_reading()
+                server_side.set_result(transport)
+
+        server = await loop.create_server(Plain, "127.0.0.1", 0)
+        client_task = loop.create_task(
+            asyncio.open_connection("127.0.0.1", port_of(server), ssl=client_context(flavor, certs),
+                                    server_hostname="localhost")
+        )
+        plain = await server_side
+        proto = Recorder(loop, echo=True)
+        tls = await asyncio.wait_for(loop.start_tls(plain, proto, server_context(flavor, certs), server_side=True), 5)
+        proto.transport = tls  # start_tls does not call connection_made
+        reader, writer = await client_task
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+        tls.close()
+        server.close()
+        await server.wait_closed()
+
+    isolated(flavor, main)
+
+
 def test_start_tls_handshake_failure(flavor, certs):
     """start_tls against a certificate the client does not trust: the
     verification error from start_tls, and the connection is closed."""

@@ -188,6 +188,8 @@ struct Conn {
     primed: bool,
     /// `--reconnect`: this slot's connection was primed once already.
     reopened: bool,
+    /// `--reconnect`: how many connections this slot has had before this one.
+    generation: u64,
 }
 
 struct Config {
@@ -308,6 +310,7 @@ impl Gen {
             inflight: VecDeque::new(),
             primed: false,
             reopened: false,
+            generation: 0,
         })
     }
 
@@ -323,12 +326,16 @@ impl Gen {
     fn reconnect(&mut self, id: usize) {
         let _ = self.poll.registry().deregister(self.conns[id].s.source());
         self.conns[id].s.shutdown_write();
+        // Whatever follows, this connection is done: readers must stop.
+        let generation = self.conns[id].generation + 1;
+        self.conns[id].generation = generation;
         if !matches!(self.phase, Phase::Warmup | Phase::Measure) {
             return;
         }
         match self.connect(id) {
             Ok(mut c) => {
                 c.reopened = true;
+                c.generation = generation;
                 self.conns[id] = c;
             }
             Err(e) => fail(&format!("reconnect #{id}: {e}")),
@@ -418,11 +425,9 @@ impl Gen {
                 fail(&format!("connection {id}: echo differs at byte {}", recvd + k as u64));
             }
             let tls = self.conns[id].s.is_tls();
-            let reopened_before = self.conns[id].reopened;
-            let primed_before = self.conns[id].primed;
+            let generation = self.conns[id].generation;
             self.on_bytes(id, n as u64, now);
-            if self.cfg.reconnect && (reopened_before != self.conns[id].reopened || primed_before != self.conns[id].primed)
-            {
+            if self.conns[id].generation != generation {
                 return; // the slot holds a new connection now
             }
             // A short TLS read says nothing about the socket: read on.
@@ -660,6 +665,9 @@ fn main() {
     };
     if cfg.reconnect && (cfg.stream || cfg.idle) {
         die("--reconnect is for ping-pong runs");
+    }
+    if cfg.tls.is_some() && !matches!(cfg.ep, Endpoint::Tcp(_)) {
+        die("--tls is for TCP (--tcp HOST:PORT)");
     }
     if cfg.size as usize > MAX_IO && !cfg.stream {
         die(&format!("--size is at most {MAX_IO}"));

@@ -59,22 +59,40 @@ pub fn external(err: PyErr) -> Error {
 /// during the handshake `ConnectionResetError`, a peer that does not answer
 /// close_notify `TimeoutError`.
 fn tls_to_pyerr(err: TlsError) -> PyErr {
-    let ssl_exc = |name: &str, message: String| {
+    // ssl's exceptions carry `library` and `reason` (and, for a failed
+    // verification, `verify_code` and `verify_message`), as OpenSSL's do.
+    let ssl_exc = |name: &str, reason: &str, message: String, verify: Option<String>| {
         Python::attach(|py| {
-            match py.import("ssl").and_then(|m| m.getattr(name)).and_then(|t| t.call1((1, message.clone()))) {
-                Ok(e) => PyErr::from_value(e),
-                Err(e) => e,
+            let made = py.import("ssl").and_then(|m| m.getattr(name)).and_then(|t| t.call1((1, message.clone())));
+            let e = match made {
+                Ok(e) => e,
+                Err(e) => return e,
+            };
+            let _ = e.setattr("library", "SSL");
+            let _ = e.setattr("reason", reason);
+            if let Some(v) = verify {
+                // X509_V_ERR_UNSPECIFIED: rustls does not map to OpenSSL's codes.
+                let _ = e.setattr("verify_code", 1);
+                let _ = e.setattr("verify_message", v);
             }
+            PyErr::from_value(e)
         })
     };
     match err {
         TlsError::HandshakeTimeout(_) => PyConnectionAbortedError::new_err(err.to_string()),
         TlsError::HandshakeInterrupted(_) => PyConnectionResetError::new_err(err.to_string()),
         TlsError::ShutdownTimeout(_) => pyo3::exceptions::PyTimeoutError::new_err(err.to_string()),
-        TlsError::Protocol(rustls::Error::InvalidCertificate(c)) => {
-            ssl_exc("SSLCertVerificationError", format!("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {c}"))
+        TlsError::Protocol(rustls::Error::InvalidCertificate(c)) => ssl_exc(
+            "SSLCertVerificationError",
+            "CERTIFICATE_VERIFY_FAILED",
+            format!("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {c}"),
+            Some(c.to_string()),
+        ),
+        TlsError::Protocol(e) => {
+            let reason = format!("{e:?}");
+            let reason = reason.split(['(', ' ', '{']).next().unwrap_or("TLS_ERROR").to_string();
+            ssl_exc("SSLError", &reason, format!("[SSL: {reason}] {e}"), None)
         }
-        TlsError::Protocol(e) => ssl_exc("SSLError", format!("[SSL] {e}")),
-        other => ssl_exc("SSLError", other.to_string()),
+        other => ssl_exc("SSLError", "TLS_ERROR", other.to_string(), None),
     }
 }

@@ -163,7 +163,9 @@ impl TlsContext {
         let secs = |v: Option<f64>| -> PyResult<Option<Duration>> {
             match v {
                 None => Ok(None),
-                Some(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+                Some(s) if s > 0.0 => Duration::try_from_secs_f64(s)
+                    .map(Some)
+                    .map_err(|_| PyValueError::new_err(format!("timeout is out of range: {s}"))),
                 Some(s) => Err(PyValueError::new_err(format!("timeout should be a positive number, got {s}"))),
             }
         };

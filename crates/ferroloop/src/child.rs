@@ -201,7 +201,14 @@ impl EventLoop {
                         token: Cell::new(Token(0)),
                         callback: RefCell::new(Some(Box::new(f))),
                     });
-                    let token = self.register(&mut SourceFd(&raw), Interest::READABLE, watch.clone())?;
+                    let token = match self.register(&mut SourceFd(&raw), Interest::READABLE, watch.clone()) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            // The caller keeps the child: no reaping on drop.
+                            watch.callback.borrow_mut().take();
+                            return Err(e);
+                        }
+                    };
                     watch.token.set(token);
                     return Ok(());
                 }

@@ -18,6 +18,14 @@ use ferroloop::{protocol_ref, EventLoop, StreamSocket, Transport};
 /// The tests of this file count and reuse descriptors: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `StreamSocket::borrow_raw` on a descriptor the test keeps open until the
+/// transport has let go of it (each test closes it only after
+/// `connection_lost`, or never).
+fn borrow(fd: std::os::fd::RawFd) -> std::io::Result<StreamSocket> {
+    // SAFETY: see above; the socket objects outlive the transports in every test.
+    unsafe { StreamSocket::borrow_raw(fd) }
+}
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -42,7 +50,7 @@ fn borrowed_tcp_socket_echoes_and_stays_open_after_connection_lost() {
     let (ours, mut peer) = tcp_pair();
     let proto = Recorder::new().on_data(|t, d| t.write(d).unwrap());
     let log = proto.log.clone();
-    let t = lp.create_transport(StreamSocket::borrow_raw(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
     assert_eq!(t.socket_fd(), Some(ours.as_raw_fd()), "the transport works on the descriptor itself, not a copy");
     let payload = pattern(300_000, 7);
     let writer = {
@@ -83,7 +91,7 @@ fn a_connection_costs_one_descriptor() {
     let n = 50;
     for _ in 0..n {
         let (a, b) = UnixStream::pair().unwrap();
-        let t = lp.create_transport(StreamSocket::borrow_raw(a.as_raw_fd()).unwrap(), protocol_ref(Recorder::new())).unwrap();
+        let t = lp.create_transport(borrow(a.as_raw_fd()).unwrap(), protocol_ref(Recorder::new())).unwrap();
         keep.push((a, b, t));
     }
     run_for(&lp, 0.02);
@@ -105,7 +113,7 @@ fn abort_stops_all_io_on_a_borrowed_descriptor() {
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let proto = Recorder::new();
     let log = proto.log.clone();
-    let t = lp.create_transport(StreamSocket::borrow_raw(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
     run_for(&lp, 0.02);
     t.abort();
     // Data sent after the abort is never read by the engine: it stays in the socket.
@@ -127,7 +135,7 @@ fn close_socket_stops_io_and_leaves_the_descriptor_open() {
     let (ours, peer) = UnixStream::pair().unwrap();
     let proto = Recorder::new();
     let log = proto.log.clone();
-    let t = lp.create_transport(StreamSocket::borrow_raw(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
     run_for(&lp, 0.02);
     t.close_socket();
     assert_eq!(t.socket_fd(), None);
@@ -159,11 +167,11 @@ fn the_poll_forgets_the_descriptor_before_connection_lost() {
         let (a, b) = UnixStream::pair().unwrap();
         let rec = Recorder::new();
         let log = rec.log.clone();
-        let t = lp2.create_transport(StreamSocket::borrow_raw(a.as_raw_fd()).unwrap(), protocol_ref(rec)).unwrap();
+        let t = lp2.create_transport(borrow(a.as_raw_fd()).unwrap(), protocol_ref(rec)).unwrap();
         *s2.borrow_mut() = Some((a, b, t, log));
     });
     let log = proto.log.clone();
-    let _t = lp.create_transport(StreamSocket::borrow_raw(old_fd).unwrap(), protocol_ref(proto)).unwrap();
+    let _t = lp.create_transport(borrow(old_fd).unwrap(), protocol_ref(proto)).unwrap();
     run_for(&lp, 0.02);
     peer.shutdown(Shutdown::Write).unwrap();
     must(&lp, 10.0, "lost", || log.borrow().is_lost());
@@ -178,9 +186,9 @@ fn the_poll_forgets_the_descriptor_before_connection_lost() {
 #[test]
 fn borrow_raw_refuses_what_is_not_a_socket() {
     let _serial = serial();
-    assert!(StreamSocket::borrow_raw(-1).is_err());
+    assert!(borrow(-1).is_err());
     let f = std::fs::File::open("/proc/self/stat").unwrap();
-    assert!(StreamSocket::borrow_raw(f.as_raw_fd()).is_err());
+    assert!(borrow(f.as_raw_fd()).is_err());
 }
 
 #[test]
@@ -192,7 +200,7 @@ fn add_writer_on_the_descriptor_of_a_borrowed_transport() {
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let proto = Recorder::new();
     let log = proto.log.clone();
-    let t = lp.create_transport(StreamSocket::borrow_raw(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
     run_for(&lp, 0.02);
     let fired = Rc::new(std::cell::Cell::new(0));
     let f2 = fired.clone();

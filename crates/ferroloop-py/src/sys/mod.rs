@@ -123,3 +123,15 @@ pub fn copy_context(py: pyo3::Python<'_>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny
         pyo3::Bound::from_owned_ptr_or_err(py, p).map(pyo3::Bound::unbind)
     }
 }
+
+/// The engine's stream socket on the Python socket's own descriptor (no
+/// duplicate: one descriptor per connection).
+pub fn borrow_stream_socket(fd: std::os::fd::RawFd) -> std::io::Result<ferroloop::StreamSocket> {
+    // SAFETY: `fd` belongs to the Python `socket` object of the transport
+    // the engine transport is made for, and only that transport's
+    // `_finish()` closes it: after `connection_lost`, which the engine
+    // delivers once it has let go of the descriptor (or after
+    // `close_socket()` in the finalizer). Until then the object, and with it
+    // the descriptor, stays open.
+    unsafe { ferroloop::StreamSocket::borrow_raw(fd) }
+}

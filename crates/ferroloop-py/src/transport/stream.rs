@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use ferroloop::{Error, EventLoop, Protocol, ProtocolRef, StreamSocket, Transport};
+use ferroloop::{Error, EventLoop, Protocol, ProtocolRef, Transport};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
@@ -206,7 +206,8 @@ impl Protocol for PyProtocolAdapter {
                 Ok(keep) => keep,
                 Err(e) if self.shared.read_pipe.get() => {
                     // A read pipe closes after EOF whatever eof_received does.
-                    self.shared.callback_error(py, e, "BaseProtocol.eof_received()", &self.proto);
+                    let what = format!("{}.eof_received()", self.proto.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_default());
+                    self.shared.callback_error(py, e, &what, &self.proto);
                     false
                 }
                 Err(e) => {
@@ -438,13 +439,13 @@ impl StreamCore {
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
         let Some(tls) = tls else {
-            let stream = StreamSocket::borrow_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+            let stream = crate::sys::borrow_stream_socket(fd).map_err(|e| io_to_pyerr(&e))?;
             return Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| {
                 lp.create_transport(stream, proto)
             });
         };
         let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
-        let stream = StreamSocket::borrow_raw(fd).map_err(|e| io_to_pyerr(&e))?;
+        let stream = crate::sys::borrow_stream_socket(fd).map_err(|e| io_to_pyerr(&e))?;
         let done = tls_done_callback(transport.clone_ref(py));
         Self::build(py, &lp, loop_obj, transport, protocol, None, move |lp, proto| {
             lp.create_tls_transport(stream, proto, opts, done)

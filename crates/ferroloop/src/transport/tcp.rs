@@ -99,7 +99,14 @@ impl StreamSocket {
     /// `socket` object, in the transport's `_finish`).
     ///
     /// Fails unless `fd` is an open socket.
-    pub fn borrow_raw(fd: std::os::fd::RawFd) -> io::Result<StreamSocket> {
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay open, and be this socket, until the transport made on
+    /// it has let go of it (its `connection_lost` ran, or `close_socket`
+    /// returned); closing it earlier would let the engine act on whatever
+    /// descriptor reuses the number.
+    pub unsafe fn borrow_raw(fd: std::os::fd::RawFd) -> io::Result<StreamSocket> {
         Ok(StreamSocket::Borrowed(BorrowedSocket { sock: crate::sys::borrow_socket(fd)? }))
     }
 

@@ -288,7 +288,12 @@ impl TlsInner {
         if let Some(stream) = raw.stream_inner() {
             stream.set_tls_layer(Rc::downgrade(self));
         }
-        *self.raw.borrow_mut() = Some(raw);
+        *self.raw.borrow_mut() = Some(raw.clone());
+        if self.st.borrow().closing {
+            // close()/abort() came before the socket was ours: no handshake.
+            raw.abort();
+            return;
+        }
         let timeout = self.handshake_timeout;
         self.set_timer(timeout, move |me| {
             if !me.st.borrow().handshaken {
@@ -545,7 +550,14 @@ impl TlsInner {
             if abort {
                 raw.abort();
             } else {
+                // The alert goes out first, but a peer that does not read
+                // must not hold the socket: abort after the shutdown timeout.
                 raw.close();
+                self.set_timer(self.shutdown_timeout, |me| {
+                    if let Some(raw) = me.raw() {
+                        raw.abort();
+                    }
+                });
             }
         }
     }
@@ -1065,6 +1077,9 @@ impl EventLoop {
         let inner = TlsInner::new(self, session, hs, sd, on_hs);
         inner.defer_failure.set(true);
         transport.set_protocol(Rc::new(RefCell::new(TlsProto(inner.clone()))));
+        // As asyncio's start_tls: the handshake needs the socket read, even
+        // if the plain protocol had paused reading.
+        transport.resume_reading();
         inner.raw_made(transport.clone());
         Ok(inner.transport())
     }
@@ -1103,12 +1118,13 @@ impl EventLoop {
         let (session, hs, sd) = session_for(tls.into(), "create_tls_transport")?;
         let on_hs: OnHandshake = Box::new(move |r| match r {
             Ok(t) => {
-                let ok = t.tls_inner().map(|i| i.start_app(protocol)).unwrap_or(false);
-                if ok {
-                    on_handshake(Ok(t));
-                } else {
-                    on_handshake(Err(Error::state("connection_made() failed")));
+                // A connection_made that fails has already been reported and
+                // the connection aborted: connection_lost follows, so the
+                // handshake itself is still reported as done.
+                if let Some(i) = t.tls_inner() {
+                    i.start_app(protocol);
                 }
+                on_handshake(Ok(t));
             }
             Err(e) => on_handshake(Err(e)),
         });
