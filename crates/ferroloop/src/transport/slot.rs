@@ -143,7 +143,7 @@ pub(crate) trait SlotHost: Sized {
     /// is no protocol or it is busy; a panic goes to
     /// [`SlotHost::protocol_panicked`]. Then deliver the notes raised
     /// meanwhile. `None`: not called, or it panicked.
-    #[inline]
+    #[inline(always)]
     fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut Self::Proto) -> R) -> Option<R> {
         let p = self.slot().get()?;
         let r = {
@@ -173,10 +173,19 @@ pub(crate) trait SlotHost: Sized {
 
     /// Deliver the queued notes, in order, while the protocol is free. A
     /// nested call (from a note's delivery) leaves them to the outer loop.
-    #[inline]
+    #[inline(always)]
     fn flush_notes(self: &Rc<Self>) {
+        // The usual case, on every protocol call: nothing queued.
+        if !self.slot().notes.borrow().is_empty() {
+            self.flush_queued_notes();
+        }
+    }
+
+    /// [`SlotHost::flush_notes`] with notes queued.
+    #[inline(never)]
+    fn flush_queued_notes(self: &Rc<Self>) {
         let slot = self.slot();
-        if slot.notes.borrow().is_empty() || slot.flushing.replace(true) {
+        if slot.flushing.replace(true) {
             return;
         }
         loop {
