@@ -11,6 +11,7 @@
 pub(crate) mod buffer;
 pub mod handle;
 pub mod pipe;
+pub(crate) mod slot;
 pub mod stream;
 pub mod subprocess;
 pub mod tcp;

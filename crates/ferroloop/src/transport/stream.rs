@@ -12,18 +12,18 @@ use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
 use mio::Token;
 
 use crate::error::{Error, Result};
-use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
+use crate::event_loop::{EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
 use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
+use crate::transport::slot::{ProtocolSlot, SlotHost};
 use crate::transport::tls::TlsInner;
 pub use crate::transport::handle::Transport;
 
@@ -171,7 +171,7 @@ impl Write for SockWriter<'_> {
 /// A protocol notification that could not be delivered at once because the
 /// protocol was busy in one of its own methods.
 #[derive(Clone, Copy)]
-enum Note {
+pub(crate) enum Note {
     PauseWriting,
     ResumeWriting,
 }
@@ -223,14 +223,14 @@ pub(crate) struct StreamInner {
     registered: Cell<bool>,
     token: Cell<Token>,
     st: RefCell<State>,
-    protocol: RefCell<Option<ProtocolRef>>,
+    /// The protocol, and its notes (see `transport::slot`).
+    slot: ProtocolSlot<dyn Protocol, Note>,
     /// Whether the current protocol is a buffered one, as its first
     /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
     /// `get_buffer` is not called again until `set_protocol` replaces it.
     buffered: Cell<Option<bool>>,
     /// Bumped by `set_protocol`: an answer of a replaced protocol is not cached.
     protocol_epoch: Cell<u32>,
-    notes: RefCell<Vec<Note>>,
     server: RefCell<Option<(Weak<ServerInner>, usize)>>,
     peername: Option<Address>,
     sockname: Option<Address>,
@@ -306,10 +306,9 @@ impl StreamTransport {
             registered: Cell::new(false),
             token: Cell::new(Token(0)),
             st: RefCell::new(State::default()),
-            protocol: RefCell::new(Some(protocol)),
+            slot: ProtocolSlot::new(Some(protocol)),
             buffered: Cell::new(None),
             protocol_epoch: Cell::new(0),
-            notes: RefCell::new(Vec::new()),
             server: RefCell::new(server),
             peername,
             sockname,
@@ -521,7 +520,7 @@ impl StreamTransport {
     /// Switch the protocol; later events go to `protocol`. Allowed from
     /// within the current protocol's methods.
     pub fn set_protocol(&self, protocol: ProtocolRef) {
-        let old = self.inner.protocol.borrow_mut().replace(protocol);
+        let old = self.inner.slot.replace(Some(protocol));
         self.inner.buffered.set(None);
         self.inner.protocol_epoch.set(self.inner.protocol_epoch.get().wrapping_add(1));
         drop(old);
@@ -529,70 +528,13 @@ impl StreamTransport {
 
     /// The current protocol (`None` after `connection_lost`).
     pub fn get_protocol(&self) -> Option<ProtocolRef> {
-        self.inner.protocol.borrow().clone()
+        self.inner.slot.get()
     }
 }
 
 impl StreamInner {
     fn transport(self: &Rc<Self>) -> Transport {
         Transport::from_stream(self.clone())
-    }
-
-    /// Call the current protocol, catching panics (which abort the connection).
-    /// Returns `None` if there is no protocol, it is busy, or it panicked.
-    fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn Protocol) -> R) -> Option<R> {
-        let p = self.protocol.borrow().clone()?;
-        let r = {
-            let mut guard = p.try_borrow_mut().ok()?;
-            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
-        };
-        let out = match r {
-            Ok(v) => Some(v),
-            Err(payload) => {
-                let msg = panic_message(&*payload);
-                self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
-                None
-            }
-        };
-        self.flush_notes();
-        out
-    }
-
-    /// Deliver a flow-control notification now, or after the protocol's
-    /// current method returns if it is busy.
-    fn notify(self: &Rc<Self>, note: Note) {
-        let busy = match self.protocol.borrow().as_ref() {
-            None => return,
-            Some(p) => p.try_borrow_mut().is_err(),
-        };
-        if busy {
-            self.notes.borrow_mut().push(note);
-            return;
-        }
-        self.deliver_note(note);
-    }
-
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
-        }
-        match note {
-            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
-        };
-    }
-
-    fn flush_notes(self: &Rc<Self>) {
-        loop {
-            let note = {
-                let mut notes = self.notes.borrow_mut();
-                if notes.is_empty() {
-                    return;
-                }
-                notes.remove(0)
-            };
-            self.deliver_note(note);
-        }
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
@@ -1103,20 +1045,8 @@ impl StreamInner {
             self.unregister();
         }
         if started {
-            let p = self.protocol.borrow().clone();
-            if let Some(p) = p {
-                // Not `with_protocol`: a panic here must not start another close.
-                let r = match p.try_borrow_mut() {
-                    Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(err))),
-                    Err(_) => Ok(()),
-                };
-                if let Err(payload) = r {
-                    self.lp.call_exception_handler(ExceptionContext {
-                        message: "Exception in protocol.connection_lost()".into(),
-                        error: Some(Error::Panic(panic_message(&*payload))),
-                    });
-                }
-            }
+            // Not `with_protocol`: a panic here must not start another close.
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
         }
         self.release();
     }
@@ -1145,9 +1075,7 @@ impl StreamInner {
                 std::mem::forget(s);
             }
         }
-        let proto = self.protocol.borrow_mut().take();
-        drop(proto);
-        self.notes.borrow_mut().clear();
+        self.slot.release();
         self.st.borrow_mut().buf.clear();
         let on_made = self.on_made.borrow_mut().take();
         drop(on_made);
@@ -1190,6 +1118,34 @@ impl StreamInner {
     /// The TLS transport layered over this one, while it lives.
     pub(crate) fn tls_layer(&self) -> Option<Rc<TlsInner>> {
         self.tls_layer.borrow().upgrade()
+    }
+}
+
+impl SlotHost for StreamInner {
+    type Proto = dyn Protocol;
+    type Note = Note;
+
+    fn slot(&self) -> &ProtocolSlot<dyn Protocol, Note> {
+        &self.slot
+    }
+
+    fn event_loop(&self) -> &EventLoop {
+        &self.lp
+    }
+
+    /// A panicking protocol aborts the connection.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+    }
+
+    fn deliver_note(self: &Rc<Self>, note: Note) {
+        if self.st.borrow().lost {
+            return;
+        }
+        match note {
+            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
+            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
+        };
     }
 }
 
@@ -1240,9 +1196,7 @@ impl IoSource for StreamInner {
         // Break the transport -> protocol link (a protocol usually holds its
         // transport): the pair can then be freed, and the socket closes when
         // the last handle goes.
-        let proto = self.protocol.borrow_mut().take();
-        drop(proto);
-        self.notes.borrow_mut().clear();
+        self.slot.release();
         let on_made = self.on_made.borrow_mut().take();
         drop(on_made);
         let drained = self.on_drained.borrow_mut().take();

@@ -50,22 +50,21 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::Command;
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
+use crate::event_loop::EventLoop;
 use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
+use crate::transport::slot::{ProtocolSlot, SlotHost};
 use crate::sys;
 use crate::transport::Transport;
 
@@ -149,7 +148,7 @@ pub struct SubprocessOptions {
 }
 
 /// A protocol event, held while it cannot be delivered.
-enum Call {
+pub(crate) enum Call {
     Data(i32, Vec<u8>),
     PipeLost(i32, Option<Error>),
     Exited,
@@ -161,7 +160,9 @@ enum Call {
 struct SubprocInner {
     lp: EventLoop,
     pid: u32,
-    protocol: RefCell<Option<SubprocessProtocolRef>>,
+    /// The protocol, and the events raised while it was busy in one of its
+    /// methods (see `transport::slot`).
+    slot: ProtocolSlot<dyn SubprocessProtocol, Call>,
     pipes: RefCell<[Option<Transport>; 3]>,
     /// Pipes whose transport has not delivered `connection_lost` yet.
     connected: Cell<[bool; 3]>,
@@ -173,9 +174,6 @@ struct SubprocInner {
     lost: Cell<bool>,
     /// Events before `connection_made` (`None` once it was delivered).
     pending: RefCell<Option<Vec<Call>>>,
-    /// Events raised while the protocol was busy in one of its methods.
-    deferred: RefCell<VecDeque<Call>>,
-    flushing: Cell<bool>,
     waiters: RefCell<Vec<LoopFuture<i32>>>,
     on_made: RefCell<Option<OnMade>>,
 }
@@ -261,13 +259,13 @@ impl SubprocessTransport {
 
     /// Switch the protocol; later events go to `protocol`.
     pub fn set_protocol(&self, protocol: SubprocessProtocolRef) {
-        let old = self.inner.protocol.borrow_mut().replace(protocol);
+        let old = self.inner.slot.replace(Some(protocol));
         drop(old);
     }
 
     /// The current protocol (`None` after `connection_lost`).
     pub fn get_protocol(&self) -> Option<SubprocessProtocolRef> {
-        self.inner.protocol.borrow().clone()
+        self.inner.slot.get()
     }
 
     /// The loop this transport runs on.
@@ -305,35 +303,6 @@ impl SubprocInner {
         SubprocessTransport { inner: self.clone() }
     }
 
-    /// Call the protocol, catching panics (reported to the exception
-    /// handler). `None`: no protocol, busy, or it panicked.
-    fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn SubprocessProtocol) -> R) -> Option<R> {
-        let p = self.protocol.borrow().clone()?;
-        let r = {
-            let mut guard = p.try_borrow_mut().ok()?;
-            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
-        };
-        let out = match r {
-            Ok(v) => Some(v),
-            Err(payload) => {
-                self.lp.call_exception_handler(ExceptionContext {
-                    message: format!("Exception in protocol.{what}() of a subprocess transport"),
-                    error: Some(Error::Panic(panic_message(&*payload))),
-                });
-                None
-            }
-        };
-        self.flush_deferred();
-        out
-    }
-
-    fn busy(&self) -> bool {
-        match self.protocol.borrow().as_ref() {
-            Some(p) => p.try_borrow_mut().is_err(),
-            None => false,
-        }
-    }
-
     /// Deliver `c` now, or hold it (before `connection_made`, or while the
     /// protocol is busy).
     fn call(self: &Rc<Self>, c: Call) {
@@ -341,60 +310,17 @@ impl SubprocInner {
             p.push(c);
             return;
         }
-        if self.busy() || !self.deferred.borrow().is_empty() {
-            self.deferred.borrow_mut().push_back(c);
-            return;
-        }
-        self.deliver(c);
+        self.notify(c);
     }
 
     /// Pipe data: delivered without a copy when the protocol is free.
     fn data(self: &Rc<Self>, fd: i32, data: &[u8]) {
-        let hold = self.pending.borrow().is_some() || self.busy() || !self.deferred.borrow().is_empty();
+        let hold = self.pending.borrow().is_some() || self.slot.must_queue();
         if hold {
             self.call(Call::Data(fd, data.to_vec()));
         } else {
             self.with_protocol("pipe_data_received", |p| p.pipe_data_received(fd, data));
         }
-    }
-
-    fn deliver(self: &Rc<Self>, c: Call) {
-        match c {
-            Call::Data(fd, data) => {
-                self.with_protocol("pipe_data_received", |p| p.pipe_data_received(fd, &data));
-            }
-            Call::PipeLost(fd, exc) => {
-                self.with_protocol("pipe_connection_lost", |p| p.pipe_connection_lost(fd, exc));
-            }
-            Call::Exited => {
-                self.with_protocol("process_exited", |p| p.process_exited());
-            }
-            Call::PauseWriting => {
-                self.with_protocol("pause_writing", |p| p.pause_writing());
-            }
-            Call::ResumeWriting => {
-                self.with_protocol("resume_writing", |p| p.resume_writing());
-            }
-            Call::Lost => {
-                // Never from inside another callback: from the ready queue.
-                let me = self.clone();
-                self.lp.schedule(Box::new(move || me.deliver_connection_lost()));
-            }
-        }
-    }
-
-    fn flush_deferred(self: &Rc<Self>) {
-        if self.flushing.replace(true) {
-            return;
-        }
-        loop {
-            if self.busy() {
-                break;
-            }
-            let Some(c) = self.deferred.borrow_mut().pop_front() else { break };
-            self.deliver(c);
-        }
-        self.flushing.set(false);
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
@@ -414,25 +340,13 @@ impl SubprocInner {
         if self.lost.replace(true) {
             return;
         }
-        let p = self.protocol.borrow_mut().take();
-        if let Some(p) = p {
-            let r = match p.try_borrow_mut() {
-                Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(None))),
-                Err(_) => Ok(()),
-            };
-            if let Err(payload) = r {
-                self.lp.call_exception_handler(ExceptionContext {
-                    message: "Exception in protocol.connection_lost() of a subprocess transport".into(),
-                    error: Some(Error::Panic(panic_message(&*payload))),
-                });
-            }
-        }
+        self.deliver_lost(self.slot.take(), |p| p.connection_lost(None));
         let rc = self.returncode.get().unwrap_or(255);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters {
             w.set(Ok(rc));
         }
-        self.deferred.borrow_mut().clear();
+        self.slot.clear_notes();
     }
 
     fn pipe_lost(self: &Rc<Self>, fd: i32, exc: Option<Error>) {
@@ -491,6 +405,50 @@ impl SubprocInner {
         }
         if self.returncode.get().is_none() && !self.lost.get() {
             let _ = sys::process::kill(self.pid, sig);
+        }
+    }
+}
+
+impl SlotHost for SubprocInner {
+    type Proto = dyn SubprocessProtocol;
+    type Note = Call;
+    const REPORT_SUFFIX: &'static str = " of a subprocess transport";
+
+    fn slot(&self) -> &ProtocolSlot<dyn SubprocessProtocol, Call> {
+        &self.slot
+    }
+
+    fn event_loop(&self) -> &EventLoop {
+        &self.lp
+    }
+
+    /// A panic is reported; the process goes on.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.report_panic(what, msg);
+    }
+
+    fn deliver_note(self: &Rc<Self>, c: Call) {
+        match c {
+            Call::Data(fd, data) => {
+                self.with_protocol("pipe_data_received", |p| p.pipe_data_received(fd, &data));
+            }
+            Call::PipeLost(fd, exc) => {
+                self.with_protocol("pipe_connection_lost", |p| p.pipe_connection_lost(fd, exc));
+            }
+            Call::Exited => {
+                self.with_protocol("process_exited", |p| p.process_exited());
+            }
+            Call::PauseWriting => {
+                self.with_protocol("pause_writing", |p| p.pause_writing());
+            }
+            Call::ResumeWriting => {
+                self.with_protocol("resume_writing", |p| p.resume_writing());
+            }
+            Call::Lost => {
+                // Never from inside another callback: from the ready queue.
+                let me = self.clone();
+                self.lp.schedule(Box::new(move || me.deliver_connection_lost()));
+            }
         }
     }
 }
@@ -583,7 +541,7 @@ fn spawn(
     let inner = Rc::new(SubprocInner {
         lp: lp.clone(),
         pid,
-        protocol: RefCell::new(Some(protocol)),
+        slot: ProtocolSlot::new(Some(protocol)),
         pipes: RefCell::new([None, None, None]),
         connected: Cell::new([false; 3]),
         returncode: Cell::new(None),
@@ -591,8 +549,6 @@ fn spawn(
         finished: Cell::new(false),
         lost: Cell::new(false),
         pending: RefCell::new(Some(Vec::new())),
-        deferred: RefCell::new(VecDeque::new()),
-        flushing: Cell::new(false),
         waiters: RefCell::new(Vec::new()),
         on_made: RefCell::new(Some(on_made)),
     });

@@ -31,7 +31,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::SocketAddr as UnixSocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -39,11 +38,12 @@ use mio::{Interest, Token};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness};
+use crate::event_loop::{EventLoop, ExceptionContext, IoSource, Readiness};
 use crate::flow::WriteFlow;
 use crate::future::LoopFuture;
 use crate::resolve::{resolve, Family};
 use crate::sys;
+use crate::transport::slot::{ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 
 /// Datagrams read per readiness event before yielding to other sources.
@@ -259,7 +259,7 @@ impl DSock {
 
 /// A notification that could not be delivered at once because the protocol
 /// was busy in one of its own methods.
-enum Note {
+pub(crate) enum Note {
     PauseWriting,
     ResumeWriting,
     ErrorReceived(Error),
@@ -298,8 +298,8 @@ pub(crate) struct DatagramInner {
     fd: RawFd,
     token: Cell<Token>,
     st: RefCell<State>,
-    protocol: RefCell<Option<DatagramProtocolRef>>,
-    notes: RefCell<VecDeque<Note>>,
+    /// The protocol, and its notes (see `transport::slot`).
+    slot: ProtocolSlot<dyn DatagramProtocol, Note>,
     peername: Option<Address>,
     sockname: Option<Address>,
     /// The default destination (asyncio's `address`): given on creation.
@@ -351,8 +351,7 @@ impl DatagramTransport {
             fd: sock.fd(),
             token: Cell::new(Token(0)),
             st: RefCell::new(State::default()),
-            protocol: RefCell::new(Some(protocol)),
-            notes: RefCell::new(VecDeque::new()),
+            slot: ProtocolSlot::new(Some(protocol)),
             peername: sock.peer(),
             sockname: sock.local(),
             remote,
@@ -545,76 +544,19 @@ impl DatagramTransport {
 
     /// Switch the protocol; later events go to `protocol`.
     pub fn set_protocol(&self, protocol: DatagramProtocolRef) {
-        let old = self.inner.protocol.borrow_mut().replace(protocol);
+        let old = self.inner.slot.replace(Some(protocol));
         drop(old);
     }
 
     /// The current protocol (`None` after `connection_lost`).
     pub fn get_protocol(&self) -> Option<DatagramProtocolRef> {
-        self.inner.protocol.borrow().clone()
+        self.inner.slot.get()
     }
 }
 
 impl DatagramInner {
     fn transport(self: &Rc<Self>) -> DatagramTransport {
         DatagramTransport { inner: self.clone() }
-    }
-
-    /// Call the current protocol, catching panics (reported; the transport
-    /// goes on). `None` if there is no protocol, it is busy, or it panicked.
-    fn with_protocol<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn DatagramProtocol) -> R) -> Option<R> {
-        let p = self.protocol.borrow().clone()?;
-        let r = {
-            let mut guard = p.try_borrow_mut().ok()?;
-            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
-        };
-        let out = match r {
-            Ok(v) => Some(v),
-            Err(payload) => {
-                self.lp.call_exception_handler(ExceptionContext {
-                    message: format!("Exception in protocol.{what}()"),
-                    error: Some(Error::Panic(panic_message(&*payload))),
-                });
-                None
-            }
-        };
-        self.flush_notes();
-        out
-    }
-
-    /// Deliver a notification now, or after the protocol's current method
-    /// returns if it is busy.
-    fn notify(self: &Rc<Self>, note: Note) {
-        let busy = match self.protocol.borrow().as_ref() {
-            None => return,
-            Some(p) => p.try_borrow_mut().is_err(),
-        };
-        if busy {
-            self.notes.borrow_mut().push_back(note);
-        } else {
-            self.deliver_note(note);
-        }
-    }
-
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
-        }
-        match note {
-            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
-            Note::ErrorReceived(e) => self.with_protocol("error_received", |p| p.error_received(e)),
-        };
-    }
-
-    fn flush_notes(self: &Rc<Self>) {
-        loop {
-            let note = self.notes.borrow_mut().pop_front();
-            match note {
-                Some(n) => self.deliver_note(n),
-                None => return,
-            }
-        }
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
@@ -956,19 +898,7 @@ impl DatagramInner {
             st.started
         };
         if started {
-            let p = self.protocol.borrow().clone();
-            if let Some(p) = p {
-                let r = match p.try_borrow_mut() {
-                    Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(err))),
-                    Err(_) => Ok(()),
-                };
-                if let Err(payload) = r {
-                    self.lp.call_exception_handler(ExceptionContext {
-                        message: "Exception in protocol.connection_lost()".into(),
-                        error: Some(Error::Panic(panic_message(&*payload))),
-                    });
-                }
-            }
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
         }
         self.release();
     }
@@ -980,10 +910,7 @@ impl DatagramInner {
             self.lp.deregister(s.source(), self.token.get());
             drop(s);
         }
-        let proto = self.protocol.borrow_mut().take();
-        drop(proto);
-        let notes = std::mem::take(&mut *self.notes.borrow_mut());
-        drop(notes);
+        self.slot.release();
         let (queue, pending) = {
             let mut st = self.st.borrow_mut();
             st.queued = 0;
@@ -995,14 +922,41 @@ impl DatagramInner {
     }
 }
 
+impl SlotHost for DatagramInner {
+    type Proto = dyn DatagramProtocol;
+    type Note = Note;
+
+    fn slot(&self) -> &ProtocolSlot<dyn DatagramProtocol, Note> {
+        &self.slot
+    }
+
+    fn event_loop(&self) -> &EventLoop {
+        &self.lp
+    }
+
+    /// A panic is reported; the transport goes on.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.report_panic(what, msg);
+    }
+
+    fn deliver_note(self: &Rc<Self>, note: Note) {
+        if self.st.borrow().lost {
+            return;
+        }
+        match note {
+            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
+            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
+            Note::ErrorReceived(e) => self.with_protocol("error_received", |p| p.error_received(e)),
+        };
+    }
+}
+
 impl IoSource for DatagramInner {
     fn on_loop_close(&self) {
         // Break the transport -> protocol link (a protocol usually holds its
         // transport): the pair can then be freed, and the socket closes when
         // the last handle goes.
-        let proto = self.protocol.borrow_mut().take();
-        drop(proto);
-        self.notes.borrow_mut().clear();
+        self.slot.release();
         let on_made = self.on_made.borrow_mut().take();
         drop(on_made);
     }

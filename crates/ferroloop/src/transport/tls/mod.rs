@@ -42,6 +42,7 @@ use crate::future::LoopFuture;
 use crate::handle::TimerHandle;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::pipe::TransportKind;
+use crate::transport::slot::{ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 use crate::transport::tcp::{ConnectOptions, Connection};
 use crate::transport::Transport;
@@ -145,7 +146,7 @@ pub struct TlsInfo {
 type OnHandshake = Box<dyn FnOnce(Result<Transport>)>;
 
 #[derive(Clone, Copy)]
-enum Note {
+pub(crate) enum Note {
     PauseWriting,
     ResumeWriting,
 }
@@ -176,9 +177,9 @@ pub(crate) struct TlsInner {
     lp: EventLoop,
     raw: RefCell<Option<Transport>>,
     session: RefCell<TlsSession>,
-    app: RefCell<Option<ProtocolRef>>,
+    /// The application protocol, and its notes (see `transport::slot`).
+    slot: ProtocolSlot<dyn Protocol, Note>,
     st: RefCell<State>,
-    notes: RefCell<Vec<Note>>,
     /// Decrypted plaintext not yet delivered (reading paused).
     pending: RefCell<VecDeque<Vec<u8>>>,
     /// Reused plaintext buffer.
@@ -244,9 +245,8 @@ impl TlsInner {
             lp: lp.clone(),
             raw: RefCell::new(None),
             session: RefCell::new(session),
-            app: RefCell::new(None),
+            slot: ProtocolSlot::new(None),
             st: RefCell::new(State::default()),
-            notes: RefCell::new(Vec::new()),
             pending: RefCell::new(VecDeque::new()),
             rbuf: RefCell::new(Vec::new()),
             on_handshake: RefCell::new(Some(on_handshake)),
@@ -409,7 +409,7 @@ impl TlsInner {
                 return;
             }
             let rest = &data[off..];
-            let r = self.with_app("data_received", |p| match p.get_buffer(rest.len()) {
+            let r = self.with_protocol("data_received", |p| match p.get_buffer(rest.len()) {
                 Some(b) if !b.is_empty() => {
                     let n = b.len().min(rest.len());
                     b[..n].copy_from_slice(&rest[..n]);
@@ -455,7 +455,7 @@ impl TlsInner {
             };
             if !closing {
                 // The return value has no effect with TLS (asyncio warns).
-                self.with_app("eof_received", |p| {
+                self.with_protocol("eof_received", |p| {
                     p.eof_received();
                 });
             }
@@ -490,18 +490,7 @@ impl TlsInner {
             d
         };
         if deliver {
-            if let Some(p) = self.app.borrow().clone() {
-                let r = match p.try_borrow_mut() {
-                    Ok(mut g) => catch_unwind(AssertUnwindSafe(|| g.connection_lost(exc))),
-                    Err(_) => Ok(()),
-                };
-                if let Err(payload) = r {
-                    self.lp.call_exception_handler(ExceptionContext {
-                        message: "Exception in protocol.connection_lost()".into(),
-                        error: Some(Error::Panic(panic_message(&*payload))),
-                    });
-                }
-            }
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(exc));
         }
         let deferred = self.deferred_failure.borrow_mut().take();
         self.release();
@@ -514,13 +503,11 @@ impl TlsInner {
     /// the handshake callback (idempotent; a cell in use is left alone).
     fn release(&self) {
         self.cancel_timer();
-        let app = self.app.try_borrow_mut().ok().and_then(|mut a| a.take());
+        let app = self.slot.try_take();
         drop(app);
         let raw = self.raw.try_borrow_mut().ok().and_then(|mut r| r.take());
         drop(raw);
-        if let Ok(mut notes) = self.notes.try_borrow_mut() {
-            notes.clear();
-        }
+        self.slot.clear_notes();
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
             pending.clear();
         }
@@ -617,15 +604,17 @@ impl TlsInner {
 
     /// Give the application protocol the transport: `connection_made`.
     fn start_app(self: &Rc<Self>, protocol: ProtocolRef) -> bool {
-        *self.app.borrow_mut() = Some(protocol);
+        let old = self.slot.replace(Some(protocol));
+        drop(old);
         self.st.borrow_mut().app_started = true;
         let t = self.transport();
-        self.with_app("connection_made", move |p| p.connection_made(t)).is_some()
+        self.with_protocol("connection_made", move |p| p.connection_made(t)).is_some()
     }
 
     /// `start_tls`: the protocol already knows the connection; no `connection_made`.
     fn adopt_app(self: &Rc<Self>, protocol: Option<ProtocolRef>) {
-        *self.app.borrow_mut() = protocol;
+        let old = self.slot.replace(protocol);
+        drop(old);
         self.st.borrow_mut().app_started = true;
         self.schedule_pump();
     }
@@ -643,59 +632,6 @@ impl TlsInner {
             me.st.borrow_mut().pump_scheduled = false;
             me.pump();
         }));
-    }
-
-    fn with_app<R>(self: &Rc<Self>, what: &str, f: impl FnOnce(&mut dyn Protocol) -> R) -> Option<R> {
-        let p = self.app.borrow().clone()?;
-        let r = {
-            let mut guard = p.try_borrow_mut().ok()?;
-            catch_unwind(AssertUnwindSafe(|| f(&mut *guard)))
-        };
-        let out = match r {
-            Ok(v) => Some(v),
-            Err(payload) => {
-                let msg = panic_message(&*payload);
-                self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
-                None
-            }
-        };
-        self.flush_notes();
-        out
-    }
-
-    fn notify(self: &Rc<Self>, note: Note) {
-        let busy = match self.app.borrow().as_ref() {
-            None => return,
-            Some(p) => p.try_borrow_mut().is_err(),
-        };
-        if busy {
-            self.notes.borrow_mut().push(note);
-        } else {
-            self.deliver_note(note);
-        }
-    }
-
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
-        }
-        match note {
-            Note::PauseWriting => self.with_app("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_app("resume_writing", |p| p.resume_writing()),
-        };
-    }
-
-    fn flush_notes(self: &Rc<Self>) {
-        loop {
-            let note = {
-                let mut notes = self.notes.borrow_mut();
-                if notes.is_empty() {
-                    return;
-                }
-                notes.remove(0)
-            };
-            self.deliver_note(note);
-        }
     }
 
     fn maybe_pause(self: &Rc<Self>) {
@@ -927,12 +863,40 @@ impl TlsInner {
     }
 
     pub(crate) fn set_protocol(&self, protocol: ProtocolRef) {
-        let old = self.app.borrow_mut().replace(protocol);
+        let old = self.slot.replace(Some(protocol));
         drop(old);
     }
 
     pub(crate) fn get_protocol(&self) -> Option<ProtocolRef> {
-        self.app.borrow().clone()
+        self.slot.get()
+    }
+}
+
+impl SlotHost for TlsInner {
+    type Proto = dyn Protocol;
+    type Note = Note;
+
+    fn slot(&self) -> &ProtocolSlot<dyn Protocol, Note> {
+        &self.slot
+    }
+
+    fn event_loop(&self) -> &EventLoop {
+        &self.lp
+    }
+
+    /// A panicking protocol aborts the connection.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+    }
+
+    fn deliver_note(self: &Rc<Self>, note: Note) {
+        if self.st.borrow().lost {
+            return;
+        }
+        match note {
+            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
+            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
+        };
     }
 }
 
