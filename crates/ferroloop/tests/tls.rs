@@ -1256,3 +1256,42 @@ fn extra_info_keys_on_both_sides() {
     c.close();
     s.close();
 }
+
+#[test]
+fn tls_over_unix_sockets_server_and_client() {
+    // A TLS server on a Unix socket (create_unix_server with ServerOptions::tls),
+    // and a client made with create_tls_transport on a connected Unix socket.
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let dir = tmpdir("tls-unix");
+    let path = dir.join("tls.sock");
+    let slog: Log = Default::default();
+    let slog2 = slog.clone();
+    let server =
+        complete(&lp, &lp.create_unix_server(move || Echo::new(&slog2), &path, server_opts(&p)), 5.0).unwrap();
+    let sock = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let sink = Sink::default();
+    let (data, clog) = (sink.data.clone(), sink.log.clone());
+    let mut opts = client_opts(&p);
+    opts.server_name = Some("localhost".into());
+    let done: Rc<RefCell<Option<Result<(), String>>>> = Default::default();
+    let done2 = done.clone();
+    let t = lp
+        .create_tls_transport(sock.into(), ferroloop::protocol_ref(sink), opts, move |r| {
+            *done2.borrow_mut() = Some(r.map(|_| ()).map_err(|e| e.to_string()));
+        })
+        .unwrap();
+    must(&lp, 5.0, "handshake", || done.borrow().is_some());
+    assert_eq!(*done.borrow(), Some(Ok(())));
+    assert_eq!(clog.borrow().first().map(String::as_str), Some("made"));
+    assert_eq!(t.tls_info().unwrap().protocol_version.as_deref(), Some("TLSv1.3"));
+    let payload = pattern(300_000, 3);
+    t.write(&payload).unwrap();
+    must(&lp, 5.0, "echo over Unix TLS", || data.borrow().len() >= payload.len());
+    assert!(*data.borrow() == payload);
+    t.close();
+    must(&lp, 5.0, "both sides lost", || clog.borrow().len() == 2 && slog.borrow().len() == 3);
+    assert_eq!(*slog.borrow(), vec!["made", "eof", "lost:"]);
+    server.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
