@@ -150,14 +150,25 @@ class Loop(base_events.BaseEventLoop):
             self._bind_call_soon()
 
     def _bind_call_soon(self):
-        # Outside debug mode, call_soon is the core's: the handle is a Rust
-        # object with asyncio.Handle's interface, run without Python frames.
-        # Debug mode keeps asyncio's Handle (source traceback, slow-callback log).
-        # A subclass's own call_soon is left alone.
-        if self._debug or type(self).call_soon is not Loop.call_soon:
-            self.__dict__.pop("call_soon", None)
+        # The methods asyncio's C futures and tasks call per wake-up, bound
+        # from the core into the instance dict (no Python frame per call),
+        # unless a subclass overrides them. Outside debug mode, call_soon is
+        # the core's: the handle is a Rust object with asyncio.Handle's
+        # interface, run without Python frames. Debug mode keeps asyncio's
+        # Handle (source traceback, slow-callback log).
+        d = self.__dict__
+        cls = type(self)
+        core = self._core
+        if self._debug or cls.call_soon is not Loop.call_soon:
+            d.pop("call_soon", None)
         else:
-            self.__dict__["call_soon"] = self._core.call_soon_fast
+            d["call_soon"] = core.call_soon_fast
+        # get_debug() answers the core's flag, which set_debug keeps equal to
+        # self._debug; create_future() is Future(loop=self).
+        if cls.get_debug is base_events.BaseEventLoop.get_debug and cls.set_debug is Loop.set_debug:
+            d.setdefault("get_debug", core.get_debug)
+        if cls.create_future is base_events.BaseEventLoop.create_future:
+            d.setdefault("create_future", core.create_future)
 
     def _run_debug(self, handle):
         """Run ``handle`` in debug mode: log it if slower than slow_callback_duration."""

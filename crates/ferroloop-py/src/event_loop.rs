@@ -53,6 +53,8 @@ pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
     }
 }
 
+static FUTURE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
+
 /// The engine loop behind a Python `ferroloop.Loop`.
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct LoopCore {
@@ -168,6 +170,25 @@ impl LoopCore {
     /// Run one iteration.
     fn run_once(&self) -> PyResult<()> {
         self.engine()?.run_once().map_err(to_pyerr)
+    }
+
+    /// `loop.get_debug()`: the flag `set_debug` last gave the core (the
+    /// Python loop's `set_debug` keeps it equal to `loop._debug`). Bound in
+    /// the loop's instance dict: asyncio's C `Future` asks at each creation.
+    fn get_debug(&self) -> PyResult<bool> {
+        Ok(self.engine()?.get_debug())
+    }
+
+    /// `loop.create_future()`: `asyncio.Future(loop=loop)`, as
+    /// `BaseEventLoop.create_future`, without its Python frame.
+    fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let owner = self.owner.bind(py).call0()?;
+        if owner.is_none() {
+            return Err(PyRuntimeError::new_err("the event loop is gone"));
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), owner)?;
+        FUTURE.import(py, "asyncio.futures", "Future")?.call((), Some(&kwargs))
     }
 
     fn set_debug(&self, enabled: bool) -> PyResult<()> {

@@ -27,7 +27,7 @@ use crate::transport::callback::is_exit;
 /// and the attributes asyncio's own code reads). Its `__class__` is
 /// `asyncio.Handle`, so `isinstance(h, asyncio.Handle)` holds, as with
 /// stock asyncio (Python's isinstance consults `__class__`).
-#[pyclass(module = "ferroloop._ferroloop", name = "Handle", weakref)]
+#[pyclass(module = "ferroloop._ferroloop", name = "Handle", weakref, freelist = 64)]
 pub struct FastHandle {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,

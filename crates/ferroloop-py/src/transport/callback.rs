@@ -2,7 +2,7 @@
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple};
 
 use crate::sys::EnteredContext;
 
@@ -28,5 +28,27 @@ pub(crate) fn call_in_context<'py>(
         [] => method.call0(),
         [a] => method.call1((a,)),
         _ => method.call1(PyTuple::new(py, args)?),
+    }
+}
+
+/// `obj.name(*args)` inside `ctx` (or the current context): the method is
+/// looked up at each call, inside the context as asyncio's own transports
+/// do (their read callback runs in the context), and called without making
+/// a bound method.
+pub(crate) fn call_method_in_context<'py>(
+    py: Python<'py>,
+    ctx: Option<&Py<PyAny>>,
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: &[Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let _entered = match ctx {
+        Some(ctx) => Some(EnteredContext::enter(ctx.bind(py).clone())?),
+        None => None,
+    };
+    match args {
+        [] => obj.call_method0(name),
+        [a] => obj.call_method1(name, (a,)),
+        _ => obj.call_method1(name, PyTuple::new(py, args)?),
     }
 }

@@ -14,12 +14,12 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_in_context, is_exit};
+use crate::transport::callback::{call_method_in_context, is_exit};
 use crate::sys::{GilBound, WritableBuffer};
 use crate::tls::TlsContext;
 
@@ -127,14 +127,16 @@ impl Shared {
         self.report(py, &format!("Exception in callback {what}"), Some(&exc), Some(protocol));
     }
 
-    /// Call `method(*args)` inside the transport's context.
-    fn run_in_context<'py>(
+    /// Call `proto.name(*args)` inside the transport's context.
+    fn call_in_context<'py>(
         &self,
         py: Python<'py>,
-        method: &Bound<'py, PyAny>,
+        proto: &Py<PyAny>,
+        name: &Bound<'py, PyString>,
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<Bound<'py, PyAny>> {
-        call_in_context(py, Self::get(&self.context, py), method, args)
+        let ctx = self.context.borrow();
+        call_method_in_context(py, ctx.as_ref(), proto.bind(py), name, args)
     }
 }
 
@@ -154,14 +156,11 @@ impl PyProtocolAdapter {
         Ok(PyProtocolAdapter { shared, proto, buffered, buf: None })
     }
 
-    /// The per-read method, looked up at each call as asyncio does (code,
-    /// CPython's tests among it, replaces protocol methods on the fly).
-    fn data_method<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.method(py, if self.buffered { intern!(py, "buffer_updated") } else { intern!(py, "data_received") })
-    }
-
-    fn method<'py>(&self, py: Python<'py>, name: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
-        self.proto.bind(py).getattr(name)
+    /// `proto.name(*args)` in the transport's context; the method is looked
+    /// up at each call as asyncio does (code, CPython's tests among it,
+    /// replaces protocol methods on the fly).
+    fn call<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) -> PyResult<Bound<'py, PyAny>> {
+        self.shared.call_in_context(py, &self.proto, name, args)
     }
 }
 
@@ -170,12 +169,8 @@ impl Protocol for PyProtocolAdapter {
         *self.shared.engine.borrow_mut() = Some(transport);
         Python::attach(|py| {
             let tr = Shared::get(&self.shared.transport, py);
-            let r = self
-                .method(py, intern!(py, "connection_made"))
-                .and_then(|m| {
-                    let tr = tr.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
-                    self.shared.run_in_context(py, &m, &[tr])
-                });
+            let tr = tr.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
+            let r = self.call(py, intern!(py, "connection_made"), &[tr]);
             if let Err(e) = r {
                 self.shared.callback_error(py, e, "connection_made()", &self.proto);
             }
@@ -185,7 +180,7 @@ impl Protocol for PyProtocolAdapter {
     fn data_received(&mut self, data: &[u8]) {
         Python::attach(|py| {
             let bytes = PyBytes::new(py, data);
-            let r = self.data_method(py).and_then(|m| self.shared.run_in_context(py, &m, &[bytes.into_any()]));
+            let r = self.call(py, intern!(py, "data_received"), &[bytes.into_any()]);
             if let Err(e) = r {
                 if self.shared.read_pipe.get() {
                     self.shared.callback_error(py, e, "_UnixReadPipeTransport._read_ready()", &self.proto);
@@ -198,10 +193,7 @@ impl Protocol for PyProtocolAdapter {
 
     fn eof_received(&mut self) -> bool {
         Python::attach(|py| {
-            let r = self
-                .method(py, intern!(py, "eof_received"))
-                .and_then(|m| self.shared.run_in_context(py, &m, &[]))
-                .and_then(|v| v.is_truthy());
+            let r = self.call(py, intern!(py, "eof_received"), &[]).and_then(|v| v.is_truthy());
             match r {
                 Ok(keep) => keep,
                 Err(e) if self.shared.read_pipe.get() => {
@@ -224,9 +216,7 @@ impl Protocol for PyProtocolAdapter {
                 None => py.None(),
                 Some(e) => to_pyerr(e).into_value(py).into_any(),
             };
-            let r = self
-                .method(py, intern!(py, "connection_lost"))
-                .and_then(|m| self.shared.run_in_context(py, &m, &[exc_obj.into_bound(py)]));
+            let r = self.call(py, intern!(py, "connection_lost"), &[exc_obj.into_bound(py)]);
             if let Err(e) = r {
                 self.shared.callback_error(py, e, "connection_lost()", &self.proto);
             }
@@ -246,7 +236,7 @@ impl Protocol for PyProtocolAdapter {
 
     fn pause_writing(&mut self) {
         Python::attach(|py| {
-            let r = self.method(py, intern!(py, "pause_writing")).and_then(|m| self.shared.run_in_context(py, &m, &[]));
+            let r = self.call(py, intern!(py, "pause_writing"), &[]);
             if let Err(e) = r {
                 if is_exit(py, &e) {
                     return self.shared.lp.interrupt(external(e));
@@ -258,7 +248,7 @@ impl Protocol for PyProtocolAdapter {
 
     fn resume_writing(&mut self) {
         Python::attach(|py| {
-            let r = self.method(py, intern!(py, "resume_writing")).and_then(|m| self.shared.run_in_context(py, &m, &[]));
+            let r = self.call(py, intern!(py, "resume_writing"), &[]);
             if let Err(e) = r {
                 if is_exit(py, &e) {
                     return self.shared.lp.interrupt(external(e));
@@ -278,9 +268,10 @@ impl Protocol for PyProtocolAdapter {
         let got: Result<WritableBuffer, (PyErr, &'static str)> = Python::attach(|py| {
             const CALL_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
             // asyncio passes -1: "any size".
-            let obj = self
-                .method(py, intern!(py, "get_buffer"))
-                .and_then(|m| self.shared.run_in_context(py, &m, &[(-1i64).into_pyobject(py)?.into_any()]))
+            let obj = (-1i64)
+                .into_pyobject(py)
+                .map_err(PyErr::from)
+                .and_then(|n| self.call(py, intern!(py, "get_buffer"), &[n.into_any()]))
                 .map_err(|e| (e, CALL_FAILED))?;
             match obj.len() {
                 Err(e) => return Err((e, CALL_FAILED)),
@@ -313,9 +304,10 @@ impl Protocol for PyProtocolAdapter {
     fn buffer_updated(&mut self, nbytes: usize) {
         self.buf = None;
         Python::attach(|py| {
-            let r = self
-                .data_method(py)
-                .and_then(|m| self.shared.run_in_context(py, &m, &[nbytes.into_pyobject(py)?.into_any()]));
+            let r = nbytes
+                .into_pyobject(py)
+                .map_err(PyErr::from)
+                .and_then(|n| self.call(py, intern!(py, "buffer_updated"), &[n.into_any()]));
             if let Err(e) = r {
                 self.shared.fatal(py, e, "Fatal error: protocol.buffer_updated() call failed.", &self.proto);
             }
