@@ -27,6 +27,7 @@ use std::rc::Rc;
 
 use crate::error::Error;
 use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
+use crate::protocol::Protocol;
 
 /// A transport's protocol (`None` once it was let go of) and the notes
 /// waiting for it to be free.
@@ -104,8 +105,9 @@ impl<P: ?Sized, N> ProtocolSlot<P, N> {
 
 /// A transport's state that calls a protocol through a [`ProtocolSlot`].
 ///
-/// Implementors supply the slot, the loop, the reaction to a panic and the
-/// delivery of one note; the provided methods are the guarded calls.
+/// Implementors supply the slot, the loop, the delivery of one note and,
+/// unless a report is enough, the reaction to a panic; the provided methods
+/// are the guarded calls.
 pub(crate) trait SlotHost: Sized {
     /// The protocol trait object (`dyn Protocol`, `dyn DatagramProtocol`, ...).
     type Proto: ?Sized;
@@ -124,7 +126,11 @@ pub(crate) trait SlotHost: Sized {
 
     /// A protocol method `what` panicked with message `msg` (not
     /// `connection_lost`). Called before the queued notes are delivered.
-    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String);
+    /// By default the panic is reported ([`SlotHost::report_panic`]) and the
+    /// transport goes on.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.report_panic(what, msg);
+    }
 
     /// Deliver one note, now (the protocol was free when it was taken from
     /// the queue); usually through [`SlotHost::with_protocol`].
@@ -212,4 +218,23 @@ pub(crate) trait SlotHost: Sized {
             self.report_panic("connection_lost", panic_message(&*payload));
         }
     }
+}
+
+/// The note of a transport whose protocol is a [`Protocol`] (stream, TLS):
+/// write flow control.
+#[derive(Clone, Copy)]
+pub(crate) enum FlowNote {
+    PauseWriting,
+    ResumeWriting,
+}
+
+/// Deliver `note` to `host`'s [`Protocol`] (for [`SlotHost::deliver_note`]).
+pub(crate) fn deliver_flow_note<H>(host: &Rc<H>, note: FlowNote)
+where
+    H: SlotHost<Proto = dyn Protocol, Note = FlowNote>,
+{
+    match note {
+        FlowNote::PauseWriting => host.with_protocol("pause_writing", |p| p.pause_writing()),
+        FlowNote::ResumeWriting => host.with_protocol("resume_writing", |p| p.resume_writing()),
+    };
 }

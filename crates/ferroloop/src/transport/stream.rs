@@ -17,21 +17,21 @@ use std::rc::{Rc, Weak};
 use mio::Token;
 
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
+use crate::event_loop::{EventLoop, IoSource, Readiness, READ_BUFFER_SIZE};
 use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{count_dropped_write, ConnectionLost, Lifecycle, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{deliver_flow_note, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::tls::TlsInner;
 pub use crate::transport::handle::Transport;
 
 /// Reads per readiness event before yielding to other sources.
 const READS_PER_EVENT: usize = 32;
-/// After this many writes to a lost connection, each further one is logged
-/// (asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
-const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
+/// The warning logged for a dropped write on a pipe.
+const PIPE_WRITE_WARNING: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
 
 /// A socket address as reported by `get_extra_info("peername"/"sockname")`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +74,24 @@ pub enum ExtraInfo {
     /// `server_hostname` on a TLS transport: the name a client verified the
     /// server against, or the SNI a server received.
     Text(String),
+}
+
+impl ExtraInfo {
+    /// asyncio's keys of a socket transport: `peername`, `sockname`, `socket`
+    /// (`socket_fd` is asked only for that one).
+    pub(crate) fn of_socket(
+        name: &str,
+        peername: Option<&Address>,
+        sockname: Option<&Address>,
+        socket_fd: impl FnOnce() -> Option<RawFd>,
+    ) -> Option<ExtraInfo> {
+        match name {
+            "peername" => peername.cloned().map(ExtraInfo::Address),
+            "sockname" => sockname.cloned().map(ExtraInfo::Address),
+            "socket" => socket_fd().map(ExtraInfo::Fd),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) enum Sock {
@@ -168,26 +186,12 @@ impl Write for SockWriter<'_> {
     }
 }
 
-/// A protocol notification that could not be delivered at once because the
-/// protocol was busy in one of its own methods.
-#[derive(Clone, Copy)]
-pub(crate) enum Note {
-    PauseWriting,
-    ResumeWriting,
-}
-
 #[derive(Default)]
 struct State {
-    /// `connection_made` was delivered.
-    started: bool,
-    closing: bool,
-    /// asyncio's `_conn_lost`: >0 once `connection_lost` is scheduled;
-    /// counts writes dropped after that.
-    conn_lost: u32,
-    /// `connection_lost` was delivered.
-    lost: bool,
+    /// Closing and `connection_lost` (see `transport::lifecycle`).
+    life: Lifecycle,
     /// Writes dropped because a write pipe was closing (asyncio counts them
-    /// with `_conn_lost`; here `conn_lost` keeps meaning "lost is scheduled").
+    /// with `_conn_lost`; here `life.conn_lost` keeps meaning "lost is scheduled").
     dropped_writes: u32,
     /// `write_eof` was called.
     eof: bool,
@@ -224,7 +228,7 @@ pub(crate) struct StreamInner {
     token: Cell<Token>,
     st: RefCell<State>,
     /// The protocol, and its notes (see `transport::slot`).
-    slot: ProtocolSlot<dyn Protocol, Note>,
+    slot: ProtocolSlot<dyn Protocol, FlowNote>,
     /// Whether the current protocol is a buffered one, as its first
     /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
     /// `get_buffer` is not called again until `set_protocol` replaces it.
@@ -347,7 +351,7 @@ impl StreamTransport {
 
     /// True once `close`/`abort` was called or the connection was lost.
     pub fn is_closing(&self) -> bool {
-        self.inner.st.borrow().closing
+        self.inner.st.borrow().life.closing
     }
 
     /// Close at once, dropping buffered data; `connection_lost(None)` follows.
@@ -373,12 +377,7 @@ impl StreamTransport {
     /// finalizers of transports that were never closed (asyncio's
     /// `__del__` does the same). Buffered data is dropped.
     pub fn close_socket(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            st.closing = true;
-            st.lost = true;
-            st.conn_lost = st.conn_lost.max(1);
-        }
+        self.inner.st.borrow_mut().life.close_silently();
         self.inner.release();
     }
 
@@ -424,7 +423,7 @@ impl StreamTransport {
     /// once, even inside `data_received`. No-op if closing or already paused.
     pub fn pause_reading(&self) {
         let mut st = self.inner.st.borrow_mut();
-        if st.closing || st.read_paused || self.inner.kind == TransportKind::WritePipe {
+        if st.life.closing || st.read_paused || self.inner.kind == TransportKind::WritePipe {
             return;
         }
         st.read_paused = true;
@@ -434,7 +433,7 @@ impl StreamTransport {
     pub fn resume_reading(&self) {
         {
             let mut st = self.inner.st.borrow_mut();
-            if st.closing || !st.read_paused {
+            if st.life.closing || !st.read_paused {
                 return;
             }
             st.read_paused = false;
@@ -446,7 +445,7 @@ impl StreamTransport {
     /// false for a write pipe).
     pub fn is_reading(&self) -> bool {
         let st = self.inner.st.borrow();
-        !st.read_paused && !st.closing && self.inner.kind != TransportKind::WritePipe
+        !st.read_paused && !st.life.closing && self.inner.kind != TransportKind::WritePipe
     }
 
     /// Bytes queued for sending.
@@ -478,12 +477,7 @@ impl StreamTransport {
         if self.inner.kind.is_pipe() {
             return (name == "pipe").then_some(ExtraInfo::Fd(self.inner.fd));
         }
-        match name {
-            "peername" => self.peername().map(ExtraInfo::Address),
-            "sockname" => self.sockname().map(ExtraInfo::Address),
-            "socket" => self.socket_fd().map(ExtraInfo::Fd),
-            _ => None,
-        }
+        ExtraInfo::of_socket(name, self.inner.peername.as_ref(), self.inner.sockname.as_ref(), || self.socket_fd())
     }
 
     /// The peer's address (captured when the transport was made).
@@ -538,7 +532,7 @@ impl StreamInner {
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
-        self.st.borrow_mut().started = true;
+        self.st.borrow_mut().life.started = true;
         let t = self.transport();
         let ok = self.with_protocol("connection_made", move |p| p.connection_made(t)).is_some();
         let on_made = self.on_made.borrow_mut().take();
@@ -554,7 +548,7 @@ impl StreamInner {
     pub(crate) fn schedule_read(self: &Rc<Self>) {
         {
             let mut st = self.st.borrow_mut();
-            if st.read_scheduled || st.closing {
+            if st.read_scheduled || st.life.closing {
                 return;
             }
             st.read_scheduled = true;
@@ -568,7 +562,7 @@ impl StreamInner {
 
     fn can_read(&self) -> bool {
         let st = self.st.borrow();
-        st.started && !st.closing && !st.read_paused && !st.read_eof
+        st.life.started && !st.life.closing && !st.read_paused && !st.read_eof
     }
 
     /// Ask the poll to report the socket's current readiness again
@@ -641,7 +635,7 @@ impl StreamInner {
         match buffered {
             None => ReadOutcome::Failed,
             Some(Some(ReadOutcome::EmptyBuffer)) => {
-                if self.st.borrow().closing {
+                if self.st.borrow().life.closing {
                     // The protocol failed in get_buffer and closed the transport itself.
                     return ReadOutcome::Failed;
                 }
@@ -697,17 +691,14 @@ impl StreamInner {
             {
                 let mut st = self.st.borrow_mut();
                 st.read_eof = true;
-                if st.conn_lost > 0 {
+                if !st.life.abort() {
                     return;
                 }
-                st.closing = true;
-                st.conn_lost += 1;
             }
             self.with_protocol("eof_received", |p| {
                 p.eof_received();
             });
-            let me = self.clone();
-            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+            self.schedule_connection_lost(None);
             return;
         }
         self.st.borrow_mut().read_eof = true;
@@ -734,27 +725,19 @@ impl StreamInner {
             if data.is_empty() {
                 return Ok(());
             }
-            if self.kind.is_pipe() && st.closing && st.conn_lost == 0 {
+            if self.kind.is_pipe() && st.life.closing && st.life.conn_lost == 0 {
                 // asyncio's write pipe drops writes once closing (close/write_eof).
-                st.dropped_writes += 1;
-                if st.dropped_writes >= CONNLOST_WRITE_LOG_THRESHOLD {
+                if count_dropped_write(&mut st.dropped_writes) {
                     drop(st);
-                    self.lp.warn("pipe closed by peer or os.write(pipe, data) raised exception.");
+                    self.lp.warn(PIPE_WRITE_WARNING);
                 }
                 return Ok(());
             }
-            if st.conn_lost > 0 {
-                if st.conn_lost >= CONNLOST_WRITE_LOG_THRESHOLD {
+            if let Some(log) = st.life.drop_write() {
+                if log {
                     drop(st);
-                    self.lp.warn(if self.kind.is_pipe() {
-                        "pipe closed by peer or os.write(pipe, data) raised exception."
-                    } else {
-                        "socket.send() raised exception."
-                    });
-                    self.st.borrow_mut().conn_lost += 1;
-                    return Ok(());
+                    self.lp.warn(if self.kind.is_pipe() { PIPE_WRITE_WARNING } else { SOCKET_SEND_WARNING });
                 }
-                st.conn_lost += 1;
                 return Ok(());
             }
             if !st.buf.is_empty() {
@@ -808,7 +791,7 @@ impl StreamInner {
             if chunks.is_empty() {
                 return Ok(());
             }
-            if st.conn_lost > 0 || st.closing || !st.buf.is_empty() || chunks.len() == 1 {
+            if st.life.conn_lost > 0 || st.life.closing || !st.buf.is_empty() || chunks.len() == 1 {
                 drop(st);
                 for c in chunks {
                     self.write(c, None)?;
@@ -882,7 +865,7 @@ impl StreamInner {
             st.flow.should_pause(size)
         };
         if pause {
-            self.notify(Note::PauseWriting);
+            self.notify(FlowNote::PauseWriting);
         }
     }
 
@@ -893,7 +876,7 @@ impl StreamInner {
             st.flow.should_resume(size)
         };
         if resume {
-            self.notify(Note::ResumeWriting);
+            self.notify(FlowNote::ResumeWriting);
         }
     }
 
@@ -933,7 +916,7 @@ impl StreamInner {
         self.maybe_resume();
         let (empty, closing, eof, shut_wr, conn_lost) = {
             let st = self.st.borrow();
-            (st.buf.is_empty(), st.closing, st.eof, st.shut_wr, st.conn_lost)
+            (st.buf.is_empty(), st.life.closing, st.eof, st.shut_wr, st.life.conn_lost)
         };
         if !empty {
             return;
@@ -944,7 +927,7 @@ impl StreamInner {
         }
         if closing {
             if conn_lost == 0 {
-                self.st.borrow_mut().conn_lost = 1;
+                self.st.borrow_mut().life.conn_lost = 1;
                 self.call_connection_lost(None);
             }
         } else if eof && !shut_wr {
@@ -974,7 +957,7 @@ impl StreamInner {
         }
         let now = {
             let mut st = self.st.borrow_mut();
-            if st.closing || st.eof {
+            if st.life.closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -989,66 +972,25 @@ impl StreamInner {
     fn close(self: &Rc<Self>) {
         let lost_now = {
             let mut st = self.st.borrow_mut();
-            if st.closing {
-                return;
-            }
-            st.closing = true;
-            if st.buf.is_empty() {
-                st.conn_lost += 1;
-                true
-            } else {
-                false
-            }
+            let flushed = st.buf.is_empty();
+            st.life.close(flushed)
         };
         if lost_now {
-            let me = self.clone();
-            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+            self.schedule_connection_lost(None);
         }
     }
 
+    /// Close at once (dropping the buffer); `connection_lost(err)` follows.
     pub(crate) fn force_close(self: &Rc<Self>, err: Option<Error>) {
         let dropped = {
             let mut st = self.st.borrow_mut();
-            if st.conn_lost > 0 {
+            if !st.life.abort() {
                 return;
             }
-            st.closing = true;
-            st.conn_lost += 1;
             std::mem::take(&mut st.buf)
         };
         drop(dropped);
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || me.call_connection_lost(err)));
-    }
-
-    fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
-        if !matches!(err, Error::Io(_)) {
-            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
-        }
-        self.force_close(Some(err));
-    }
-
-    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
-        let started = {
-            let mut st = self.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.lost = true;
-            st.closing = true;
-            st.started
-        };
-        if !self.owns_fd {
-            // The owner may close the descriptor in connection_lost (the
-            // Python face's `_finish`), and a descriptor of the same number
-            // may be opened and registered there: leave the poll first.
-            self.unregister();
-        }
-        if started {
-            // Not `with_protocol`: a panic here must not start another close.
-            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
-        }
-        self.release();
+        self.schedule_connection_lost(err);
     }
 
     /// Remove the socket from the poll (once; no I/O follows).
@@ -1096,7 +1038,7 @@ impl StreamInner {
     fn pipe_peer_closed(self: &Rc<Self>) {
         let (started, queued) = {
             let st = self.st.borrow();
-            (st.started, !st.buf.is_empty())
+            (st.life.started, !st.buf.is_empty())
         };
         if !started {
             // Seen again after connection_made, which re-arms the registration.
@@ -1107,7 +1049,7 @@ impl StreamInner {
     }
 
     pub(crate) fn is_lost(&self) -> bool {
-        self.st.borrow().lost
+        self.st.borrow().life.lost
     }
 
     /// Record the TLS transport layered over this one.
@@ -1123,9 +1065,9 @@ impl StreamInner {
 
 impl SlotHost for StreamInner {
     type Proto = dyn Protocol;
-    type Note = Note;
+    type Note = FlowNote;
 
-    fn slot(&self) -> &ProtocolSlot<dyn Protocol, Note> {
+    fn slot(&self) -> &ProtocolSlot<dyn Protocol, FlowNote> {
         &self.slot
     }
 
@@ -1135,17 +1077,36 @@ impl SlotHost for StreamInner {
 
     /// A panicking protocol aborts the connection.
     fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
-        self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+        self.abort_on_panic(what, msg);
     }
 
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
+    fn deliver_note(self: &Rc<Self>, note: FlowNote) {
+        if !self.st.borrow().life.lost {
+            deliver_flow_note(self, note);
         }
-        match note {
-            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
-        };
+    }
+}
+
+impl Teardown for StreamInner {
+    fn abort_with_error(self: &Rc<Self>, err: Error) {
+        self.force_close(Some(err));
+    }
+}
+
+impl ConnectionLost for StreamInner {
+    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
+        let Some(started) = self.st.borrow_mut().life.lose() else { return };
+        if !self.owns_fd {
+            // The owner may close the descriptor in connection_lost (the
+            // Python face's `_finish`), and a descriptor of the same number
+            // may be opened and registered there: leave the poll first.
+            self.unregister();
+        }
+        if started {
+            // Not `with_protocol`: a panic here must not start another close.
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
+        }
+        self.release();
     }
 }
 
