@@ -2,19 +2,22 @@
 //! transports share when they close.
 //!
 //! - [`Lifecycle`]: asyncio's `_closing` and `_conn_lost` of the stream and
-//!   datagram transports, with the transitions of `close`, `abort`,
-//!   `connection_lost`, a finalizer's close and a write after the connection
-//!   was lost;
+//!   datagram transports, and their paused and scheduled reading, with the
+//!   transitions of `close`, `abort`, `connection_lost`, a finalizer's close,
+//!   a write after the connection was lost, `pause_reading` and
+//!   `resume_reading`;
 //! - [`count_dropped_write`]: when a dropped write is logged (asyncio's
 //!   `LOG_THRESHOLD_FOR_CONNLOST_WRITES`), for the counters kept apart from
 //!   `_conn_lost` (a closing write pipe, TLS);
-//! - [`Teardown`]: on top of [`SlotHost`], asyncio's `_fatal_error`, the
-//!   abort that follows a panicking protocol method, and `connection_lost`
-//!   called from the ready queue.
+//! - [`Teardown`]: on top of [`SlotHost`], asyncio's `_fatal_error` and the
+//!   abort that follows a panicking protocol method (stream, datagram, TLS);
+//! - [`LifecycleHost`]: `connection_lost` and a read from the ready queue
+//!   (stream, datagram).
 //!
 //! As with the slot, everything is static dispatch: the transitions are
 //! plain field updates inside the transport's own state borrow.
 
+use std::cell::RefMut;
 use std::rc::Rc;
 
 use crate::error::Error;
@@ -50,6 +53,10 @@ pub(crate) struct Lifecycle {
     pub(crate) conn_lost: u32,
     /// `connection_lost` was delivered.
     pub(crate) lost: bool,
+    /// `pause_reading` was called (and no `resume_reading` since).
+    pub(crate) read_paused: bool,
+    /// A read attempt is queued on the ready queue.
+    pub(crate) read_scheduled: bool,
 }
 
 impl Lifecycle {
@@ -102,6 +109,28 @@ impl Lifecycle {
         self.conn_lost = self.conn_lost.max(1);
     }
 
+    /// `pause_reading()`: paused unless closing.
+    pub(crate) fn pause_reading(&mut self) {
+        if !self.closing {
+            self.read_paused = true;
+        }
+    }
+
+    /// `resume_reading()`: true if reading was paused (and not closing) and
+    /// resumes now.
+    pub(crate) fn resume_reading(&mut self) -> bool {
+        if self.closing || !self.read_paused {
+            return false;
+        }
+        self.read_paused = false;
+        true
+    }
+
+    /// Neither paused nor closing.
+    pub(crate) fn is_reading(&self) -> bool {
+        !self.read_paused && !self.closing
+    }
+
     /// A write: `None` if `connection_lost` is not scheduled (the write goes
     /// on). Else it is dropped and counted; `Some(true)` when it is to be
     /// logged: from the [`CONNLOST_WRITE_LOG_THRESHOLD`]-th dropped write on.
@@ -143,15 +172,39 @@ pub(crate) trait Teardown: SlotHost + 'static {
     }
 }
 
-/// A transport that delivers `connection_lost` itself (stream, datagram).
-pub(crate) trait ConnectionLost: Teardown {
+/// A transport whose state holds a [`Lifecycle`] and that reads its socket
+/// and delivers `connection_lost` itself (stream, datagram).
+pub(crate) trait LifecycleHost: Teardown {
+    /// The transport's [`Lifecycle`] (borrowed from its state).
+    fn life(&self) -> RefMut<'_, Lifecycle>;
+
     /// Deliver `connection_lost(err)` now, unless it was, and let go of the
     /// socket and the protocol.
     fn call_connection_lost(self: &Rc<Self>, err: Option<Error>);
 
-    /// [`ConnectionLost::call_connection_lost`] from the ready queue.
+    /// Read and deliver what the socket has (up to the per-event budget).
+    fn do_read(self: &Rc<Self>);
+
+    /// [`LifecycleHost::call_connection_lost`] from the ready queue.
     fn schedule_connection_lost(self: &Rc<Self>, err: Option<Error>) {
         let me = self.clone();
         self.event_loop().schedule(Box::new(move || me.call_connection_lost(err)));
+    }
+
+    /// [`LifecycleHost::do_read`] from the ready queue (once, until it ran;
+    /// never while closing).
+    fn schedule_read(self: &Rc<Self>) {
+        {
+            let mut life = self.life();
+            if life.read_scheduled || life.closing {
+                return;
+            }
+            life.read_scheduled = true;
+        }
+        let me = self.clone();
+        self.event_loop().schedule(Box::new(move || {
+            me.life().read_scheduled = false;
+            me.do_read();
+        }));
     }
 }

@@ -20,13 +20,14 @@
 //! the calls. Everything is static dispatch: a transport's calls compile to
 //! what it wrote by hand before.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use crate::error::Error;
 use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
+use crate::flow::WriteFlow;
 use crate::protocol::Protocol;
 
 /// A transport's protocol (`None` once it was let go of) and the notes
@@ -226,6 +227,40 @@ pub(crate) trait SlotHost: Sized {
 pub(crate) enum FlowNote {
     PauseWriting,
     ResumeWriting,
+}
+
+/// A transport with write flow control: its [`WriteFlow`] decides when the
+/// protocol is told to pause and resume writing ([`FlowNote`]s, delivered
+/// through [`SlotHost::notify`]).
+pub(crate) trait FlowHost: SlotHost
+where
+    Self::Note: From<FlowNote>,
+{
+    /// The flow control state (borrowed from the transport's state) and the
+    /// bytes it counts now (what is queued below the protocol).
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize);
+
+    /// Tell the protocol to pause writing if the queue went over the high mark.
+    fn maybe_pause(self: &Rc<Self>) {
+        let pause = {
+            let (mut flow, size) = self.write_flow();
+            flow.should_pause(size)
+        };
+        if pause {
+            self.notify(FlowNote::PauseWriting.into());
+        }
+    }
+
+    /// Tell the protocol to resume writing if the queue drained to the low mark.
+    fn maybe_resume(self: &Rc<Self>) {
+        let resume = {
+            let (mut flow, size) = self.write_flow();
+            flow.should_resume(size)
+        };
+        if resume {
+            self.notify(FlowNote::ResumeWriting.into());
+        }
+    }
 }
 
 /// Deliver `note` to `host`'s [`Protocol`] (for [`SlotHost::deliver_note`]).

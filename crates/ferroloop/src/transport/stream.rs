@@ -7,7 +7,7 @@
 //! sticky. Write path: write at once when nothing is queued, queue only the
 //! remainder, drain the queue with `writev` on writability.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -23,8 +23,8 @@ use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
-use crate::transport::lifecycle::{count_dropped_write, ConnectionLost, Lifecycle, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{deliver_flow_note, FlowNote, ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::tls::TlsInner;
 pub use crate::transport::handle::Transport;
 
@@ -197,7 +197,6 @@ struct State {
     eof: bool,
     /// The write side is shut down.
     shut_wr: bool,
-    read_paused: bool,
     /// The peer's EOF was seen (sticky).
     read_eof: bool,
     /// The poll reported the read side closed (or an error). Sticky: from
@@ -205,8 +204,6 @@ struct State {
     /// edge-triggered and no further edge announces the EOF that may sit
     /// behind the data (data and FIN arriving together).
     read_hup: bool,
-    /// A read attempt is queued on the ready queue.
-    read_scheduled: bool,
     buf: WriteBuffer,
     flow: WriteFlow,
 }
@@ -422,30 +419,22 @@ impl StreamTransport {
     /// Stop delivering data until [`Transport::resume_reading`]; effective at
     /// once, even inside `data_received`. No-op if closing or already paused.
     pub fn pause_reading(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if st.life.closing || st.read_paused || self.inner.kind == TransportKind::WritePipe {
-            return;
+        if self.inner.kind != TransportKind::WritePipe {
+            self.inner.life().pause_reading();
         }
-        st.read_paused = true;
     }
 
     /// Resume delivery; pending data arrives from the next loop iteration.
     pub fn resume_reading(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            if st.life.closing || !st.read_paused {
-                return;
-            }
-            st.read_paused = false;
+        if self.inner.life().resume_reading() {
+            self.inner.rearm();
         }
-        self.inner.rearm();
     }
 
     /// True unless reading is paused or the transport is closing (always
     /// false for a write pipe).
     pub fn is_reading(&self) -> bool {
-        let st = self.inner.st.borrow();
-        !st.read_paused && !st.life.closing && self.inner.kind != TransportKind::WritePipe
+        self.inner.st.borrow().life.is_reading() && self.inner.kind != TransportKind::WritePipe
     }
 
     /// Bytes queued for sending.
@@ -545,24 +534,9 @@ impl StreamInner {
         self.rearm();
     }
 
-    pub(crate) fn schedule_read(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.read_scheduled || st.life.closing {
-                return;
-            }
-            st.read_scheduled = true;
-        }
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || {
-            me.st.borrow_mut().read_scheduled = false;
-            me.do_read();
-        }));
-    }
-
     fn can_read(&self) -> bool {
         let st = self.st.borrow();
-        st.life.started && !st.life.closing && !st.read_paused && !st.read_eof
+        st.life.started && !st.life.closing && !st.life.read_paused && !st.read_eof
     }
 
     /// Ask the poll to report the socket's current readiness again
@@ -574,40 +548,6 @@ impl StreamInner {
             let interest = self.kind.interest(s);
             let _ = self.lp.reregister(s.source(), self.token.get(), interest);
         }
-    }
-
-    /// Read and deliver until drained (or the per-event budget is used).
-    fn do_read(self: &Rc<Self>) {
-        for _ in 0..READS_PER_EVENT {
-            if !self.can_read() {
-                return;
-            }
-            match self.read_once() {
-                ReadOutcome::Data { drained } => {
-                    if drained {
-                        if self.st.borrow().read_hup {
-                            // The peer's EOF sits behind this data. As in asyncio
-                            // (one recv per readiness callback), it is read in the
-                            // next iteration: re-arm, since no new edge will come.
-                            self.rearm();
-                        }
-                        return;
-                    }
-                }
-                ReadOutcome::Eof => {
-                    self.on_eof();
-                    return;
-                }
-                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
-                ReadOutcome::Error(e) => {
-                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
-                    self.fatal_error(Error::Io(e), &msg);
-                    return;
-                }
-            }
-        }
-        // Budget used up with data still coming: continue next iteration.
-        self.schedule_read();
     }
 
     fn read_once(self: &Rc<Self>) -> ReadOutcome {
@@ -858,28 +798,6 @@ impl StreamInner {
         Ok(())
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let pause = {
-            let mut st = self.st.borrow_mut();
-            let size = st.buf.len();
-            st.flow.should_pause(size)
-        };
-        if pause {
-            self.notify(FlowNote::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let resume = {
-            let mut st = self.st.borrow_mut();
-            let size = st.buf.len();
-            st.flow.should_resume(size)
-        };
-        if resume {
-            self.notify(FlowNote::ResumeWriting);
-        }
-    }
-
     /// Drain the write buffer as far as the socket takes it.
     fn do_write(self: &Rc<Self>) {
         let mut progressed = false;
@@ -1093,9 +1011,55 @@ impl Teardown for StreamInner {
     }
 }
 
-impl ConnectionLost for StreamInner {
+impl FlowHost for StreamInner {
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let st = self.st.borrow_mut();
+        let size = st.buf.len();
+        (RefMut::map(st, |st| &mut st.flow), size)
+    }
+}
+
+impl LifecycleHost for StreamInner {
+    fn life(&self) -> RefMut<'_, Lifecycle> {
+        RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
+    }
+
+    /// Read and deliver until drained (or the per-event budget is used).
+    fn do_read(self: &Rc<Self>) {
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            match self.read_once() {
+                ReadOutcome::Data { drained } => {
+                    if drained {
+                        if self.st.borrow().read_hup {
+                            // The peer's EOF sits behind this data. As in asyncio
+                            // (one recv per readiness callback), it is read in the
+                            // next iteration: re-arm, since no new edge will come.
+                            self.rearm();
+                        }
+                        return;
+                    }
+                }
+                ReadOutcome::Eof => {
+                    self.on_eof();
+                    return;
+                }
+                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
+                ReadOutcome::Error(e) => {
+                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
+                    self.fatal_error(Error::Io(e), &msg);
+                    return;
+                }
+            }
+        }
+        // Budget used up with data still coming: continue next iteration.
+        self.schedule_read();
+    }
+
     fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
-        let Some(started) = self.st.borrow_mut().life.lose() else { return };
+        let Some(started) = self.life().lose() else { return };
         if !self.owns_fd {
             // The owner may close the descriptor in connection_lost (the
             // Python face's `_finish`), and a descriptor of the same number

@@ -22,7 +22,7 @@
 //! abstract-namespace name written with its leading NUL (`"\0name"`, as
 //! Python's `b"\x00name"`), or the empty string for an unnamed socket.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -43,8 +43,8 @@ use crate::flow::WriteFlow;
 use crate::future::LoopFuture;
 use crate::resolve::{resolve, Family};
 use crate::sys;
-use crate::transport::lifecycle::{ConnectionLost, Lifecycle, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 
 /// Datagrams read per readiness event before yielding to other sources.
@@ -268,9 +268,6 @@ struct State {
     /// Closing and `connection_lost` (see `transport::lifecycle`); its
     /// `conn_lost` counts sends dropped after `connection_lost` is scheduled.
     life: Lifecycle,
-    read_paused: bool,
-    /// A read attempt is queued on the ready queue.
-    read_scheduled: bool,
     /// Datagrams waiting for writability, with their destination (`None`:
     /// the connected peer).
     queue: VecDeque<(Vec<u8>, Option<Address>)>,
@@ -438,20 +435,13 @@ impl DatagramTransport {
     /// effective at once, even inside `datagram_received`. The kernel keeps
     /// (or drops) what arrives meanwhile.
     pub fn pause_reading(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if !st.life.closing {
-            st.read_paused = true;
-        }
+        self.inner.life().pause_reading();
     }
 
     /// Resume delivery.
     pub fn resume_reading(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            if st.life.closing || !st.read_paused {
-                return;
-            }
-            st.read_paused = false;
+        if !self.inner.life().resume_reading() {
+            return;
         }
         self.inner.rearm();
         if !self.inner.st.borrow().pending.is_empty() {
@@ -461,8 +451,7 @@ impl DatagramTransport {
 
     /// True unless reading is paused or the transport is closing.
     pub fn is_reading(&self) -> bool {
-        let st = self.inner.st.borrow();
-        !st.read_paused && !st.life.closing
+        self.inner.st.borrow().life.is_reading()
     }
 
     /// Payload bytes queued for sending.
@@ -567,63 +556,7 @@ impl DatagramInner {
 
     fn can_read(&self) -> bool {
         let st = self.st.borrow();
-        st.life.started && !st.life.closing && !st.read_paused
-    }
-
-    fn schedule_read(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.read_scheduled || st.life.closing {
-                return;
-            }
-            st.read_scheduled = true;
-        }
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || {
-            me.st.borrow_mut().read_scheduled = false;
-            me.do_read();
-        }));
-    }
-
-    /// Receive and deliver until the socket is drained (or the budget is used).
-    fn do_read(self: &Rc<Self>) {
-        if !self.deliver_pending() {
-            return;
-        }
-        let udp = matches!(self.sock.borrow().as_ref(), Some(DSock::Udp(_)));
-        if udp {
-            return self.do_read_batched();
-        }
-        for _ in 0..READS_PER_EVENT {
-            if !self.can_read() {
-                return;
-            }
-            let mut buf = self.lp.take_read_buf();
-            let r = {
-                let sock = self.sock.borrow();
-                match sock.as_ref() {
-                    Some(s) => s.recv_from(&mut buf),
-                    None => Err(io::ErrorKind::WouldBlock.into()),
-                }
-            };
-            match r {
-                Ok((n, addr)) => {
-                    self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
-                    self.lp.put_read_buf(buf);
-                }
-                Err(e) => {
-                    self.lp.put_read_buf(buf);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
-                        io::ErrorKind::Interrupted => {}
-                        // ECONNREFUSED and friends: reported, and reading goes on.
-                        _ => self.notify(Note::ErrorReceived(Error::Io(e))),
-                    }
-                }
-            }
-        }
-        // Budget used with datagrams still waiting: go on next iteration.
-        self.schedule_read();
+        st.life.started && !st.life.closing && !st.life.read_paused
     }
 
     /// Deliver what a batch left undelivered; false if reading stopped again.
@@ -804,28 +737,6 @@ impl DatagramInner {
         }
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let pause = {
-            let mut st = self.st.borrow_mut();
-            let size = st.queued;
-            st.flow.should_pause(size)
-        };
-        if pause {
-            self.notify(Note::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let resume = {
-            let mut st = self.st.borrow_mut();
-            let size = st.queued;
-            st.flow.should_resume(size)
-        };
-        if resume {
-            self.notify(Note::ResumeWriting);
-        }
-    }
-
     fn close(self: &Rc<Self>) {
         let lost_now = {
             let mut st = self.st.borrow_mut();
@@ -900,9 +811,71 @@ impl Teardown for DatagramInner {
     }
 }
 
-impl ConnectionLost for DatagramInner {
+impl From<FlowNote> for Note {
+    fn from(n: FlowNote) -> Note {
+        match n {
+            FlowNote::PauseWriting => Note::PauseWriting,
+            FlowNote::ResumeWriting => Note::ResumeWriting,
+        }
+    }
+}
+
+impl FlowHost for DatagramInner {
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let st = self.st.borrow_mut();
+        let size = st.queued;
+        (RefMut::map(st, |st| &mut st.flow), size)
+    }
+}
+
+impl LifecycleHost for DatagramInner {
+    fn life(&self) -> RefMut<'_, Lifecycle> {
+        RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
+    }
+
+    /// Receive and deliver until the socket is drained (or the budget is used).
+    fn do_read(self: &Rc<Self>) {
+        if !self.deliver_pending() {
+            return;
+        }
+        let udp = matches!(self.sock.borrow().as_ref(), Some(DSock::Udp(_)));
+        if udp {
+            return self.do_read_batched();
+        }
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            let mut buf = self.lp.take_read_buf();
+            let r = {
+                let sock = self.sock.borrow();
+                match sock.as_ref() {
+                    Some(s) => s.recv_from(&mut buf),
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            };
+            match r {
+                Ok((n, addr)) => {
+                    self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
+                    self.lp.put_read_buf(buf);
+                }
+                Err(e) => {
+                    self.lp.put_read_buf(buf);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        // ECONNREFUSED and friends: reported, and reading goes on.
+                        _ => self.notify(Note::ErrorReceived(Error::Io(e))),
+                    }
+                }
+            }
+        }
+        // Budget used with datagrams still waiting: go on next iteration.
+        self.schedule_read();
+    }
+
     fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
-        let Some(started) = self.st.borrow_mut().life.lose() else { return };
+        let Some(started) = self.life().lose() else { return };
         if started {
             self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
         }

@@ -26,7 +26,7 @@
 
 mod session;
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::RawFd;
@@ -43,7 +43,7 @@ use crate::handle::TimerHandle;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::pipe::TransportKind;
 use crate::transport::lifecycle::{count_dropped_write, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{deliver_flow_note, FlowNote, ProtocolSlot, SlotHost};
+use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 use crate::transport::tcp::{ConnectOptions, Connection};
 use crate::transport::Transport;
@@ -627,20 +627,6 @@ impl TlsInner {
         }));
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let size = self.get_write_buffer_size();
-        if self.st.borrow_mut().flow.should_pause(size) {
-            self.notify(FlowNote::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let size = self.get_write_buffer_size();
-        if self.st.borrow_mut().flow.should_resume(size) {
-            self.notify(FlowNote::ResumeWriting);
-        }
-    }
-
     /// Writes after close: dropped, logged after a few (asyncio).
     fn refuse_write(&self) -> bool {
         let mut st = self.st.borrow_mut();
@@ -870,6 +856,14 @@ impl SlotHost for TlsInner {
         if !self.st.borrow().lost {
             deliver_flow_note(self, note);
         }
+    }
+}
+
+impl FlowHost for TlsInner {
+    /// The raw transport's buffer counts (plaintext is encrypted at once).
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let size = self.get_write_buffer_size();
+        (RefMut::map(self.st.borrow_mut(), |st| &mut st.flow), size)
     }
 }
 
