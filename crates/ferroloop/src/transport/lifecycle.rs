@@ -178,12 +178,25 @@ pub(crate) trait LifecycleHost: Teardown {
     /// The transport's [`Lifecycle`] (borrowed from its state).
     fn life(&self) -> RefMut<'_, Lifecycle>;
 
+    /// Nothing is queued for sending.
+    fn is_flushed(&self) -> bool;
+
     /// Deliver `connection_lost(err)` now, unless it was, and let go of the
     /// socket and the protocol.
     fn call_connection_lost(self: &Rc<Self>, err: Option<Error>);
 
     /// Read and deliver what the socket has (up to the per-event budget).
     fn do_read(self: &Rc<Self>);
+
+    /// `close()`: stop reading; `connection_lost(None)` follows once the
+    /// queue is sent (from the ready queue if it is empty now).
+    fn close(self: &Rc<Self>) {
+        let flushed = self.is_flushed();
+        let lost_now = self.life().close(flushed);
+        if lost_now {
+            self.schedule_connection_lost(None);
+        }
+    }
 
     /// [`LifecycleHost::call_connection_lost`] from the ready queue.
     fn schedule_connection_lost(self: &Rc<Self>, err: Option<Error>) {

@@ -240,6 +240,14 @@ where
     /// bytes it counts now (what is queued below the protocol).
     fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize);
 
+    /// Set the water marks (see [`WriteFlow::set_limits`]), then pause
+    /// writing if the queue is over the new high mark.
+    fn set_write_limits(self: &Rc<Self>, high: Option<i64>, low: Option<i64>) -> crate::error::Result<()> {
+        self.write_flow().0.set_limits(high, low)?;
+        self.maybe_pause();
+        Ok(())
+    }
+
     /// Tell the protocol to pause writing if the queue went over the high mark.
     fn maybe_pause(self: &Rc<Self>) {
         let pause = {

@@ -450,9 +450,7 @@ impl StreamTransport {
     /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
     /// negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
-        self.inner.maybe_pause();
-        Ok(())
+        self.inner.set_write_limits(high, low)
     }
 
     /// Whether `pause_writing` was called without a `resume_writing` yet.
@@ -887,17 +885,6 @@ impl StreamInner {
         Ok(())
     }
 
-    fn close(self: &Rc<Self>) {
-        let lost_now = {
-            let mut st = self.st.borrow_mut();
-            let flushed = st.buf.is_empty();
-            st.life.close(flushed)
-        };
-        if lost_now {
-            self.schedule_connection_lost(None);
-        }
-    }
-
     /// Close at once (dropping the buffer); `connection_lost(err)` follows.
     pub(crate) fn force_close(self: &Rc<Self>, err: Option<Error>) {
         let dropped = {
@@ -1020,6 +1007,10 @@ impl FlowHost for StreamInner {
 }
 
 impl LifecycleHost for StreamInner {
+    fn is_flushed(&self) -> bool {
+        self.st.borrow().buf.is_empty()
+    }
+
     fn life(&self) -> RefMut<'_, Lifecycle> {
         RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
     }

@@ -479,9 +479,7 @@ impl DatagramTransport {
     /// As [`DatagramTransport::set_write_buffer_limits`], with signed
     /// arguments so that negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
-        self.inner.maybe_pause();
-        Ok(())
+        self.inner.set_write_limits(high, low)
     }
 
     /// Whether `pause_writing` was called without a `resume_writing` yet.
@@ -737,17 +735,6 @@ impl DatagramInner {
         }
     }
 
-    fn close(self: &Rc<Self>) {
-        let lost_now = {
-            let mut st = self.st.borrow_mut();
-            let flushed = st.queue.is_empty();
-            st.life.close(flushed)
-        };
-        if lost_now {
-            self.schedule_connection_lost(None);
-        }
-    }
-
     /// Close at once (dropping the queue); `connection_lost(err)` follows.
     fn force_close(self: &Rc<Self>, err: Option<Error>) {
         let dropped = {
@@ -829,6 +816,10 @@ impl FlowHost for DatagramInner {
 }
 
 impl LifecycleHost for DatagramInner {
+    fn is_flushed(&self) -> bool {
+        self.st.borrow().queue.is_empty()
+    }
+
     fn life(&self) -> RefMut<'_, Lifecycle> {
         RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
     }
