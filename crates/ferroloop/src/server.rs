@@ -92,6 +92,18 @@ enum ListenSock {
 }
 
 impl ListenSock {
+    /// A listening TCP socket handed over, made non-blocking.
+    fn tcp(l: std::net::TcpListener) -> io::Result<ListenSock> {
+        l.set_nonblocking(true)?;
+        Ok(ListenSock::Tcp(mio::net::TcpListener::from_std(l)))
+    }
+
+    /// A listening Unix socket handed over, made non-blocking.
+    fn unix(l: std::os::unix::net::UnixListener) -> io::Result<ListenSock> {
+        l.set_nonblocking(true)?;
+        Ok(ListenSock::Unix(mio::net::UnixListener::from_std(l)))
+    }
+
     fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             ListenSock::Tcp(s) => s,
@@ -557,10 +569,7 @@ impl EventLoop {
         P: Protocol,
         F: Fn() -> P + 'static,
     {
-        self.check_closed()?;
-        listener.set_nonblocking(true)?;
-        let l = mio::net::TcpListener::from_std(listener);
-        self.new_server(make_factory(factory), vec![ListenSock::Tcp(l)], &opts)
+        self.serve_listener(factory, &opts, || ListenSock::tcp(listener))
     }
 
     /// Serve on a listening Unix socket.
@@ -574,9 +583,22 @@ impl EventLoop {
         P: Protocol,
         F: Fn() -> P + 'static,
     {
+        self.serve_listener(factory, &opts, || ListenSock::unix(listener))
+    }
+
+    /// Serve on the listening socket `listen` makes, unless the loop is closed.
+    fn serve_listener<P, F>(
+        &self,
+        factory: F,
+        opts: &ServerOptions,
+        listen: impl FnOnce() -> io::Result<ListenSock>,
+    ) -> Result<Server>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
         self.check_closed()?;
-        listener.set_nonblocking(true)?;
-        let l = mio::net::UnixListener::from_std(listener);
-        self.new_server(make_factory(factory), vec![ListenSock::Unix(l)], &opts)
+        let sock = listen()?;
+        self.new_server(make_factory(factory), vec![sock], opts)
     }
 }

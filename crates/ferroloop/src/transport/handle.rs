@@ -9,6 +9,7 @@ use std::rc::Rc;
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoop;
 use crate::protocol::ProtocolRef;
+use crate::transport::lifecycle::Teardown;
 use crate::transport::pipe::TransportKind;
 use crate::transport::stream::{Address, ExtraInfo, StreamInner, StreamTransport};
 use crate::transport::tls::{TlsInfo, TlsInner};

@@ -10,6 +10,7 @@
 
 pub(crate) mod buffer;
 pub mod handle;
+pub(crate) mod lifecycle;
 pub mod pipe;
 pub(crate) mod slot;
 pub mod stream;

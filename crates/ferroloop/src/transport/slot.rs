@@ -20,13 +20,15 @@
 //! the calls. Everything is static dispatch: a transport's calls compile to
 //! what it wrote by hand before.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use crate::error::Error;
 use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
+use crate::flow::WriteFlow;
+use crate::protocol::Protocol;
 
 /// A transport's protocol (`None` once it was let go of) and the notes
 /// waiting for it to be free.
@@ -104,8 +106,9 @@ impl<P: ?Sized, N> ProtocolSlot<P, N> {
 
 /// A transport's state that calls a protocol through a [`ProtocolSlot`].
 ///
-/// Implementors supply the slot, the loop, the reaction to a panic and the
-/// delivery of one note; the provided methods are the guarded calls.
+/// Implementors supply the slot, the loop, the delivery of one note and,
+/// unless a report is enough, the reaction to a panic; the provided methods
+/// are the guarded calls.
 pub(crate) trait SlotHost: Sized {
     /// The protocol trait object (`dyn Protocol`, `dyn DatagramProtocol`, ...).
     type Proto: ?Sized;
@@ -124,7 +127,11 @@ pub(crate) trait SlotHost: Sized {
 
     /// A protocol method `what` panicked with message `msg` (not
     /// `connection_lost`). Called before the queued notes are delivered.
-    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String);
+    /// By default the panic is reported ([`SlotHost::report_panic`]) and the
+    /// transport goes on.
+    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
+        self.report_panic(what, msg);
+    }
 
     /// Deliver one note, now (the protocol was free when it was taken from
     /// the queue); usually through [`SlotHost::with_protocol`].
@@ -212,4 +219,65 @@ pub(crate) trait SlotHost: Sized {
             self.report_panic("connection_lost", panic_message(&*payload));
         }
     }
+}
+
+/// The note of a transport whose protocol is a [`Protocol`] (stream, TLS):
+/// write flow control.
+#[derive(Clone, Copy)]
+pub(crate) enum FlowNote {
+    PauseWriting,
+    ResumeWriting,
+}
+
+/// A transport with write flow control: its [`WriteFlow`] decides when the
+/// protocol is told to pause and resume writing ([`FlowNote`]s, delivered
+/// through [`SlotHost::notify`]).
+pub(crate) trait FlowHost: SlotHost
+where
+    Self::Note: From<FlowNote>,
+{
+    /// The flow control state (borrowed from the transport's state) and the
+    /// bytes it counts now (what is queued below the protocol).
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize);
+
+    /// Set the water marks (see [`WriteFlow::set_limits`]), then pause
+    /// writing if the queue is over the new high mark.
+    fn set_write_limits(self: &Rc<Self>, high: Option<i64>, low: Option<i64>) -> crate::error::Result<()> {
+        self.write_flow().0.set_limits(high, low)?;
+        self.maybe_pause();
+        Ok(())
+    }
+
+    /// Tell the protocol to pause writing if the queue went over the high mark.
+    fn maybe_pause(self: &Rc<Self>) {
+        let pause = {
+            let (mut flow, size) = self.write_flow();
+            flow.should_pause(size)
+        };
+        if pause {
+            self.notify(FlowNote::PauseWriting.into());
+        }
+    }
+
+    /// Tell the protocol to resume writing if the queue drained to the low mark.
+    fn maybe_resume(self: &Rc<Self>) {
+        let resume = {
+            let (mut flow, size) = self.write_flow();
+            flow.should_resume(size)
+        };
+        if resume {
+            self.notify(FlowNote::ResumeWriting.into());
+        }
+    }
+}
+
+/// Deliver `note` to `host`'s [`Protocol`] (for [`SlotHost::deliver_note`]).
+pub(crate) fn deliver_flow_note<H>(host: &Rc<H>, note: FlowNote)
+where
+    H: SlotHost<Proto = dyn Protocol, Note = FlowNote>,
+{
+    match note {
+        FlowNote::PauseWriting => host.with_protocol("pause_writing", |p| p.pause_writing()),
+        FlowNote::ResumeWriting => host.with_protocol("resume_writing", |p| p.resume_writing()),
+    };
 }

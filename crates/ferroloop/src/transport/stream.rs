@@ -7,7 +7,7 @@
 //! sticky. Write path: write at once when nothing is queued, queue only the
 //! remainder, drain the queue with `writev` on writability.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -17,21 +17,21 @@ use std::rc::{Rc, Weak};
 use mio::Token;
 
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, ExceptionContext, IoSource, Readiness, READ_BUFFER_SIZE};
+use crate::event_loop::{EventLoop, IoSource, Readiness, READ_BUFFER_SIZE};
 use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::tls::TlsInner;
 pub use crate::transport::handle::Transport;
 
 /// Reads per readiness event before yielding to other sources.
 const READS_PER_EVENT: usize = 32;
-/// After this many writes to a lost connection, each further one is logged
-/// (asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
-const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
+/// The warning logged for a dropped write on a pipe.
+const PIPE_WRITE_WARNING: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
 
 /// A socket address as reported by `get_extra_info("peername"/"sockname")`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +74,24 @@ pub enum ExtraInfo {
     /// `server_hostname` on a TLS transport: the name a client verified the
     /// server against, or the SNI a server received.
     Text(String),
+}
+
+impl ExtraInfo {
+    /// asyncio's keys of a socket transport: `peername`, `sockname`, `socket`
+    /// (`socket_fd` is asked only for that one).
+    pub(crate) fn of_socket(
+        name: &str,
+        peername: Option<&Address>,
+        sockname: Option<&Address>,
+        socket_fd: impl FnOnce() -> Option<RawFd>,
+    ) -> Option<ExtraInfo> {
+        match name {
+            "peername" => peername.cloned().map(ExtraInfo::Address),
+            "sockname" => sockname.cloned().map(ExtraInfo::Address),
+            "socket" => socket_fd().map(ExtraInfo::Fd),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) enum Sock {
@@ -168,32 +186,17 @@ impl Write for SockWriter<'_> {
     }
 }
 
-/// A protocol notification that could not be delivered at once because the
-/// protocol was busy in one of its own methods.
-#[derive(Clone, Copy)]
-pub(crate) enum Note {
-    PauseWriting,
-    ResumeWriting,
-}
-
 #[derive(Default)]
 struct State {
-    /// `connection_made` was delivered.
-    started: bool,
-    closing: bool,
-    /// asyncio's `_conn_lost`: >0 once `connection_lost` is scheduled;
-    /// counts writes dropped after that.
-    conn_lost: u32,
-    /// `connection_lost` was delivered.
-    lost: bool,
+    /// Closing and `connection_lost` (see `transport::lifecycle`).
+    life: Lifecycle,
     /// Writes dropped because a write pipe was closing (asyncio counts them
-    /// with `_conn_lost`; here `conn_lost` keeps meaning "lost is scheduled").
+    /// with `_conn_lost`; here `life.conn_lost` keeps meaning "lost is scheduled").
     dropped_writes: u32,
     /// `write_eof` was called.
     eof: bool,
     /// The write side is shut down.
     shut_wr: bool,
-    read_paused: bool,
     /// The peer's EOF was seen (sticky).
     read_eof: bool,
     /// The poll reported the read side closed (or an error). Sticky: from
@@ -201,8 +204,6 @@ struct State {
     /// edge-triggered and no further edge announces the EOF that may sit
     /// behind the data (data and FIN arriving together).
     read_hup: bool,
-    /// A read attempt is queued on the ready queue.
-    read_scheduled: bool,
     buf: WriteBuffer,
     flow: WriteFlow,
 }
@@ -224,7 +225,7 @@ pub(crate) struct StreamInner {
     token: Cell<Token>,
     st: RefCell<State>,
     /// The protocol, and its notes (see `transport::slot`).
-    slot: ProtocolSlot<dyn Protocol, Note>,
+    slot: ProtocolSlot<dyn Protocol, FlowNote>,
     /// Whether the current protocol is a buffered one, as its first
     /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
     /// `get_buffer` is not called again until `set_protocol` replaces it.
@@ -347,7 +348,7 @@ impl StreamTransport {
 
     /// True once `close`/`abort` was called or the connection was lost.
     pub fn is_closing(&self) -> bool {
-        self.inner.st.borrow().closing
+        self.inner.st.borrow().life.closing
     }
 
     /// Close at once, dropping buffered data; `connection_lost(None)` follows.
@@ -373,12 +374,7 @@ impl StreamTransport {
     /// finalizers of transports that were never closed (asyncio's
     /// `__del__` does the same). Buffered data is dropped.
     pub fn close_socket(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            st.closing = true;
-            st.lost = true;
-            st.conn_lost = st.conn_lost.max(1);
-        }
+        self.inner.st.borrow_mut().life.close_silently();
         self.inner.release();
     }
 
@@ -423,30 +419,22 @@ impl StreamTransport {
     /// Stop delivering data until [`Transport::resume_reading`]; effective at
     /// once, even inside `data_received`. No-op if closing or already paused.
     pub fn pause_reading(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if st.closing || st.read_paused || self.inner.kind == TransportKind::WritePipe {
-            return;
+        if self.inner.kind != TransportKind::WritePipe {
+            self.inner.life().pause_reading();
         }
-        st.read_paused = true;
     }
 
     /// Resume delivery; pending data arrives from the next loop iteration.
     pub fn resume_reading(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            if st.closing || !st.read_paused {
-                return;
-            }
-            st.read_paused = false;
+        if self.inner.life().resume_reading() {
+            self.inner.rearm();
         }
-        self.inner.rearm();
     }
 
     /// True unless reading is paused or the transport is closing (always
     /// false for a write pipe).
     pub fn is_reading(&self) -> bool {
-        let st = self.inner.st.borrow();
-        !st.read_paused && !st.closing && self.inner.kind != TransportKind::WritePipe
+        self.inner.st.borrow().life.is_reading() && self.inner.kind != TransportKind::WritePipe
     }
 
     /// Bytes queued for sending.
@@ -462,9 +450,7 @@ impl StreamTransport {
     /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
     /// negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
-        self.inner.maybe_pause();
-        Ok(())
+        self.inner.set_write_limits(high, low)
     }
 
     /// Whether `pause_writing` was called without a `resume_writing` yet.
@@ -478,12 +464,7 @@ impl StreamTransport {
         if self.inner.kind.is_pipe() {
             return (name == "pipe").then_some(ExtraInfo::Fd(self.inner.fd));
         }
-        match name {
-            "peername" => self.peername().map(ExtraInfo::Address),
-            "sockname" => self.sockname().map(ExtraInfo::Address),
-            "socket" => self.socket_fd().map(ExtraInfo::Fd),
-            _ => None,
-        }
+        ExtraInfo::of_socket(name, self.inner.peername.as_ref(), self.inner.sockname.as_ref(), || self.socket_fd())
     }
 
     /// The peer's address (captured when the transport was made).
@@ -538,7 +519,7 @@ impl StreamInner {
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
-        self.st.borrow_mut().started = true;
+        self.st.borrow_mut().life.started = true;
         let t = self.transport();
         let ok = self.with_protocol("connection_made", move |p| p.connection_made(t)).is_some();
         let on_made = self.on_made.borrow_mut().take();
@@ -551,24 +532,9 @@ impl StreamInner {
         self.rearm();
     }
 
-    pub(crate) fn schedule_read(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.read_scheduled || st.closing {
-                return;
-            }
-            st.read_scheduled = true;
-        }
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || {
-            me.st.borrow_mut().read_scheduled = false;
-            me.do_read();
-        }));
-    }
-
     fn can_read(&self) -> bool {
         let st = self.st.borrow();
-        st.started && !st.closing && !st.read_paused && !st.read_eof
+        st.life.started && !st.life.closing && !st.life.read_paused && !st.read_eof
     }
 
     /// Ask the poll to report the socket's current readiness again
@@ -580,40 +546,6 @@ impl StreamInner {
             let interest = self.kind.interest(s);
             let _ = self.lp.reregister(s.source(), self.token.get(), interest);
         }
-    }
-
-    /// Read and deliver until drained (or the per-event budget is used).
-    fn do_read(self: &Rc<Self>) {
-        for _ in 0..READS_PER_EVENT {
-            if !self.can_read() {
-                return;
-            }
-            match self.read_once() {
-                ReadOutcome::Data { drained } => {
-                    if drained {
-                        if self.st.borrow().read_hup {
-                            // The peer's EOF sits behind this data. As in asyncio
-                            // (one recv per readiness callback), it is read in the
-                            // next iteration: re-arm, since no new edge will come.
-                            self.rearm();
-                        }
-                        return;
-                    }
-                }
-                ReadOutcome::Eof => {
-                    self.on_eof();
-                    return;
-                }
-                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
-                ReadOutcome::Error(e) => {
-                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
-                    self.fatal_error(Error::Io(e), &msg);
-                    return;
-                }
-            }
-        }
-        // Budget used up with data still coming: continue next iteration.
-        self.schedule_read();
     }
 
     fn read_once(self: &Rc<Self>) -> ReadOutcome {
@@ -641,7 +573,7 @@ impl StreamInner {
         match buffered {
             None => ReadOutcome::Failed,
             Some(Some(ReadOutcome::EmptyBuffer)) => {
-                if self.st.borrow().closing {
+                if self.st.borrow().life.closing {
                     // The protocol failed in get_buffer and closed the transport itself.
                     return ReadOutcome::Failed;
                 }
@@ -697,17 +629,14 @@ impl StreamInner {
             {
                 let mut st = self.st.borrow_mut();
                 st.read_eof = true;
-                if st.conn_lost > 0 {
+                if !st.life.abort() {
                     return;
                 }
-                st.closing = true;
-                st.conn_lost += 1;
             }
             self.with_protocol("eof_received", |p| {
                 p.eof_received();
             });
-            let me = self.clone();
-            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
+            self.schedule_connection_lost(None);
             return;
         }
         self.st.borrow_mut().read_eof = true;
@@ -734,27 +663,19 @@ impl StreamInner {
             if data.is_empty() {
                 return Ok(());
             }
-            if self.kind.is_pipe() && st.closing && st.conn_lost == 0 {
+            if self.kind.is_pipe() && st.life.closing && st.life.conn_lost == 0 {
                 // asyncio's write pipe drops writes once closing (close/write_eof).
-                st.dropped_writes += 1;
-                if st.dropped_writes >= CONNLOST_WRITE_LOG_THRESHOLD {
+                if count_dropped_write(&mut st.dropped_writes) {
                     drop(st);
-                    self.lp.warn("pipe closed by peer or os.write(pipe, data) raised exception.");
+                    self.lp.warn(PIPE_WRITE_WARNING);
                 }
                 return Ok(());
             }
-            if st.conn_lost > 0 {
-                if st.conn_lost >= CONNLOST_WRITE_LOG_THRESHOLD {
+            if let Some(log) = st.life.drop_write() {
+                if log {
                     drop(st);
-                    self.lp.warn(if self.kind.is_pipe() {
-                        "pipe closed by peer or os.write(pipe, data) raised exception."
-                    } else {
-                        "socket.send() raised exception."
-                    });
-                    self.st.borrow_mut().conn_lost += 1;
-                    return Ok(());
+                    self.lp.warn(if self.kind.is_pipe() { PIPE_WRITE_WARNING } else { SOCKET_SEND_WARNING });
                 }
-                st.conn_lost += 1;
                 return Ok(());
             }
             if !st.buf.is_empty() {
@@ -808,7 +729,7 @@ impl StreamInner {
             if chunks.is_empty() {
                 return Ok(());
             }
-            if st.conn_lost > 0 || st.closing || !st.buf.is_empty() || chunks.len() == 1 {
+            if st.life.conn_lost > 0 || st.life.closing || !st.buf.is_empty() || chunks.len() == 1 {
                 drop(st);
                 for c in chunks {
                     self.write(c, None)?;
@@ -875,28 +796,6 @@ impl StreamInner {
         Ok(())
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let pause = {
-            let mut st = self.st.borrow_mut();
-            let size = st.buf.len();
-            st.flow.should_pause(size)
-        };
-        if pause {
-            self.notify(Note::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let resume = {
-            let mut st = self.st.borrow_mut();
-            let size = st.buf.len();
-            st.flow.should_resume(size)
-        };
-        if resume {
-            self.notify(Note::ResumeWriting);
-        }
-    }
-
     /// Drain the write buffer as far as the socket takes it.
     fn do_write(self: &Rc<Self>) {
         let mut progressed = false;
@@ -933,7 +832,7 @@ impl StreamInner {
         self.maybe_resume();
         let (empty, closing, eof, shut_wr, conn_lost) = {
             let st = self.st.borrow();
-            (st.buf.is_empty(), st.closing, st.eof, st.shut_wr, st.conn_lost)
+            (st.buf.is_empty(), st.life.closing, st.eof, st.shut_wr, st.life.conn_lost)
         };
         if !empty {
             return;
@@ -944,7 +843,7 @@ impl StreamInner {
         }
         if closing {
             if conn_lost == 0 {
-                self.st.borrow_mut().conn_lost = 1;
+                self.st.borrow_mut().life.conn_lost = 1;
                 self.call_connection_lost(None);
             }
         } else if eof && !shut_wr {
@@ -974,7 +873,7 @@ impl StreamInner {
         }
         let now = {
             let mut st = self.st.borrow_mut();
-            if st.closing || st.eof {
+            if st.life.closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -986,69 +885,17 @@ impl StreamInner {
         Ok(())
     }
 
-    fn close(self: &Rc<Self>) {
-        let lost_now = {
-            let mut st = self.st.borrow_mut();
-            if st.closing {
-                return;
-            }
-            st.closing = true;
-            if st.buf.is_empty() {
-                st.conn_lost += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if lost_now {
-            let me = self.clone();
-            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
-        }
-    }
-
+    /// Close at once (dropping the buffer); `connection_lost(err)` follows.
     pub(crate) fn force_close(self: &Rc<Self>, err: Option<Error>) {
         let dropped = {
             let mut st = self.st.borrow_mut();
-            if st.conn_lost > 0 {
+            if !st.life.abort() {
                 return;
             }
-            st.closing = true;
-            st.conn_lost += 1;
             std::mem::take(&mut st.buf)
         };
         drop(dropped);
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || me.call_connection_lost(err)));
-    }
-
-    fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
-        if !matches!(err, Error::Io(_)) {
-            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
-        }
-        self.force_close(Some(err));
-    }
-
-    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
-        let started = {
-            let mut st = self.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.lost = true;
-            st.closing = true;
-            st.started
-        };
-        if !self.owns_fd {
-            // The owner may close the descriptor in connection_lost (the
-            // Python face's `_finish`), and a descriptor of the same number
-            // may be opened and registered there: leave the poll first.
-            self.unregister();
-        }
-        if started {
-            // Not `with_protocol`: a panic here must not start another close.
-            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
-        }
-        self.release();
+        self.schedule_connection_lost(err);
     }
 
     /// Remove the socket from the poll (once; no I/O follows).
@@ -1096,7 +943,7 @@ impl StreamInner {
     fn pipe_peer_closed(self: &Rc<Self>) {
         let (started, queued) = {
             let st = self.st.borrow();
-            (st.started, !st.buf.is_empty())
+            (st.life.started, !st.buf.is_empty())
         };
         if !started {
             // Seen again after connection_made, which re-arms the registration.
@@ -1107,7 +954,7 @@ impl StreamInner {
     }
 
     pub(crate) fn is_lost(&self) -> bool {
-        self.st.borrow().lost
+        self.st.borrow().life.lost
     }
 
     /// Record the TLS transport layered over this one.
@@ -1123,9 +970,9 @@ impl StreamInner {
 
 impl SlotHost for StreamInner {
     type Proto = dyn Protocol;
-    type Note = Note;
+    type Note = FlowNote;
 
-    fn slot(&self) -> &ProtocolSlot<dyn Protocol, Note> {
+    fn slot(&self) -> &ProtocolSlot<dyn Protocol, FlowNote> {
         &self.slot
     }
 
@@ -1135,17 +982,86 @@ impl SlotHost for StreamInner {
 
     /// A panicking protocol aborts the connection.
     fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
-        self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+        self.abort_on_panic(what, msg);
     }
 
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
+    fn deliver_note(self: &Rc<Self>, note: FlowNote) {
+        if !self.st.borrow().life.lost {
+            deliver_flow_note(self, note);
         }
-        match note {
-            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
-        };
+    }
+}
+
+impl Teardown for StreamInner {
+    fn abort_with_error(self: &Rc<Self>, err: Error) {
+        self.force_close(Some(err));
+    }
+}
+
+impl FlowHost for StreamInner {
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let st = self.st.borrow_mut();
+        let size = st.buf.len();
+        (RefMut::map(st, |st| &mut st.flow), size)
+    }
+}
+
+impl LifecycleHost for StreamInner {
+    fn is_flushed(&self) -> bool {
+        self.st.borrow().buf.is_empty()
+    }
+
+    fn life(&self) -> RefMut<'_, Lifecycle> {
+        RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
+    }
+
+    /// Read and deliver until drained (or the per-event budget is used).
+    fn do_read(self: &Rc<Self>) {
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            match self.read_once() {
+                ReadOutcome::Data { drained } => {
+                    if drained {
+                        if self.st.borrow().read_hup {
+                            // The peer's EOF sits behind this data. As in asyncio
+                            // (one recv per readiness callback), it is read in the
+                            // next iteration: re-arm, since no new edge will come.
+                            self.rearm();
+                        }
+                        return;
+                    }
+                }
+                ReadOutcome::Eof => {
+                    self.on_eof();
+                    return;
+                }
+                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
+                ReadOutcome::Error(e) => {
+                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
+                    self.fatal_error(Error::Io(e), &msg);
+                    return;
+                }
+            }
+        }
+        // Budget used up with data still coming: continue next iteration.
+        self.schedule_read();
+    }
+
+    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
+        let Some(started) = self.life().lose() else { return };
+        if !self.owns_fd {
+            // The owner may close the descriptor in connection_lost (the
+            // Python face's `_finish`), and a descriptor of the same number
+            // may be opened and registered there: leave the poll first.
+            self.unregister();
+        }
+        if started {
+            // Not `with_protocol`: a panic here must not start another close.
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
+        }
+        self.release();
     }
 }
 

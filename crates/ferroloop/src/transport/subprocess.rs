@@ -422,11 +422,6 @@ impl SlotHost for SubprocInner {
         &self.lp
     }
 
-    /// A panic is reported; the process goes on.
-    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
-        self.report_panic(what, msg);
-    }
-
     fn deliver_note(self: &Rc<Self>, c: Call) {
         match c {
             Call::Data(fd, data) => {

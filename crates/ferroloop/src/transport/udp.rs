@@ -22,7 +22,7 @@
 //! abstract-namespace name written with its leading NUL (`"\0name"`, as
 //! Python's `b"\x00name"`), or the empty string for an unnamed socket.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -38,19 +38,17 @@ use mio::{Interest, Token};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, ExceptionContext, IoSource, Readiness};
+use crate::event_loop::{EventLoop, IoSource, Readiness};
 use crate::flow::WriteFlow;
 use crate::future::LoopFuture;
 use crate::resolve::{resolve, Family};
 use crate::sys;
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 
 /// Datagrams read per readiness event before yielding to other sources.
 pub const READS_PER_EVENT: usize = 64;
-/// After this many sends on a closed transport, each further one is logged
-/// (asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
-const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
 
 /// A datagram protocol (asyncio's `DatagramProtocol`).
 ///
@@ -267,17 +265,9 @@ pub(crate) enum Note {
 
 #[derive(Default)]
 struct State {
-    /// `connection_made` was delivered.
-    started: bool,
-    closing: bool,
-    /// asyncio's `_conn_lost`: >0 once `connection_lost` is scheduled;
-    /// counts sends dropped after that.
-    conn_lost: u32,
-    /// `connection_lost` was delivered.
-    lost: bool,
-    read_paused: bool,
-    /// A read attempt is queued on the ready queue.
-    read_scheduled: bool,
+    /// Closing and `connection_lost` (see `transport::lifecycle`); its
+    /// `conn_lost` counts sends dropped after `connection_lost` is scheduled.
+    life: Lifecycle,
     /// Datagrams waiting for writability, with their destination (`None`:
     /// the connected peer).
     queue: VecDeque<(Vec<u8>, Option<Address>)>,
@@ -419,7 +409,7 @@ impl DatagramTransport {
     /// Close at once because of `err`, without reporting it: the protocol
     /// receives `connection_lost(Some(err))`. For bindings.
     pub fn abort_with_error(&self, err: Error) {
-        self.inner.force_close(Some(err))
+        self.inner.abort_with_error(err)
     }
 
     /// Close at once because of `err`: the exception handler hears of it
@@ -432,38 +422,26 @@ impl DatagramTransport {
     /// Close the socket now, without `connection_lost` (for a binding's
     /// finalizer: the transport was dropped unclosed).
     pub fn close_socket(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            st.closing = true;
-            st.lost = true;
-            st.conn_lost = st.conn_lost.max(1);
-        }
+        self.inner.st.borrow_mut().life.close_silently();
         self.inner.release();
     }
 
     /// True once `close`/`abort` was called.
     pub fn is_closing(&self) -> bool {
-        self.inner.st.borrow().closing
+        self.inner.st.borrow().life.closing
     }
 
     /// Stop delivering datagrams until [`DatagramTransport::resume_reading`];
     /// effective at once, even inside `datagram_received`. The kernel keeps
     /// (or drops) what arrives meanwhile.
     pub fn pause_reading(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if !st.closing {
-            st.read_paused = true;
-        }
+        self.inner.life().pause_reading();
     }
 
     /// Resume delivery.
     pub fn resume_reading(&self) {
-        {
-            let mut st = self.inner.st.borrow_mut();
-            if st.closing || !st.read_paused {
-                return;
-            }
-            st.read_paused = false;
+        if !self.inner.life().resume_reading() {
+            return;
         }
         self.inner.rearm();
         if !self.inner.st.borrow().pending.is_empty() {
@@ -473,8 +451,7 @@ impl DatagramTransport {
 
     /// True unless reading is paused or the transport is closing.
     pub fn is_reading(&self) -> bool {
-        let st = self.inner.st.borrow();
-        !st.read_paused && !st.closing
+        self.inner.st.borrow().life.is_reading()
     }
 
     /// Payload bytes queued for sending.
@@ -502,9 +479,7 @@ impl DatagramTransport {
     /// As [`DatagramTransport::set_write_buffer_limits`], with signed
     /// arguments so that negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        self.inner.st.borrow_mut().flow.set_limits(high, low)?;
-        self.inner.maybe_pause();
-        Ok(())
+        self.inner.set_write_limits(high, low)
     }
 
     /// Whether `pause_writing` was called without a `resume_writing` yet.
@@ -514,12 +489,7 @@ impl DatagramTransport {
 
     /// Look up extra information by asyncio's key: `peername`, `sockname`, `socket`.
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        match name {
-            "peername" => self.peername().map(ExtraInfo::Address),
-            "sockname" => self.sockname().map(ExtraInfo::Address),
-            "socket" => self.socket_fd().map(ExtraInfo::Fd),
-            _ => None,
-        }
+        ExtraInfo::of_socket(name, self.inner.peername.as_ref(), self.inner.sockname.as_ref(), || self.socket_fd())
     }
 
     /// The connected peer's address (`None` for an unconnected socket).
@@ -560,10 +530,10 @@ impl DatagramInner {
     }
 
     fn deliver_connection_made(self: &Rc<Self>) {
-        if self.st.borrow().lost {
+        if self.st.borrow().life.lost {
             return;
         }
-        self.st.borrow_mut().started = true;
+        self.st.borrow_mut().life.started = true;
         let t = self.transport();
         self.with_protocol("connection_made", move |p| p.connection_made(t));
         let on_made = self.on_made.borrow_mut().take();
@@ -584,63 +554,7 @@ impl DatagramInner {
 
     fn can_read(&self) -> bool {
         let st = self.st.borrow();
-        st.started && !st.closing && !st.read_paused
-    }
-
-    fn schedule_read(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.read_scheduled || st.closing {
-                return;
-            }
-            st.read_scheduled = true;
-        }
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || {
-            me.st.borrow_mut().read_scheduled = false;
-            me.do_read();
-        }));
-    }
-
-    /// Receive and deliver until the socket is drained (or the budget is used).
-    fn do_read(self: &Rc<Self>) {
-        if !self.deliver_pending() {
-            return;
-        }
-        let udp = matches!(self.sock.borrow().as_ref(), Some(DSock::Udp(_)));
-        if udp {
-            return self.do_read_batched();
-        }
-        for _ in 0..READS_PER_EVENT {
-            if !self.can_read() {
-                return;
-            }
-            let mut buf = self.lp.take_read_buf();
-            let r = {
-                let sock = self.sock.borrow();
-                match sock.as_ref() {
-                    Some(s) => s.recv_from(&mut buf),
-                    None => Err(io::ErrorKind::WouldBlock.into()),
-                }
-            };
-            match r {
-                Ok((n, addr)) => {
-                    self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
-                    self.lp.put_read_buf(buf);
-                }
-                Err(e) => {
-                    self.lp.put_read_buf(buf);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
-                        io::ErrorKind::Interrupted => {}
-                        // ECONNREFUSED and friends: reported, and reading goes on.
-                        _ => self.notify(Note::ErrorReceived(Error::Io(e))),
-                    }
-                }
-            }
-        }
-        // Budget used with datagrams still waiting: go on next iteration.
-        self.schedule_read();
+        st.life.started && !st.life.closing && !st.life.read_paused
     }
 
     /// Deliver what a batch left undelivered; false if reading stopped again.
@@ -685,7 +599,7 @@ impl DatagramInner {
                         if !self.can_read() {
                             // Paused inside datagram_received: keep the rest
                             // for resume_reading (dropped if closing).
-                            if !self.st.borrow().closing && !got.truncated {
+                            if !self.st.borrow().life.closing && !got.truncated {
                                 self.st.borrow_mut().pending.push_back((slot.to_vec(), addr));
                             }
                             continue;
@@ -751,11 +665,10 @@ impl DatagramInner {
         };
         {
             let mut st = self.st.borrow_mut();
-            if st.conn_lost > 0 {
-                st.conn_lost += 1;
-                if st.conn_lost > CONNLOST_WRITE_LOG_THRESHOLD {
+            if let Some(log) = st.life.drop_write() {
+                if log {
                     drop(st);
-                    self.lp.warn("socket.send() raised exception.");
+                    self.lp.warn(SOCKET_SEND_WARNING);
                 }
                 return Ok(None);
             }
@@ -814,93 +727,26 @@ impl DatagramInner {
         self.maybe_resume();
         let (empty, closing, conn_lost) = {
             let st = self.st.borrow();
-            (st.queue.is_empty(), st.closing, st.conn_lost)
+            (st.queue.is_empty(), st.life.closing, st.life.conn_lost)
         };
         if empty && closing && conn_lost == 0 {
-            self.st.borrow_mut().conn_lost = 1;
+            self.st.borrow_mut().life.conn_lost = 1;
             self.call_connection_lost(None);
         }
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let pause = {
-            let mut st = self.st.borrow_mut();
-            let size = st.queued;
-            st.flow.should_pause(size)
-        };
-        if pause {
-            self.notify(Note::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let resume = {
-            let mut st = self.st.borrow_mut();
-            let size = st.queued;
-            st.flow.should_resume(size)
-        };
-        if resume {
-            self.notify(Note::ResumeWriting);
-        }
-    }
-
-    fn close(self: &Rc<Self>) {
-        let lost_now = {
-            let mut st = self.st.borrow_mut();
-            if st.closing {
-                return;
-            }
-            st.closing = true;
-            if st.queue.is_empty() {
-                st.conn_lost += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if lost_now {
-            let me = self.clone();
-            self.lp.schedule(Box::new(move || me.call_connection_lost(None)));
-        }
-    }
-
+    /// Close at once (dropping the queue); `connection_lost(err)` follows.
     fn force_close(self: &Rc<Self>, err: Option<Error>) {
         let dropped = {
             let mut st = self.st.borrow_mut();
-            if st.conn_lost > 0 {
+            if !st.life.abort() {
                 return;
             }
-            st.closing = true;
-            st.conn_lost += 1;
             st.queued = 0;
             std::mem::take(&mut st.queue)
         };
         drop(dropped);
-        let me = self.clone();
-        self.lp.schedule(Box::new(move || me.call_connection_lost(err)));
-    }
-
-    fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
-        if !matches!(err, Error::Io(_)) {
-            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
-        }
-        self.force_close(Some(err));
-    }
-
-    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
-        let started = {
-            let mut st = self.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.lost = true;
-            st.closing = true;
-            st.started
-        };
-        if started {
-            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
-        }
-        self.release();
+        self.schedule_connection_lost(err);
     }
 
     /// Close the socket and break the transport<->protocol cycle.
@@ -934,13 +780,8 @@ impl SlotHost for DatagramInner {
         &self.lp
     }
 
-    /// A panic is reported; the transport goes on.
-    fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
-        self.report_panic(what, msg);
-    }
-
     fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
+        if self.st.borrow().life.lost {
             return;
         }
         match note {
@@ -948,6 +789,88 @@ impl SlotHost for DatagramInner {
             Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
             Note::ErrorReceived(e) => self.with_protocol("error_received", |p| p.error_received(e)),
         };
+    }
+}
+
+impl Teardown for DatagramInner {
+    fn abort_with_error(self: &Rc<Self>, err: Error) {
+        self.force_close(Some(err));
+    }
+}
+
+impl From<FlowNote> for Note {
+    fn from(n: FlowNote) -> Note {
+        match n {
+            FlowNote::PauseWriting => Note::PauseWriting,
+            FlowNote::ResumeWriting => Note::ResumeWriting,
+        }
+    }
+}
+
+impl FlowHost for DatagramInner {
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let st = self.st.borrow_mut();
+        let size = st.queued;
+        (RefMut::map(st, |st| &mut st.flow), size)
+    }
+}
+
+impl LifecycleHost for DatagramInner {
+    fn is_flushed(&self) -> bool {
+        self.st.borrow().queue.is_empty()
+    }
+
+    fn life(&self) -> RefMut<'_, Lifecycle> {
+        RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
+    }
+
+    /// Receive and deliver until the socket is drained (or the budget is used).
+    fn do_read(self: &Rc<Self>) {
+        if !self.deliver_pending() {
+            return;
+        }
+        let udp = matches!(self.sock.borrow().as_ref(), Some(DSock::Udp(_)));
+        if udp {
+            return self.do_read_batched();
+        }
+        for _ in 0..READS_PER_EVENT {
+            if !self.can_read() {
+                return;
+            }
+            let mut buf = self.lp.take_read_buf();
+            let r = {
+                let sock = self.sock.borrow();
+                match sock.as_ref() {
+                    Some(s) => s.recv_from(&mut buf),
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            };
+            match r {
+                Ok((n, addr)) => {
+                    self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
+                    self.lp.put_read_buf(buf);
+                }
+                Err(e) => {
+                    self.lp.put_read_buf(buf);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        // ECONNREFUSED and friends: reported, and reading goes on.
+                        _ => self.notify(Note::ErrorReceived(Error::Io(e))),
+                    }
+                }
+            }
+        }
+        // Budget used with datagrams still waiting: go on next iteration.
+        self.schedule_read();
+    }
+
+    fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
+        let Some(started) = self.life().lose() else { return };
+        if started {
+            self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
+        }
+        self.release();
     }
 }
 

@@ -26,7 +26,7 @@
 
 mod session;
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::RawFd;
@@ -42,7 +42,8 @@ use crate::future::LoopFuture;
 use crate::handle::TimerHandle;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::pipe::TransportKind;
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::lifecycle::{count_dropped_write, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::stream::{Address, ExtraInfo};
 use crate::transport::tcp::{ConnectOptions, Connection};
 use crate::transport::Transport;
@@ -55,8 +56,6 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Plaintext read out of the session at a time (a TLS record holds at most 16 KiB).
 const PLAINTEXT_CHUNK: usize = 64 * 1024;
-/// See `stream.rs`: writes after the connection is lost are logged after this many.
-const CONNLOST_WRITE_LOG_THRESHOLD: u32 = 5;
 
 /// Client side of a TLS connection ([`EventLoop::create_connection_tls`],
 /// [`EventLoop::start_tls`]).
@@ -145,12 +144,6 @@ pub struct TlsInfo {
 
 type OnHandshake = Box<dyn FnOnce(Result<Transport>)>;
 
-#[derive(Clone, Copy)]
-pub(crate) enum Note {
-    PauseWriting,
-    ResumeWriting,
-}
-
 #[derive(Default)]
 struct State {
     handshaken: bool,
@@ -178,7 +171,7 @@ pub(crate) struct TlsInner {
     raw: RefCell<Option<Transport>>,
     session: RefCell<TlsSession>,
     /// The application protocol, and its notes (see `transport::slot`).
-    slot: ProtocolSlot<dyn Protocol, Note>,
+    slot: ProtocolSlot<dyn Protocol, FlowNote>,
     st: RefCell<State>,
     /// Decrypted plaintext not yet delivered (reading paused).
     pending: RefCell<VecDeque<Vec<u8>>>,
@@ -634,30 +627,15 @@ impl TlsInner {
         }));
     }
 
-    fn maybe_pause(self: &Rc<Self>) {
-        let size = self.get_write_buffer_size();
-        if self.st.borrow_mut().flow.should_pause(size) {
-            self.notify(Note::PauseWriting);
-        }
-    }
-
-    fn maybe_resume(self: &Rc<Self>) {
-        let size = self.get_write_buffer_size();
-        if self.st.borrow_mut().flow.should_resume(size) {
-            self.notify(Note::ResumeWriting);
-        }
-    }
-
     /// Writes after close: dropped, logged after a few (asyncio).
     fn refuse_write(&self) -> bool {
         let mut st = self.st.borrow_mut();
         if !(st.closing || st.lost) {
             return false;
         }
-        st.conn_lost_writes += 1;
-        if st.conn_lost_writes >= CONNLOST_WRITE_LOG_THRESHOLD {
+        if count_dropped_write(&mut st.conn_lost_writes) {
             drop(st);
-            self.lp.warn("socket.send() raised exception.");
+            self.lp.warn(SOCKET_SEND_WARNING);
         }
         true
     }
@@ -690,21 +668,6 @@ impl TlsInner {
         self.cancel_timer();
         if let Some(raw) = self.raw() {
             raw.abort();
-        }
-    }
-
-    pub(crate) fn fatal_error(self: &Rc<Self>, err: Error, message: &str) {
-        if !matches!(err, Error::Io(_)) {
-            self.lp.call_exception_handler(ExceptionContext { message: message.to_string(), error: Some(err.clone()) });
-        }
-        self.abort_with_error(err);
-    }
-
-    pub(crate) fn abort_with_error(self: &Rc<Self>, err: Error) {
-        self.st.borrow_mut().closing = true;
-        self.cancel_timer();
-        if let Some(raw) = self.raw() {
-            raw.abort_with_error(err);
         }
     }
 
@@ -874,9 +837,9 @@ impl TlsInner {
 
 impl SlotHost for TlsInner {
     type Proto = dyn Protocol;
-    type Note = Note;
+    type Note = FlowNote;
 
-    fn slot(&self) -> &ProtocolSlot<dyn Protocol, Note> {
+    fn slot(&self) -> &ProtocolSlot<dyn Protocol, FlowNote> {
         &self.slot
     }
 
@@ -886,17 +849,33 @@ impl SlotHost for TlsInner {
 
     /// A panicking protocol aborts the connection.
     fn protocol_panicked(self: &Rc<Self>, what: &str, msg: String) {
-        self.fatal_error(Error::Panic(msg), &format!("Fatal error: protocol.{what}() call failed."));
+        self.abort_on_panic(what, msg);
     }
 
-    fn deliver_note(self: &Rc<Self>, note: Note) {
-        if self.st.borrow().lost {
-            return;
+    fn deliver_note(self: &Rc<Self>, note: FlowNote) {
+        if !self.st.borrow().lost {
+            deliver_flow_note(self, note);
         }
-        match note {
-            Note::PauseWriting => self.with_protocol("pause_writing", |p| p.pause_writing()),
-            Note::ResumeWriting => self.with_protocol("resume_writing", |p| p.resume_writing()),
-        };
+    }
+}
+
+impl FlowHost for TlsInner {
+    /// The raw transport's buffer counts (plaintext is encrypted at once).
+    fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+        let size = self.get_write_buffer_size();
+        (RefMut::map(self.st.borrow_mut(), |st| &mut st.flow), size)
+    }
+}
+
+impl Teardown for TlsInner {
+    /// The raw transport is aborted with `err` (its `connection_lost`
+    /// brings the application protocol's).
+    fn abort_with_error(self: &Rc<Self>, err: Error) {
+        self.st.borrow_mut().closing = true;
+        self.cancel_timer();
+        if let Some(raw) = self.raw() {
+            raw.abort_with_error(err);
+        }
     }
 }
 
