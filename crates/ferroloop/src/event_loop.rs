@@ -36,8 +36,10 @@ use crate::timer::TimerQueue;
 
 /// The waker's token; source tokens never reach it (their key is < 2^32).
 const WAKER_TOKEN: Token = Token(usize::MAX);
-/// Size of the loop's shared read buffer (asyncio reads at most 256 KiB at once).
-pub(crate) const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// Size of the loop's shared read buffer: what a plain protocol's read takes at most
+/// (asyncio reads up to 256 KiB at once, uvloop 64 KiB; 64 KiB measured much cheaper for
+/// 64 KiB messages and bulk transfers, docs/benchmarks.md change 11).
+pub(crate) const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Longest single poll, as asyncio's `MAXIMUM_SELECT_TIMEOUT` (24 hours).
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 
