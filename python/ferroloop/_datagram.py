@@ -13,9 +13,10 @@ from __future__ import annotations
 import socket
 import warnings
 
-from asyncio import transports, trsock
+from asyncio import transports
 
 from . import _ferroloop
+from ._transports import socket_extra
 
 _BOUND = (
     "sendto",
@@ -85,16 +86,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._address = address
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        socket_extra(self._extra, sock)
         core = _ferroloop.DatagramCore(loop._core, loop, self, self._sock_fd, sock.family, protocol, address, waiter)
         self._core = core
         d = self.__dict__

@@ -47,6 +47,21 @@ _FORWARDED = (
 )
 
 
+def socket_extra(extra, sock):
+    """asyncio's extra info of a socket transport: ``socket``, ``sockname``,
+    ``peername`` (unless given), ``None`` where the socket cannot tell."""
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
+
+
 class StreamTransport(transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport driven by the engine."""
 
@@ -61,16 +76,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._loop = loop
         self._sock = sock
         self._sock_fd = sock.fileno()
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        socket_extra(self._extra, sock)
         self._server = server
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
