@@ -53,7 +53,10 @@ run() {
 
 pair() {
     local port=$1 server=$2 client=$3 rc
-    banner "${server##*/} (in the background) + ${client##*/}"
+    # Program names without their directories, arguments kept.
+    local s_prog=${server%% *} c_prog=${client%% *}
+    local s_name=${s_prog##*/}${server#"$s_prog"} c_name=${c_prog##*/}${client#"$c_prog"}
+    banner "$s_name (in the background) + $c_name"
     if listening "$port"; then
         echo "demo: port $port is already in use; stop whatever listens there and retry" >&2
         return 1
@@ -85,7 +88,7 @@ pair() {
         sleep 0.05
     done
 
-    echo "--- ${client##*/}"
+    echo "--- $c_name"
     # The spec's UDP client races with its server: when the reply comes back
     # before run_until_complete() returns, connection_lost's loop.stop() ends
     # that run instead of run_forever(), which then waits forever (on stock
@@ -114,7 +117,7 @@ pair() {
     fi
     wait "$server_pid" && rc=0 || rc=$?
     server_pid=""
-    echo "--- ${server##*/} (sent SIGINT after the client finished; exit status $rc)"
+    echo "--- $s_name (sent SIGINT after the client finished; exit status $rc)"
     cat "$server_log"
     [ "$rc" = 0 ] || { echo "demo: the server failed" >&2; return 1; }
 }
