@@ -16,7 +16,7 @@ import warnings
 from asyncio import transports
 
 from . import _ferroloop
-from ._transports import socket_extra
+from ._transports import CoreBacked, socket_extra
 
 _BOUND = (
     "sendto",
@@ -74,7 +74,7 @@ def _sendto_address(family, addr):
     return (resolved[0], port)
 
 
-class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
+class DatagramTransport(CoreBacked, transports._FlowControlMixin, transports.DatagramTransport):
     """A UDP or Unix datagram transport driven by the engine."""
 
     max_size = 256 * 1024  # the engine's read buffer, asyncio's max_size
@@ -102,19 +102,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             sock.close()
 
     @property
-    def _protocol_paused(self):
-        return self._core.is_writing_paused()
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
     def _buffer_size(self):
         return self._core.get_write_buffer_size()
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
 
     def _fatal_error(self, exc, message="Fatal error on transport"):
         """asyncio's ``_fatal_error``: report (unless an OSError), close with ``exc``."""

@@ -62,7 +62,26 @@ def socket_extra(extra, sock):
             extra["peername"] = None
 
 
-class StreamTransport(transports._FlowControlMixin, transports.Transport):
+class CoreBacked:
+    """What every transport on an engine core (``self._core``) answers the
+    same way: its protocol, whether it paused the protocol's writing, its
+    extra info."""
+
+    __slots__ = ()
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _protocol_paused(self):
+        return self._core.is_writing_paused()
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+
+class StreamTransport(CoreBacked, transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport driven by the engine."""
 
     # BaseEventLoop.start_tls() and sendfile() look for these.
@@ -136,17 +155,6 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     def _reset_empty_waiter(self):
         self._empty_waiter = None
         self._core.set_write_blocked(False)
-
-    @property
-    def _protocol_paused(self):
-        return self._core.is_writing_paused()
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -391,7 +399,7 @@ _WRITE_PIPE_BOUND = (
 )
 
 
-class _PipeTransport:
+class _PipeTransport(CoreBacked):
     """What the read and write pipe transports share: the engine core on a
     duplicate of the pipe's descriptor, asyncio's checks, ``_finish``."""
 
@@ -423,13 +431,6 @@ class _PipeTransport:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             pipe.close()
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -475,7 +476,3 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._init_pipe(loop, pipe, protocol, waiter, extra)
-
-    @property
-    def _protocol_paused(self):
-        return self._core.is_writing_paused()

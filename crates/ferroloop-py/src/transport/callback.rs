@@ -52,3 +52,38 @@ pub(crate) fn call_method_in_context<'py>(
         _ => obj.call_method1(name, PyTuple::new(py, args)?),
     }
 }
+
+/// GC support of a transport core's shared Python references: visit the
+/// cells not borrowed right now.
+pub(crate) fn visit_cells(
+    cells: &[&std::cell::RefCell<Option<Py<PyAny>>>],
+    visit: &pyo3::PyVisit<'_>,
+) -> Result<(), pyo3::PyTraverseError> {
+    for cell in cells {
+        if let Ok(b) = cell.try_borrow() {
+            if let Some(o) = b.as_ref() {
+                visit.call(o)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Empty the cells not borrowed right now (`__clear__`).
+pub(crate) fn clear_cells(cells: &[&std::cell::RefCell<Option<Py<PyAny>>>]) {
+    for cell in cells {
+        if let Ok(mut b) = cell.try_borrow_mut() {
+            b.take();
+        }
+    }
+}
+
+/// While the connection is live, the engine's protocol adapter co-owns a
+/// core's shared references: they are then not the core's to report, or
+/// the GC would take a live transport for garbage. Once the adapter is gone
+/// (after `connection_lost`), they are, so cycles through a closed transport
+/// are collected. `f` visits (or clears) them when the core is the sole
+/// owner; `None` otherwise.
+pub(crate) fn if_sole_owner<S, R>(shared: &std::rc::Rc<S>, f: impl FnOnce(&S) -> R) -> Option<R> {
+    (std::rc::Rc::strong_count(shared) == 1).then(|| f(shared))
+}

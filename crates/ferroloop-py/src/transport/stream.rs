@@ -19,7 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_method_in_context, is_exit};
+use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
 use crate::sys::{GilBound, WritableBuffer};
 use crate::tls::TlsContext;
 
@@ -60,23 +60,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context] {
-            if let Ok(b) = cell.try_borrow() {
-                if let Some(o) = b.as_ref() {
-                    visit.call(o)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn clear(&self) {
-        for cell in [&self.loop_obj, &self.transport, &self.protocol, &self.context] {
-            if let Ok(mut b) = cell.try_borrow_mut() {
-                b.take();
-            }
-        }
+    fn cells(&self) -> [&RefCell<Option<Py<PyAny>>>; 4] {
+        [&self.loop_obj, &self.transport, &self.protocol, &self.context]
     }
 
     fn get(cell: &RefCell<Option<Py<PyAny>>>, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -631,24 +616,13 @@ impl StreamCore {
         Ok(self.t()?.socket_fd().unwrap_or(-1))
     }
 
-    /// While the connection is live, the engine's protocol adapter co-owns
-    /// the shared references: they are then not this object's to report,
-    /// or the GC would take a live transport for garbage. Once the adapter
-    /// is gone (after `connection_lost`), they are, so cycles through a
-    /// closed transport are collected.
+    /// Only once the connection is lost (see `callback::if_sole_owner`).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let shared = &self.inner.get().1;
-        if Rc::strong_count(shared) == 1 {
-            shared.traverse(&visit)?;
-        }
-        Ok(())
+        if_sole_owner(&self.inner.get().1, |s| visit_cells(&s.cells(), &visit)).unwrap_or(Ok(()))
     }
 
     fn __clear__(&mut self) {
-        let shared = &self.inner.get().1;
-        if Rc::strong_count(shared) == 1 {
-            shared.clear()
-        }
+        if_sole_owner(&self.inner.get().1, |s| clear_cells(&s.cells()));
     }
 }
 

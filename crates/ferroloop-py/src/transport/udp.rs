@@ -29,7 +29,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_in_context, is_exit};
+use crate::transport::callback::{call_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
 use crate::sys::GilBound;
 
 const AF_UNIX: i32 = libc::AF_UNIX;
@@ -63,13 +63,7 @@ impl Shared {
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for cell in self.cells() {
-            if let Ok(b) = cell.try_borrow() {
-                if let Some(o) = b.as_ref() {
-                    visit.call(o)?;
-                }
-            }
-        }
+        visit_cells(&self.cells(), visit)?;
         if let Ok(b) = self.last_addr.try_borrow() {
             if let Some((_, o)) = b.as_ref() {
                 visit.call(o)?;
@@ -79,11 +73,7 @@ impl Shared {
     }
 
     fn clear(&self) {
-        for cell in self.cells() {
-            if let Ok(mut b) = cell.try_borrow_mut() {
-                b.take();
-            }
-        }
+        clear_cells(&self.cells());
         if let Ok(mut b) = self.last_addr.try_borrow_mut() {
             b.take();
         }
@@ -521,21 +511,13 @@ impl DatagramCore {
         self.t().socket_fd().unwrap_or(-1)
     }
 
-    /// As `StreamCore.__traverse__`: while the engine's adapter co-owns the
-    /// shared references (the transport is live), they are not reported.
+    /// Only once the connection is lost (see `callback::if_sole_owner`).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let shared = &self.inner.get().1;
-        if Rc::strong_count(shared) == 1 {
-            shared.traverse(&visit)?;
-        }
-        Ok(())
+        if_sole_owner(&self.inner.get().1, |s| s.traverse(&visit)).unwrap_or(Ok(()))
     }
 
     fn __clear__(&mut self) {
-        let shared = &self.inner.get().1;
-        if Rc::strong_count(shared) == 1 {
-            shared.clear()
-        }
+        if_sole_owner(&self.inner.get().1, |s| s.clear());
     }
 }
 
