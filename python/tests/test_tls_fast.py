@@ -160,6 +160,21 @@ def port_of(server):
     return server.sockets[0].getsockname()[1]
 
 
+async def close_all(*closables):
+    """``close()`` then ``await wait_closed()`` on each (servers, stream writers)."""
+    for c in closables:
+        c.close()
+        await c.wait_closed()
+
+
+def tls_connect(flavor, certs, port, **client_options):
+    """``asyncio.open_connection`` to 127.0.0.1:``port`` over TLS with the
+    flavor's client context (``client_context`` options), checking 'localhost'."""
+    return asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(flavor, certs, **client_options), server_hostname="localhost"
+    )
+
+
 def assert_cipher_shape(cipher, version):
     """``SSLObject.cipher()``: (suite name, protocol version, secret bits)."""
     assert isinstance(cipher, tuple) and len(cipher) == 3, cipher
@@ -226,8 +241,7 @@ def test_streams_echo_1mib_and_server_close_is_eof(flavor, certs):
                     if i % (16 * 4096) == 0:
                         await writer.drain()
                 await writer.drain()
-                writer.close()
-                await writer.wait_closed()
+                await close_all(writer)
                 server_done.set_result(None)
             except BaseException as e:
                 server_done.set_exception(e)
@@ -246,10 +260,7 @@ def test_streams_echo_1mib_and_server_close_is_eof(flavor, certs):
         assert await reader.read() == b""
         assert reader.at_eof()
         await server_done
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
 
     isolated(flavor, main)
 
@@ -291,8 +302,7 @@ def test_protocol_echo_1mib_and_close_is_clean_eof(flavor, certs):
         assert await cp.lost is None
         assert await sp.lost is None
         assert sp.eof.done()
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -337,8 +347,7 @@ def test_server_transport_close_sends_close_notify(flavor, certs):
             None, _blocking_client, port_of(server), _oracle_client_context(certs), None
         )
         assert got == b"bye" * MIB
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -510,8 +519,7 @@ def test_extra_info(flavor, certs):
 
         tr.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -556,8 +564,7 @@ def test_extra_info_available_in_connection_made(flavor, certs):
             assert (("commonName", peer_cn),) in peercert["subject"], (side, peercert)
         tr.close()
         await servers[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -574,10 +581,7 @@ def test_server_hostname_defaults_to_host(flavor, certs):
         writer.write(b"ip\n")
         assert await reader.readline() == b"ip\n"
         assert writer.get_extra_info("ssl_object").server_hostname == "127.0.0.1"
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
 
     isolated(flavor, main)
 
@@ -587,13 +591,10 @@ def test_server_hostname_defaults_to_host(flavor, certs):
 
 async def _check_good_client(loop, flavor, certs, port, ca="ca"):
     """A client that trusts ``ca`` gets an echo from the server at ``port``."""
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_context(flavor, certs, ca=ca), server_hostname="localhost"
-    )
+    reader, writer = await tls_connect(flavor, certs, port, ca=ca)
     writer.write(b"still serving\n")
     assert await reader.readexactly(14) == b"still serving\n"
-    writer.close()
-    await writer.wait_closed()
+    await close_all(writer)
 
 
 def _counting_echo_factory(loop, made):
@@ -625,8 +626,7 @@ def test_untrusted_server_certificate(flavor, certs):
         await asyncio.sleep(0)
         # Only that client's connection reached a protocol.
         assert len(made) == 1
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -654,8 +654,7 @@ def test_hostname_mismatch(flavor, certs):
         tr.close()
         await cp.lost
         await _check_good_client(loop, flavor, certs, port)
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -673,12 +672,10 @@ def test_plain_client_to_tls_server(flavor, certs):
         # alert record (content type 21); never an echo, never a hang.
         got = await reader.read()
         assert got == b"" or got[:1] == b"\x15", got
-        writer.close()
-        await writer.wait_closed()
+        await close_all(writer)
         await _check_good_client(loop, flavor, certs, port)
         assert len(made) == 1
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -700,23 +697,19 @@ def test_tls_client_to_plain_server(flavor, certs):
         closing = await asyncio.start_server(closer, "127.0.0.1", 0)
         port = port_of(server)
         with pytest.raises(ssl.SSLError):
-            await asyncio.open_connection("127.0.0.1", port, ssl=client_context(flavor, certs), server_hostname="localhost")
+            await tls_connect(flavor, certs, port)
         # What the server got was a TLS handshake record.
         assert hellos[0][:1] == b"\x16"
         # A peer that closes during the handshake: ConnectionResetError.
         with pytest.raises(ConnectionResetError):
-            await asyncio.open_connection(
-                "127.0.0.1", port_of(closing), ssl=client_context(flavor, certs), server_hostname="localhost"
-            )
+            await tls_connect(flavor, certs, port_of(closing))
         # The plain server survives.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"plain")
         assert (await reader.readline()) == b"220 plain text, not TLS\r\n"
-        writer.close()
-        await writer.wait_closed()
+        await close_all(writer)
         for s in (server, closing):
-            s.close()
-            await s.wait_closed()
+            await close_all(s)
 
     isolated(flavor, main)
 
@@ -768,12 +761,10 @@ def test_server_handshake_timeout(flavor, certs):
         t0 = loop.time()
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert 0.25 <= loop.time() - t0 < 3
-        writer.close()
-        await writer.wait_closed()
+        await close_all(writer)
         await _check_good_client(loop, flavor, certs, port)
         assert len(made) == 1
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -793,9 +784,7 @@ def test_client_certificate_required(flavor, certs):
         # ends before the server checks, so the refusal may come at the first
         # read (an error or EOF); it never reaches the server's protocol.
         try:
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_context(flavor, certs), server_hostname="localhost"
-            )
+            reader, writer = await tls_connect(flavor, certs, port)
         except (ssl.SSLError, ConnectionError):
             pass
         else:
@@ -809,13 +798,9 @@ def test_client_certificate_required(flavor, certs):
             writer.close()
         # With TLS 1.2 the refusal is within the handshake.
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_context(flavor, certs, versions=["TLSv1.2"]), server_hostname="localhost"
-            )
+            await tls_connect(flavor, certs, port, versions=["TLSv1.2"])
         # With one: served, and the server sees it.
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_context(flavor, certs, client_cert=True), server_hostname="localhost"
-        )
+        reader, writer = await tls_connect(flavor, certs, port, client_cert=True)
         writer.write(b"with cert\n")
         assert await reader.readline() == b"with cert\n"
         assert len(made) == 1
@@ -823,10 +808,7 @@ def test_client_certificate_required(flavor, certs):
         assert (("commonName", "client"),) in peercert["subject"]
         assert (("commonName", "ferroloop test CA"),) in peercert["issuer"]
         assert made[0].transport.get_extra_info("ssl_object").getpeercert() == peercert
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
 
     isolated(flavor, main)
 
@@ -840,18 +822,14 @@ def test_client_certificate_optional(flavor, certs):
         )
         port = port_of(server)
         for client_cert in (False, True):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_context(flavor, certs, client_cert=client_cert), server_hostname="localhost"
-            )
+            reader, writer = await tls_connect(flavor, certs, port, client_cert=client_cert)
             writer.write(b"hi\n")
             assert await reader.readline() == b"hi\n"
-            writer.close()
-            await writer.wait_closed()
+            await close_all(writer)
         assert len(made) == 2
         assert made[0].transport.get_extra_info("peercert") is None
         assert (("commonName", "client"),) in made[1].transport.get_extra_info("peercert")["subject"]
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -880,8 +858,7 @@ def test_versions_tls12(flavor, certs, side):
             assert_cipher_shape(obj.cipher(), "TLSv1.2")
         tr.close()
         await servers[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -903,8 +880,7 @@ def test_versions_disjoint(flavor, certs):
             )
         await _check_good_client(loop, flavor, certs, port)
         assert len(made) == 1
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -933,8 +909,7 @@ def test_ferroloop_only_context_side_mismatch(certs):
         with pytest.raises(ValueError):
             await loop.start_tls(tr, cp, cctx, server_side=True)
         tr.close()
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1006,8 +981,7 @@ def test_start_tls_upgrade_both_sides(flavor, certs):
         gc.collect()
         tls.close()
         assert await cp.lost is None
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1025,8 +999,7 @@ def test_start_tls_on_a_transport_whose_reading_is_paused(flavor, certs):
 
         server = await loop.create_server(Plain, "127.0.0.1", 0)
         client_task = loop.create_task(
-            asyncio.open_connection("127.0.0.1", port_of(server), ssl=client_context(flavor, certs),
-                                    server_hostname="localhost")
+            tls_connect(flavor, certs, port_of(server))
         )
         plain = await server_side
         proto = Recorder(loop, echo=True)
@@ -1035,11 +1008,9 @@ def test_start_tls_on_a_transport_whose_reading_is_paused(flavor, certs):
         reader, writer = await client_task
         writer.write(b"ping")
         assert await reader.readexactly(4) == b"ping"
-        writer.close()
-        await writer.wait_closed()
+        await close_all(writer)
         tls.close()
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1074,8 +1045,7 @@ def test_start_tls_handshake_failure(flavor, certs):
         # The server's start_tls failed too (the client refused its certificate).
         assert isinstance(await server_saw, (ssl.SSLError, ConnectionError))
         writer.close()
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1109,8 +1079,7 @@ def test_write_eof_not_supported(flavor, certs):
         assert tr.get_write_buffer_limits() == (100, 1000)
         tr.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1185,8 +1154,7 @@ def test_flow_control_pause_and_resume_writing(flavor, certs):
         assert sp.sha.digest() == sha.digest()
         tr.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1221,8 +1189,7 @@ def test_interop_blocking_stdlib_client(flavor, certs, version):
         sp = servers[0]
         assert await sp.lost is None
         assert sp.transport.get_extra_info("ssl_object").version() == version
-        server.close()
-        await server.wait_closed()
+        await close_all(server)
 
     isolated(flavor, main)
 
@@ -1252,9 +1219,7 @@ def test_interop_openssl_s_server(flavor, certs, version):
         port = int(lines[-1].rsplit(b":", 1)[1])
 
         async def main(loop):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_context(flavor, certs, alpn=["http/1.1"]), server_hostname="localhost"
-            )
+            reader, writer = await tls_connect(flavor, certs, port, alpn=["http/1.1"])
             obj = writer.get_extra_info("ssl_object")
             assert obj.version() == version
             assert_cipher_shape(obj.cipher(), version)
@@ -1263,8 +1228,7 @@ def test_interop_openssl_s_server(flavor, certs, version):
                 line = b"line %d of the interop test " % i + b"x" * i
                 writer.write(line + b"\n")
                 assert await reader.readline() == line[::-1] + b"\n"
-            writer.close()
-            await writer.wait_closed()
+            await close_all(writer)
 
         isolated(flavor, main)
         # -naccept 1: s_server ends after our connection.
@@ -1297,10 +1261,7 @@ def test_unix_socket_tls_echo(flavor, certs, tmp_path):
         writer.write(payload)
         assert await reader.readexactly(len(payload)) == payload
         assert await reader.read() == b""
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
 
     isolated(flavor, main)
 
@@ -1318,17 +1279,12 @@ def test_sendfile_over_tls_falls_back_to_writes(flavor, certs, tmp_path):
             writer.close()
 
         server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_context(flavor, certs))
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port_of(server), ssl=client_context(flavor, certs), server_hostname="localhost"
-        )
+        reader, writer = await tls_connect(flavor, certs, port_of(server))
         with open(f, "rb") as fh:
             sent = await loop.sendfile(writer.transport, fh, offset=1000)
         assert sent == len(blob) - 1000
         assert await got == blob[1000:]
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
 
     isolated(flavor, main)
 
@@ -1383,8 +1339,7 @@ def test_session_resumption_with_one_client_context(flavor, certs, version):
             obj = writer.get_extra_info("ssl_object")
             assert obj.version() == version
             reused.append(obj.session_reused)
-            writer.close()
-            await writer.wait_closed()
+            await close_all(writer)
         # A fresh context has no session to resume.
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port_of(server), ssl=client_context(flavor, certs, versions=[version]),
@@ -1392,10 +1347,7 @@ def test_session_resumption_with_one_client_context(flavor, certs, version):
         )
         assert await reader.read() == b""
         reused.append(writer.get_extra_info("ssl_object").session_reused)
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_all(writer, server)
         assert reused == [False, True, False], reused
 
     isolated(flavor, main)
