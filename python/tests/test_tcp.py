@@ -193,6 +193,37 @@ def test_write_writelines_and_types(loop):
     run(loop, main())
 
 
+def test_write_borrowed_buffers_are_not_kept(loop):
+    """A bytearray/memoryview written is sent as it was at write() time, also the
+    part that had to be queued; the transport keeps no export of it (the
+    bytearray can be resized at once); a view of another format is accepted
+    as asyncio accepts it."""
+    import array
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))
+        try:
+            big = bytearray(os.urandom(4 * 1024 * 1024))  # more than the socket takes at once
+            expected = bytes(big)
+            tr.write(big)
+            assert tr.get_write_buffer_size() > 0
+            big[:] = b"\0" * len(big)  # resizing/overwriting must not reach the queued bytes
+            big.extend(b"more")
+            view_src = bytearray(b"0123456789")
+            tr.write(memoryview(view_src)[2:6])
+            view_src[2:6] = b"XXXX"
+            ints = array.array("I", [1, 2])
+            tr.write(memoryview(ints))  # format 'I'
+            tr.close()
+            got = await peer_read_until_eof(loop, peer)
+            assert got == expected + b"2345" + ints.tobytes()
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof(loop):
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))

@@ -220,3 +220,49 @@ fn pause_from_a_write_inside_a_protocol_method_is_delivered_after_it_returns() {
     assert_eq!(log.borrow().kinds(), ["made", "data", "note:paused-inside=true", "pause"]);
     drain_and_check(&lp, &t, &log, peer, &payload);
 }
+
+/// Bytes lent through `write_lent`, recording what happened while lent.
+struct Lent {
+    data: Vec<u8>,
+    log: Shared<Log>,
+    calls: std::cell::Cell<usize>,
+    pauses_while_lent: std::cell::Cell<usize>,
+}
+
+impl Lent {
+    fn new(data: Vec<u8>, log: &Shared<Log>) -> Lent {
+        Lent { data, log: log.clone(), calls: Default::default(), pauses_while_lent: Default::default() }
+    }
+}
+
+impl ferroloop::LentBytes for Lent {
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.calls.set(self.calls.get() + 1);
+        let r = f(&self.data);
+        self.pauses_while_lent.set(self.log.borrow().count("pause"));
+        r
+    }
+}
+
+#[test]
+fn write_lent_reads_the_bytes_once_and_tells_the_protocol_afterwards() {
+    let lp = EventLoop::new().unwrap();
+    let (t, log, peer) = connect_std_peer(&lp, Recorder::new());
+    let lent = Lent::new(pattern(BIG, 7), &log);
+    t.write_lent(&lent).unwrap();
+    assert_eq!(lent.calls.get(), 1);
+    assert_eq!(lent.pauses_while_lent.get(), 0, "pause_writing ran while the bytes were lent");
+    // The socket took part of it; the rest was copied into the queue.
+    let queued = t.get_write_buffer_size();
+    assert!(queued > 0 && queued < BIG, "queued {queued}");
+    assert_eq!(log.borrow().pauses(), vec![queued]);
+    // Queued behind the first write: read inside `lend` and copied.
+    let tail = Lent::new(b"tail".to_vec(), &log);
+    t.write_lent(&tail).unwrap();
+    assert_eq!(tail.calls.get(), 1);
+    assert_eq!(t.get_write_buffer_size(), queued + 4);
+    let mut want = lent.data.clone();
+    want.extend_from_slice(b"tail");
+    drop((lent, tail));
+    drain_and_check(&lp, &t, &log, peer, &want);
+}

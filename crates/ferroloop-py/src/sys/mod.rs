@@ -35,6 +35,36 @@ impl WritableBuffer {
     }
 }
 
+/// A C-contiguous byte buffer of a Python object (`bytearray`,
+/// `memoryview`), lent to the engine's `write_lent` for one call.
+pub struct LentBuffer {
+    buf: PyBuffer<u8>,
+}
+
+impl LentBuffer {
+    /// `buf`, if it is C-contiguous (others are copied by the caller).
+    pub fn new(buf: PyBuffer<u8>) -> Option<Self> {
+        buf.is_c_contiguous().then_some(LentBuffer { buf })
+    }
+}
+
+impl ferroloop::LentBytes for LentBuffer {
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let len = self.buf.len_bytes();
+        if len == 0 {
+            return f(&[]);
+        }
+        // SAFETY: the exporter guarantees `buf_ptr` points to `len_bytes`
+        // contiguous (checked in `new`) bytes that stay valid, and cannot be
+        // resized, while the `PyBuffer` (held by `self`) is alive. The slice
+        // lives only during `f`, which the caller runs with the GIL held
+        // (`LentBuffer` is built from a `Bound`, and the write path never
+        // detaches), and the engine's `write_lent` calls no Python code inside
+        // `lend`: no Python code can change the bytes while the slice lives.
+        f(unsafe { std::slice::from_raw_parts(self.buf.buf_ptr() as *const u8, len) })
+    }
+}
+
 /// A `contextvars.Context` entered for the duration of a protocol callback
 /// (what `Context.run` does, without building an argument tuple).
 pub struct EnteredContext<'py> {

@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
 use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
-use crate::sys::{GilBound, WritableBuffer};
+use crate::sys::{GilBound, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
 /// The engine's handshake callback for a Python TLS transport: calls
@@ -491,6 +491,16 @@ impl StreamCore {
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         self.check_writable()?;
         let t = self.t()?;
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return t.write(b.as_bytes()).map_err(to_pyerr);
+        }
+        // A contiguous bytearray/memoryview is sent from its own memory;
+        // only what cannot be sent at once is copied.
+        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            if let Some(lent) = PyBuffer::<u8>::get(data).ok().and_then(LentBuffer::new) {
+                return t.write_lent(&lent).map_err(to_pyerr);
+            }
+        }
         with_data(data, |b| t.write(b))?.map_err(to_pyerr)
     }
 

@@ -11,7 +11,7 @@ use crate::event_loop::EventLoop;
 use crate::protocol::ProtocolRef;
 use crate::transport::lifecycle::Teardown;
 use crate::transport::pipe::TransportKind;
-use crate::transport::stream::{Address, ExtraInfo, StreamInner, StreamTransport};
+use crate::transport::stream::{Address, ExtraInfo, LentBytes, StreamInner, StreamTransport};
 use crate::transport::tls::{TlsInfo, TlsInner};
 
 /// A stream transport, asyncio's `Transport`: a TCP or Unix socket, a read or
@@ -184,6 +184,18 @@ impl Transport {
     /// connection is lost are dropped (logged after 5 of them), as in asyncio.
     pub fn write(&self, data: &[u8]) -> Result<()> {
         dispatch!(self, t => t.write(data))
+    }
+
+    /// Write bytes lent for a moment ([`LentBytes`]): they are read inside
+    /// `lend` only, and no callback (a dropped-write warning,
+    /// `pause_writing`, a fatal write error) runs before `lend` returns. A
+    /// plain stream transport sends them at once from the lent memory and
+    /// copies only what is left; a TLS transport copies them first.
+    pub fn write_lent<B: LentBytes + ?Sized>(&self, data: &B) -> Result<()> {
+        match &self.repr {
+            Repr::Stream(t) => t.write_lent(data),
+            Repr::Tls(t) => t.write(&data.lend(|b| b.to_vec())),
+        }
     }
 
     /// Write an owned buffer: what cannot be sent at once is queued without a copy.

@@ -22,7 +22,7 @@ pub mod unix;
 
 pub use pipe::TransportKind;
 pub use handle::Transport;
-pub use stream::{Address, ExtraInfo};
+pub use stream::{Address, ExtraInfo, LentBytes};
 pub use tls::{TlsClientOptions, TlsInfo, TlsOptions, TlsServerOptions};
 pub use subprocess::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,

@@ -33,6 +33,27 @@ const READS_PER_EVENT: usize = 32;
 /// The warning logged for a dropped write on a pipe.
 const PIPE_WRITE_WARNING: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
 
+/// What a write has to tell once its bytes are read (see `send_or_queue`).
+enum AfterWrite {
+    /// All sent, or nothing to do.
+    Nothing,
+    /// A write dropped after the connection was lost or the pipe closed: log this.
+    Warn(&'static str),
+    /// Bytes were queued: check the high-water mark.
+    Queued,
+    /// The send failed: a fatal error of the transport.
+    Failed(io::Error),
+}
+
+/// Bytes lent for the span of one call: e.g. a buffer owned by another
+/// language's runtime, which may change them once control returns to it.
+/// [`Transport::write_lent`] reads them only inside [`LentBytes::lend`]
+/// and runs no callback meanwhile.
+pub trait LentBytes {
+    /// Call `f` with the bytes, valid only during the call.
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
 /// A socket address as reported by `get_extra_info("peername"/"sockname")`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
@@ -386,6 +407,16 @@ impl StreamTransport {
         self.inner.write(data, None)
     }
 
+    /// Write bytes lent for a moment ([`LentBytes`]): as [`Transport::write`],
+    /// but the bytes are read (sent at once, the rest copied into the queue)
+    /// before any callback runs — a dropped-write warning, `pause_writing`
+    /// or a fatal write error come after `lend` has returned.
+    pub fn write_lent<B: LentBytes + ?Sized>(&self, data: &B) -> Result<()> {
+        let after = data.lend(|b| self.inner.send_or_queue(b, None))?;
+        self.inner.after_write(after);
+        Ok(())
+    }
+
     /// Write an owned buffer: what cannot be sent at once is queued without a copy.
     pub fn write_owned(&self, data: Vec<u8>) -> Result<()> {
         self.inner.write(&[], Some(data))
@@ -648,6 +679,17 @@ impl StreamInner {
     }
 
     fn write(self: &Rc<Self>, data: &[u8], owned: Option<Vec<u8>>) -> Result<()> {
+        let after = self.send_or_queue(data, owned)?;
+        self.after_write(after);
+        Ok(())
+    }
+
+    /// The part of `write` that reads `data`: send it at once when nothing is
+    /// queued, queue (a copy of) what is left. Runs no callback and calls no
+    /// protocol method, so that bytes lent for a moment (see
+    /// [`Transport::write_lent`]) are read only here; what has to be told
+    /// afterwards is returned.
+    fn send_or_queue(&self, data: &[u8], owned: Option<Vec<u8>>) -> Result<AfterWrite> {
         let data: &[u8] = match &owned {
             Some(v) => v,
             None => data,
@@ -661,31 +703,29 @@ impl StreamInner {
                 return Err(Error::state("write() is not supported on a read pipe transport"));
             }
             if data.is_empty() {
-                return Ok(());
+                return Ok(AfterWrite::Nothing);
             }
             if self.kind.is_pipe() && st.life.closing && st.life.conn_lost == 0 {
                 // asyncio's write pipe drops writes once closing (close/write_eof).
-                if count_dropped_write(&mut st.dropped_writes) {
-                    drop(st);
-                    self.lp.warn(PIPE_WRITE_WARNING);
-                }
-                return Ok(());
+                return Ok(if count_dropped_write(&mut st.dropped_writes) {
+                    AfterWrite::Warn(PIPE_WRITE_WARNING)
+                } else {
+                    AfterWrite::Nothing
+                });
             }
             if let Some(log) = st.life.drop_write() {
-                if log {
-                    drop(st);
-                    self.lp.warn(if self.kind.is_pipe() { PIPE_WRITE_WARNING } else { SOCKET_SEND_WARNING });
-                }
-                return Ok(());
+                return Ok(match log {
+                    true if self.kind.is_pipe() => AfterWrite::Warn(PIPE_WRITE_WARNING),
+                    true => AfterWrite::Warn(SOCKET_SEND_WARNING),
+                    false => AfterWrite::Nothing,
+                });
             }
             if !st.buf.is_empty() {
                 match owned {
                     Some(v) => st.buf.push_owned(v),
                     None => st.buf.push(data),
                 }
-                drop(st);
-                self.maybe_pause();
-                return Ok(());
+                return Ok(AfterWrite::Queued);
             }
         }
         // Nothing queued: try to send at once.
@@ -697,7 +737,7 @@ impl StreamInner {
             }
         };
         match sent {
-            Ok(n) if n == data.len() => return Ok(()),
+            Ok(n) if n == data.len() => return Ok(AfterWrite::Nothing),
             Ok(n) => self.st.borrow_mut().buf.push(&data[n..]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut st = self.st.borrow_mut();
@@ -706,14 +746,23 @@ impl StreamInner {
                     None => st.buf.push(data),
                 }
             }
-            Err(e) => {
+            Err(e) => return Ok(AfterWrite::Failed(e)),
+        }
+        Ok(AfterWrite::Queued)
+    }
+
+    /// What `send_or_queue` left to tell: a dropped-write warning, the
+    /// protocol's `pause_writing`, or a fatal write error.
+    fn after_write(self: &Rc<Self>, after: AfterWrite) {
+        match after {
+            AfterWrite::Nothing => {}
+            AfterWrite::Warn(message) => self.lp.warn(message),
+            AfterWrite::Queued => self.maybe_pause(),
+            AfterWrite::Failed(e) => {
                 let msg = format!("Fatal write error on {} transport", self.kind.noun());
                 self.fatal_error(Error::Io(e), &msg);
-                return Ok(());
             }
         }
-        self.maybe_pause();
-        Ok(())
     }
 
     fn writelines<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
