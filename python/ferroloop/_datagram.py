@@ -2,9 +2,9 @@
 
 ``DatagramTransport`` is what ``loop.create_datagram_endpoint()`` returns on
 ferroloop: an instance of ``asyncio.DatagramTransport`` (and, as asyncio's own
-``_SelectorDatagramTransport``, of ``asyncio.Transport``) whose hot methods
-(``sendto``, ``close``...) are the Rust core's builtin methods placed in the
-instance dict, so no Python frame runs per datagram. Receiving, the send
+``_SelectorDatagramTransport``, of ``asyncio.Transport``) whose methods
+(``sendto``, ``close``...) are C-level method descriptors calling the Rust
+core's (``_transports.forward_to_core``), so no Python frame runs per datagram. Receiving, the send
 queue and flow control are the engine's (``DatagramCore``).
 """
 
@@ -16,9 +16,9 @@ import warnings
 from asyncio import transports
 
 from . import _ferroloop
-from ._transports import CoreBacked, socket_extra
+from ._transports import SocketBacked, forward_to_core, socket_extra
 
-_BOUND = (
+_METHODS = (
     "sendto",
     "close",
     "abort",
@@ -31,6 +31,7 @@ _BOUND = (
     "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
+    "_force_close",
 )
 
 
@@ -74,7 +75,7 @@ def _sendto_address(family, addr):
     return (resolved[0], port)
 
 
-class DatagramTransport(CoreBacked, transports._FlowControlMixin, transports.DatagramTransport):
+class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.DatagramTransport):
     """A UDP or Unix datagram transport driven by the engine."""
 
     max_size = 256 * 1024  # the engine's read buffer, asyncio's max_size
@@ -89,14 +90,11 @@ class DatagramTransport(CoreBacked, transports._FlowControlMixin, transports.Dat
         socket_extra(self._extra, sock)
         core = _ferroloop.DatagramCore(loop._core, loop, self, self._sock_fd, sock.family, protocol, address, waiter)
         self._core = core
-        d = self.__dict__
-        for name in _BOUND:
-            d[name] = getattr(core, name)
-        d["_force_close"] = core.force_close
         loop._transports[self._sock_fd] = self
 
     def _finish(self):
         """After ``connection_lost``: close the socket."""
+        self._socket_extra()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -135,3 +133,6 @@ class DatagramTransport(CoreBacked, transports._FlowControlMixin, transports.Dat
             sock = self.__dict__.get("_sock")
             if sock is not None:
                 sock.close()
+
+
+forward_to_core(DatagramTransport, _METHODS)

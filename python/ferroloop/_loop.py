@@ -61,6 +61,24 @@ def _check_tls_side(context, server_side):
         raise ValueError(f"{context!r} is {side} context; server_side={server_side!r} was asked for")
 
 
+# The host of the last accepted peer: connections from one host share one
+# string (an idle connection then holds only its port and the tuple).
+_last_peer_host = None
+
+
+def _shared_peername(addr):
+    """``addr``, an accepted peer's address, with its host the same object
+    as the previous peer's when they are equal."""
+    global _last_peer_host
+    if type(addr) is tuple and addr:
+        host = addr[0]
+        if host != _last_peer_host:
+            _last_peer_host = host
+        elif host is not _last_peer_host:
+            addr = (_last_peer_host, *addr[1:])
+    return addr
+
+
 class _TimerHandle(events.TimerHandle):
     """asyncio's TimerHandle, plus the engine timer it is scheduled as."""
 
@@ -694,7 +712,7 @@ class Loop(base_events.BaseEventLoop):
                     )
                     return
                 raise
-            extra = {"peername": addr}
+            extra = {"peername": _shared_peername(addr)}
             if isinstance(sslcontext, TLSContext):
                 # The fast path needs no task: the handshake is the engine's.
                 protocol = transport = None

@@ -2,9 +2,10 @@
 
 A transport must be an instance of ``asyncio.Transport`` (libraries and
 CPython's tests check), which a Rust class cannot inherit from. So the
-transport is a small Python subclass holding the Rust core; its hot methods
-(``write``, ``close``, ...) are the core's builtin methods placed in the
-instance dict, so no Python frame runs per call.
+transport is a small Python subclass holding the Rust core; its methods
+(``write``, ``close``, ...) are C-level method descriptors of the class that
+call the core's (``forward_to_core``), so no Python frame runs per call and a
+transport holds nothing per method.
 """
 
 from __future__ import annotations
@@ -22,19 +23,16 @@ from . import _ferroloop
 # asyncio 3.12 changed Server._attach()/_detach() to take the transport.
 _SERVER_ATTACH_TAKES_TRANSPORT = "transport" in inspect.signature(base_events.Server._attach).parameters
 
-# The core's methods called per message: bound into each transport's
-# instance dict (no Python frame, no lookup beyond the dict).
-_BOUND = (
+# The core's methods every stream transport forwards to: C-level method
+# descriptors of the class (``_ferroloop.core_method``), so a call runs no
+# Python frame and a transport holds no bound method.
+_STREAM_METHODS = (
     "write",
     "writelines",
     "is_closing",
     "get_write_buffer_size",
     "pause_reading",
     "resume_reading",
-)
-# The others: one class-level descriptor each, forwarding to ``_core``
-# (about 135 ns more per call, 67 bytes less per transport and method).
-_FORWARDED = (
     "write_eof",
     "can_write_eof",
     "close",
@@ -44,17 +42,37 @@ _FORWARDED = (
     "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
+    "_force_close",
 )
 
 
+def forward_to_core(cls, names):
+    """Give ``cls`` one method per name, calling the same-named method of
+    the instance's ``_core`` (``_force_close`` calls ``force_close``)."""
+    for name in names:
+        setattr(cls, name, _ferroloop.core_method(cls, name))
+
+
+# The sockname of the last socket transport: connections accepted by one
+# listener have equal socknames, which then share one tuple.
+_last_sockname = None
+
+
 def socket_extra(extra, sock):
-    """asyncio's extra info of a socket transport: ``socket``, ``sockname``,
-    ``peername`` (unless given), ``None`` where the socket cannot tell."""
-    extra["socket"] = trsock.TransportSocket(sock)
+    """asyncio's extra info of a socket transport: ``sockname``, ``peername``
+    (unless given), ``None`` where the socket cannot tell. The ``socket``
+    entry is made on first request (``SocketBacked``)."""
+    global _last_sockname
     try:
-        extra["sockname"] = sock.getsockname()
+        sockname = sock.getsockname()
     except OSError:
-        extra["sockname"] = None
+        sockname = None
+    else:
+        if sockname == _last_sockname:
+            sockname = _last_sockname
+        else:
+            _last_sockname = sockname
+    extra["sockname"] = sockname
     if "peername" not in extra:
         try:
             extra["peername"] = sock.getpeername()
@@ -81,14 +99,33 @@ class CoreBacked:
         return self._extra.get(name, default)
 
 
-class StreamTransport(CoreBacked, transports._FlowControlMixin, transports.Transport):
+class SocketBacked(CoreBacked):
+    """A ``CoreBacked`` transport on a socket (``self._sock``): its extra
+    info's ``socket`` entry, asyncio's ``TransportSocket``, is made when
+    first asked for, or when the transport lets go of the socket."""
+
+    __slots__ = ()
+
+    def _socket_extra(self):
+        """Add the ``socket`` entry to the extra info (if not there yet)."""
+        extra = self._extra
+        if "socket" not in extra:
+            sock = self._sock
+            if sock is not None:
+                extra["socket"] = trsock.TransportSocket(sock)
+
+    def get_extra_info(self, name, default=None):
+        if name == "socket":
+            self._socket_extra()
+        return self._extra.get(name, default)
+
+
+class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport driven by the engine."""
 
     # BaseEventLoop.start_tls() and sendfile() look for these.
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _force_close = _ferroloop.CoreMethod("force_close")
-
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._extra = {} if extra is None else extra
@@ -102,7 +139,7 @@ class StreamTransport(CoreBacked, transports._FlowControlMixin, transports.Trans
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self._set_core(self._make_core(loop, protocol, waiter))
+        self._core = self._make_core(loop, protocol, waiter)
         loop._transports[self._sock_fd] = self
         if server is not None:
             if _SERVER_ATTACH_TAKES_TRANSPORT:
@@ -113,14 +150,9 @@ class StreamTransport(CoreBacked, transports._FlowControlMixin, transports.Trans
     def _make_core(self, loop, protocol, waiter):
         return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
 
-    def _set_core(self, core):
-        self._core = core
-        d = self.__dict__
-        for name in _BOUND:
-            d[name] = getattr(core, name)
-
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
+        self._socket_extra()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -182,9 +214,7 @@ class StreamTransport(CoreBacked, transports._FlowControlMixin, transports.Trans
         sock.close()
 
 
-for _name in _FORWARDED:
-    setattr(StreamTransport, _name, _ferroloop.CoreMethod(_name))
-del _name
+forward_to_core(StreamTransport, _STREAM_METHODS)
 
 
 # ----- TLS fast path ---------------------------------------------------------
@@ -300,13 +330,12 @@ class TLSTransport(StreamTransport):
         self._tls = (context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
         self._tls_waiter = waiter
         self._loop = transport._loop
+        transport._socket_extra()
         self._extra = dict(transport._extra)
         self._extra["sslcontext"] = context
         self._sock_fd = transport._sock_fd
-        self._set_core(
-            transport._core.start_tls(
-                self, protocol, context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
-            )
+        self._core = transport._core.start_tls(
+            self, protocol, context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
         )
         self._sock, transport._sock = transport._sock, None
         self._server, transport._server = transport._server, None
@@ -362,7 +391,7 @@ class TLSTransport(StreamTransport):
             if obj is None:
                 return default
             self._extra["peercert"] = obj.getpeercert()
-        return self._extra.get(name, default)
+        return StreamTransport.get_extra_info(self, name, default)
 
     def write_eof(self):
         raise NotImplementedError("SSL doesn't support half-closes")
@@ -373,7 +402,7 @@ class TLSTransport(StreamTransport):
 
 # ----- pipe transports ------------------------------------------------------
 
-_READ_PIPE_BOUND = (
+_READ_PIPE_METHODS = (
     "pause_reading",
     "resume_reading",
     "is_reading",
@@ -381,9 +410,10 @@ _READ_PIPE_BOUND = (
     "is_closing",
     "get_protocol",
     "set_protocol",
+    "_force_close",
 )
 
-_WRITE_PIPE_BOUND = (
+_WRITE_PIPE_METHODS = (
     "write",
     "writelines",
     "write_eof",
@@ -396,6 +426,7 @@ _WRITE_PIPE_BOUND = (
     "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
+    "_force_close",
 )
 
 
@@ -403,7 +434,6 @@ class _PipeTransport(CoreBacked):
     """What the read and write pipe transports share: the engine core on a
     duplicate of the pipe's descriptor, asyncio's checks, ``_finish``."""
 
-    _BOUND = ()
     _WRITE = False
     _MODE_ERROR = ""
 
@@ -419,12 +449,7 @@ class _PipeTransport(CoreBacked):
             self._fileno = None
             raise ValueError(self._MODE_ERROR)
         os.set_blocking(self._fileno, False)
-        core = _ferroloop.pipe_core(loop._core, loop, self, self._fileno, protocol, waiter, write=self._WRITE)
-        self._core = core
-        d = self.__dict__
-        for name in self._BOUND:
-            d[name] = getattr(core, name)
-        d["_force_close"] = core.force_close
+        self._core = _ferroloop.pipe_core(loop._core, loop, self, self._fileno, protocol, waiter, write=self._WRITE)
 
     def _finish(self):
         """After ``connection_lost``: close the pipe object."""
@@ -458,7 +483,6 @@ class _PipeTransport(CoreBacked):
 class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     """asyncio's read pipe transport (``connect_read_pipe``) on the engine."""
 
-    _BOUND = _READ_PIPE_BOUND
     _WRITE = False
     _MODE_ERROR = "Pipe transport is for pipes/sockets only."
 
@@ -469,10 +493,13 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
 class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
     """asyncio's write pipe transport (``connect_write_pipe``) on the engine."""
 
-    _BOUND = _WRITE_PIPE_BOUND
     _WRITE = True
     _MODE_ERROR = "Pipe transport is only for pipes, sockets and character devices"
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._init_pipe(loop, pipe, protocol, waiter, extra)
+
+
+forward_to_core(ReadPipeTransport, _READ_PIPE_METHODS)
+forward_to_core(WritePipeTransport, _WRITE_PIPE_METHODS)

@@ -20,9 +20,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::TimerRef>()?;
     m.add_class::<handle::FastHandle>()?;
     m.add_class::<transport::stream::StreamCore>()?;
-    m.add_class::<transport::stream::CoreMethod>()?;
     m.add_class::<transport::udp::DatagramCore>()?;
     m.add_class::<tls::TlsContext>()?;
     m.add_function(wrap_pyfunction!(transport::pipe::pipe_core, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::stream::core_method, m)?)?;
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 use pyo3::buffer::PyBuffer;
 
+pub mod methods;
+
 /// A writable, C-contiguous byte buffer borrowed from a Python object (the
 /// result of a `BufferedProtocol.get_buffer()` call).
 pub struct WritableBuffer {

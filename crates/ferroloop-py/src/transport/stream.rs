@@ -1,8 +1,8 @@
 //! Python protocols on the engine's stream transport.
 //!
 //! [`StreamCore`] is the Rust core of `ferroloop._transports.StreamTransport`
-//! (a Python subclass of `asyncio.Transport`, which binds the core's methods
-//! into its instance dict). [`PyProtocolAdapter`] implements the engine's
+//! (a Python subclass of `asyncio.Transport`, whose methods forward to the
+//! core's through [`core_method`] descriptors). [`PyProtocolAdapter`] implements the engine's
 //! `Protocol` trait for a Python `Protocol`/`BufferedProtocol` object and
 //! reproduces asyncio's error handling for each callback.
 
@@ -636,31 +636,11 @@ impl StreamCore {
     }
 }
 
-/// A method of the Python transport class that forwards to the same-named
-/// method of the instance's `_core` (a `StreamCore`): the class holds one
-/// descriptor per method instead of each transport holding bound methods.
-#[pyclass(module = "ferroloop._ferroloop", frozen)]
-pub struct CoreMethod {
-    name: Py<pyo3::types::PyString>,
-}
-
-#[pymethods]
-impl CoreMethod {
-    #[new]
-    fn new(name: Py<pyo3::types::PyString>) -> Self {
-        CoreMethod { name }
-    }
-
-    fn __get__<'py>(
-        slf: &Bound<'py, Self>,
-        obj: Option<&Bound<'py, PyAny>>,
-        _owner: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        match obj {
-            None => Ok(slf.clone().into_any()),
-            Some(o) if o.is_none() => Ok(slf.clone().into_any()),
-            Some(o) => o.getattr(intern!(py, "_core"))?.getattr(slf.get().name.bind(py)),
-        }
-    }
+/// A method descriptor of the Python transport class `cls` named `name`,
+/// calling the same-named method of the instance's `_core` (a `StreamCore`
+/// or `DatagramCore`; `_force_close` calls `force_close`): the class holds
+/// one descriptor per method, the transports nothing.
+#[pyfunction]
+pub fn core_method<'py>(cls: &Bound<'py, pyo3::types::PyType>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    crate::sys::methods::core_method(cls, name)
 }

@@ -1,8 +1,8 @@
 //! Python datagram protocols on the engine's datagram transport.
 //!
 //! [`DatagramCore`] is the Rust core of `ferroloop._transports.DatagramTransport`
-//! (a Python subclass of `asyncio.DatagramTransport` that binds the core's
-//! methods into its instance dict). [`PyDatagramAdapter`] implements the
+//! (a Python subclass of `asyncio.DatagramTransport` whose methods forward
+//! to the core's: see [`core_method`](crate::transport::stream::core_method)). [`PyDatagramAdapter`] implements the
 //! engine's `DatagramProtocol` for a Python `DatagramProtocol` object, with
 //! asyncio's (`_SelectorDatagramTransport`'s) error handling:
 //!

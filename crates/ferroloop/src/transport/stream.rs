@@ -256,12 +256,21 @@ pub(crate) struct StreamInner {
     server: RefCell<Option<(Weak<ServerInner>, usize)>>,
     peername: Option<Address>,
     sockname: Option<Address>,
-    on_made: RefCell<Option<Box<dyn FnOnce(Result<Transport>)>>>,
+    /// What few transports use, boxed once needed (see `Rare`).
+    rare: RefCell<Option<Box<Rare>>>,
+}
+
+/// The parts of a stream transport that few transports use: boxed when
+/// first set, so that an idle connection does not carry them.
+#[derive(Default)]
+struct Rare {
+    /// Called right after `connection_made` (a TLS transport's handshake).
+    on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     /// Called once the write buffer is empty (or the connection is lost).
-    on_drained: RefCell<Option<Box<dyn FnOnce(Result<()>)>>>,
+    on_drained: Option<Box<dyn FnOnce(Result<()>)>>,
     /// The TLS transport layered over this one, if any: a server's
     /// `close_clients` closes that one (with close_notify).
-    tls_layer: RefCell<Weak<TlsInner>>,
+    tls_layer: Weak<TlsInner>,
 }
 
 /// The stream transport's own handle; the public [`Transport`] dispatches to
@@ -334,9 +343,7 @@ impl StreamTransport {
             server: RefCell::new(server),
             peername,
             sockname,
-            on_made: RefCell::new(on_made),
-            on_drained: RefCell::new(None),
-            tls_layer: RefCell::new(Weak::new()),
+            rare: RefCell::new(on_made.map(|f| Box::new(Rare { on_made: Some(f), ..Rare::default() }))),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
@@ -526,7 +533,7 @@ impl StreamTransport {
             f(Err(Error::state("Connection is closed by peer")));
             return;
         }
-        *self.inner.on_drained.borrow_mut() = Some(Box::new(f));
+        self.inner.rare_mut().on_drained = Some(Box::new(f));
     }
 
     /// Switch the protocol; later events go to `protocol`. Allowed from
@@ -553,7 +560,7 @@ impl StreamInner {
         self.st.borrow_mut().life.started = true;
         let t = self.transport();
         let ok = self.with_protocol("connection_made", move |p| p.connection_made(t)).is_some();
-        let on_made = self.on_made.borrow_mut().take();
+        let on_made = self.take_rare(|r| r.on_made.take());
         if let Some(cb) = on_made {
             cb(if ok { Ok(self.transport()) } else { Err(Error::state("connection_made() failed")) });
         }
@@ -886,7 +893,7 @@ impl StreamInner {
         if !empty {
             return;
         }
-        let drained = self.on_drained.borrow_mut().take();
+        let drained = self.take_rare(|r| r.on_drained.take());
         if let Some(f) = drained {
             f(Ok(()));
         }
@@ -973,9 +980,9 @@ impl StreamInner {
         }
         self.slot.release();
         self.st.borrow_mut().buf.clear();
-        let on_made = self.on_made.borrow_mut().take();
+        let on_made = self.take_rare(|r| r.on_made.take());
         drop(on_made);
-        let drained = self.on_drained.borrow_mut().take();
+        let drained = self.take_rare(|r| r.on_drained.take());
         if let Some(f) = drained {
             f(Err(Error::state("Connection is closed by peer")));
         }
@@ -1006,14 +1013,25 @@ impl StreamInner {
         self.st.borrow().life.lost
     }
 
+    /// The rare parts, boxed now if they were not yet.
+    fn rare_mut(&self) -> RefMut<'_, Rare> {
+        RefMut::map(self.rare.borrow_mut(), |r| &mut **r.get_or_insert_with(Box::default))
+    }
+
+    /// Take something out of the rare parts (the borrow ends before the
+    /// caller runs what it took).
+    fn take_rare<T>(&self, f: impl FnOnce(&mut Rare) -> Option<T>) -> Option<T> {
+        self.rare.borrow_mut().as_mut().and_then(|r| f(r))
+    }
+
     /// Record the TLS transport layered over this one.
     pub(crate) fn set_tls_layer(&self, tls: Weak<TlsInner>) {
-        *self.tls_layer.borrow_mut() = tls;
+        self.rare_mut().tls_layer = tls;
     }
 
     /// The TLS transport layered over this one, while it lives.
     pub(crate) fn tls_layer(&self) -> Option<Rc<TlsInner>> {
-        self.tls_layer.borrow().upgrade()
+        self.rare.borrow().as_ref().and_then(|r| r.tls_layer.upgrade())
     }
 }
 
@@ -1162,9 +1180,9 @@ impl IoSource for StreamInner {
         // transport): the pair can then be freed, and the socket closes when
         // the last handle goes.
         self.slot.release();
-        let on_made = self.on_made.borrow_mut().take();
+        let on_made = self.take_rare(|r| r.on_made.take());
         drop(on_made);
-        let drained = self.on_drained.borrow_mut().take();
+        let drained = self.take_rare(|r| r.on_drained.take());
         drop(drained);
     }
 
