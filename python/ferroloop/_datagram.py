@@ -80,6 +80,10 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
 
     max_size = 256 * 1024  # the engine's read buffer, asyncio's max_size
 
+    # ``_core`` in a slot: the forwarding methods read it at a fixed offset
+    # (``_ferroloop.core_method``) instead of looking it up.
+    __slots__ = ("_core", "__dict__", "__weakref__")
+
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._extra = {} if extra is None else extra
@@ -113,7 +117,7 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
 
     def __repr__(self):
         info = [self.__class__.__name__]
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is None or core.fileno() == -1:
             info.append("closed")
         elif core.is_closing():
@@ -126,7 +130,7 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and core.fileno() != -1 and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core.close_socket()

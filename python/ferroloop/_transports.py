@@ -126,6 +126,11 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     # BaseEventLoop.start_tls() and sendfile() look for these.
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    # ``_core`` in a slot: the forwarding methods read it at a fixed offset
+    # (``_ferroloop.core_method``) instead of looking it up.
+    __slots__ = ("_core", "__dict__", "__weakref__")
+
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._extra = {} if extra is None else extra
@@ -205,7 +210,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
         sock = self.__dict__.get("_sock")
         if sock is None:
             return  # finished, or handed over to a TLS transport by start_tls()
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and core.fileno() != -1:
             if not core.is_closing():
                 _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
@@ -475,7 +480,7 @@ class _PipeTransport(CoreBacked):
         if pipe is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             pipe.close()
-            core = self.__dict__.get("_core")
+            core = getattr(self, "_core", None)
             if core is not None and not core.is_closing():
                 core.abort()
 
