@@ -215,3 +215,28 @@ fn add_writer_on_the_descriptor_of_a_borrowed_transport() {
     peer.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"back");
 }
+
+#[test]
+fn addresses_of_a_borrowed_socket_are_read_while_the_transport_has_it() {
+    let _serial = serial();
+    let lp = EventLoop::new().unwrap();
+    let (ours, peer) = tcp_pair();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(Recorder::new())).unwrap();
+    let inet = |a: std::net::SocketAddr| Some(ferroloop::Address::Inet(a));
+    assert_eq!(t.peername(), inet(peer.local_addr().unwrap()));
+    assert_eq!(t.sockname(), inet(ours.local_addr().unwrap()));
+    assert_eq!(
+        t.get_extra_info("peername"),
+        Some(ferroloop::ExtraInfo::Address(ferroloop::Address::Inet(peer.local_addr().unwrap())))
+    );
+    t.close_socket();
+    // Let go of: the descriptor may be the owner's to close or reuse now.
+    assert_eq!(t.peername(), None);
+    assert_eq!(t.sockname(), None);
+    // A transport that owns its socket keeps what it captured after closing.
+    let (mine, peer2) = tcp_pair();
+    let owned = lp.create_transport(StreamSocket::from(mine), protocol_ref(Recorder::new())).unwrap();
+    owned.close();
+    run_for(&lp, 0.02);
+    assert_eq!(owned.peername(), inet(peer2.local_addr().unwrap()));
+}

@@ -254,8 +254,11 @@ pub(crate) struct StreamInner {
     /// Bumped by `set_protocol`: an answer of a replaced protocol is not cached.
     protocol_epoch: Cell<u32>,
     server: RefCell<Option<(Weak<ServerInner>, usize)>>,
-    peername: Option<Address>,
-    sockname: Option<Address>,
+    /// The peer's and the socket's own address, captured when the transport
+    /// was made, if it owns its descriptor; a borrowed descriptor's owner
+    /// keeps its own (the Python face does), and they are read from the
+    /// socket when asked (`StreamInner::addresses`).
+    addrs: Option<Box<(Option<Address>, Option<Address>)>>,
     /// What few transports use, boxed once needed (see `Rare`).
     rare: RefCell<Option<Box<Rare>>>,
 }
@@ -325,8 +328,7 @@ impl StreamTransport {
         let interest = kind.interest(&sock);
         let watch_peer = kind.watches_peer(&sock);
         let fd = sock.fd();
-        let peername = sock.peer();
-        let sockname = sock.local();
+        let addrs = owns_fd.then(|| Box::new((sock.peer(), sock.local())));
         let inner = Rc::new(StreamInner {
             lp: lp.clone(),
             kind,
@@ -341,8 +343,7 @@ impl StreamTransport {
             buffered: Cell::new(None),
             protocol_epoch: Cell::new(0),
             server: RefCell::new(server),
-            peername,
-            sockname,
+            addrs,
             rare: RefCell::new(on_made.map(|f| Box::new(Rare { on_made: Some(f), ..Rare::default() }))),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
@@ -502,17 +503,20 @@ impl StreamTransport {
         if self.inner.kind.is_pipe() {
             return (name == "pipe").then_some(ExtraInfo::Fd(self.inner.fd));
         }
-        ExtraInfo::of_socket(name, self.inner.peername.as_ref(), self.inner.sockname.as_ref(), || self.socket_fd())
+        let (peername, sockname) = self.inner.addresses();
+        ExtraInfo::of_socket(name, peername.as_ref(), sockname.as_ref(), || self.socket_fd())
     }
 
-    /// The peer's address (captured when the transport was made).
+    /// The peer's address: captured when the transport was made; for a
+    /// borrowed descriptor (`StreamSocket::borrow_raw`), read from the
+    /// socket while the transport has it, `None` after.
     pub fn peername(&self) -> Option<Address> {
-        self.inner.peername.clone()
+        self.inner.addresses().0
     }
 
-    /// The socket's own address.
+    /// The socket's own address (captured or read as `peername`).
     pub fn sockname(&self) -> Option<Address> {
-        self.inner.sockname.clone()
+        self.inner.addresses().1
     }
 
     /// The socket's file descriptor while the transport owns an open socket.
@@ -552,6 +556,17 @@ impl StreamTransport {
 }
 
 impl StreamInner {
+    /// The peer's and the socket's own address (see `addrs`).
+    fn addresses(&self) -> (Option<Address>, Option<Address>) {
+        match &self.addrs {
+            Some(a) => (a.0.clone(), a.1.clone()),
+            None => match self.sock.borrow().as_ref() {
+                Some(s) => (s.peer(), s.local()),
+                None => (None, None),
+            },
+        }
+    }
+
     fn transport(self: &Rc<Self>) -> Transport {
         Transport::from_stream(self.clone())
     }

@@ -96,7 +96,10 @@ impl StreamSocket {
     /// connection is lost (before `connection_lost` runs), closed with
     /// `close_socket`, or aborted, and never closes it. The caller keeps
     /// `fd` open until then and closes it afterwards (the Python face: the
-    /// `socket` object, in the transport's `_finish`).
+    /// `socket` object, in the transport's `_finish`). Such a transport
+    /// does not capture its addresses: `peername`/`sockname` are read from
+    /// the socket when asked while it has it, and are `None` after (the
+    /// owner of the descriptor keeps its own copy if it needs one).
     ///
     /// Fails unless `fd` is an open socket.
     ///
