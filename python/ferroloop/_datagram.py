@@ -99,6 +99,7 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
     def _finish(self):
         """After ``connection_lost``: close the socket."""
         self._socket_extra()
+        self._forget_fd()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 
 from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
@@ -94,7 +93,12 @@ class Loop(base_events.BaseEventLoop):
         self._core.set_debug(self._debug)
         self._bind_call_soon()
         self._remote = self._core.remote()
-        self._transports = weakref.WeakValueDictionary()
+        # fd -> its socket transport, for asyncio's "File descriptor ... is
+        # used by transport" checks. A plain dict: the engine holds every
+        # transport until its connection_lost anyway, after which the
+        # transport's _finish() takes its entry out (a weak reference would
+        # cost about 80 bytes per connection); close() empties it.
+        self._transports = {}
         self._readers = {}
         self._writers = {}
         self._signal_handlers = {}
@@ -257,6 +261,7 @@ class Loop(base_events.BaseEventLoop):
         super().close()
         self._readers.clear()
         self._writers.clear()
+        self._transports.clear()
         self._core.close()
 
     # ----- file descriptors -------------------------------------------------

@@ -119,6 +119,13 @@ class SocketBacked(CoreBacked):
             self._socket_extra()
         return self._extra.get(name, default)
 
+    def _forget_fd(self):
+        """Take this transport's entry out of the loop's fd table (after
+        ``connection_lost``: the descriptor is about to be closed)."""
+        transports = self._loop._transports
+        if transports.get(self._sock_fd) is self:
+            del transports[self._sock_fd]
+
 
 class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport driven by the engine."""
@@ -158,6 +165,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
         self._socket_extra()
+        self._forget_fd()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

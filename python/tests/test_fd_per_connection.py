@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import ferroloop
+
 N = 40
 
 
@@ -58,6 +60,10 @@ def test_one_fd_per_connection_and_all_closed_after(loop):
         for tr, pr in conns:
             assert await pr.lost is None
             assert tr.get_extra_info("socket").fileno() == -1
+        if isinstance(loop, ferroloop.Loop):
+            # ferroloop's fd table holds transports strongly until their
+            # connection_lost: none of the closed ones may stay in it.
+            assert not fds & set(loop._transports)
         server.close()
         await server.wait_closed()
         for i in range(50):
