@@ -81,8 +81,9 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
     max_size = 256 * 1024  # the engine's read buffer, asyncio's max_size
 
     # ``_core`` in a slot: the forwarding methods read it at a fixed offset
-    # (``_ferroloop.core_method``) instead of looking it up.
-    __slots__ = ("_core", "__dict__", "__weakref__")
+    # (``_ferroloop.core_method``) instead of looking it up; the other
+    # attributes every transport sets are slots too (no instance dict).
+    __slots__ = ("_core", "_sock", "_sock_fd", "_address", "__dict__", "__weakref__")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
@@ -135,7 +136,7 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
         if core is not None and core.fileno() != -1 and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core.close_socket()
-            sock = self.__dict__.get("_sock")
+            sock = getattr(self, "_sock", None)
             if sock is not None:
                 sock.close()
 

@@ -135,8 +135,10 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     # ``_core`` in a slot: the forwarding methods read it at a fixed offset
-    # (``_ferroloop.core_method``) instead of looking it up.
-    __slots__ = ("_core", "__dict__", "__weakref__")
+    # (``_ferroloop.core_method``) instead of looking it up. The other
+    # attributes every transport sets are slots too, so that no instance
+    # dict is made for them (``__dict__`` stays for anything else).
+    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__dict__", "__weakref__")
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
@@ -215,7 +217,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        sock = self.__dict__.get("_sock")
+        sock = getattr(self, "_sock", None)
         if sock is None:
             return  # finished, or handed over to a TLS transport by start_tls()
         core = getattr(self, "_core", None)
