@@ -711,6 +711,7 @@ impl StreamInner {
     /// protocol method, so that bytes lent for a moment (see
     /// [`Transport::write_lent`]) are read only here; what has to be told
     /// afterwards is returned.
+    #[inline]
     fn send_or_queue(&self, data: &[u8], owned: Option<Vec<u8>>) -> Result<AfterWrite> {
         let data: &[u8] = match &owned {
             Some(v) => v,
@@ -775,6 +776,7 @@ impl StreamInner {
 
     /// What `send_or_queue` left to tell: a dropped-write warning, the
     /// protocol's `pause_writing`, or a fatal write error.
+    #[inline]
     fn after_write(self: &Rc<Self>, after: AfterWrite) {
         match after {
             AfterWrite::Nothing => {}
