@@ -562,3 +562,46 @@ def test_loop_stop_from_protocol_callback_and_resume(loop):
         loop.run_until_complete(pr.lost)
     finally:
         b.close()
+
+
+def test_forwarding_methods_find_the_core_of_the_instances_own_class():
+    """The transport methods forwarding to ``_core`` (``_ferroloop.core_method``)
+    read it from its slot only for classes where ``_core`` is that slot: a class
+    borrowing the slot descriptor, or a subclass whose ``_core`` is a property,
+    goes through attribute lookup (a wrong slot offset would read another
+    object's memory). Run in a child process: a crash must fail the test."""
+    from conftest import FLAVORS, run_isolated
+
+    def body(lp):
+        from ferroloop import _ferroloop
+        from ferroloop._transports import StreamTransport
+
+        class Borrower:
+            __slots__ = ("a",)
+
+        Borrower._core = StreamTransport.__dict__["_core"]
+        Borrower.write = _ferroloop.core_method(Borrower, "write")
+        with pytest.raises(TypeError):
+            Borrower().write(b"")  # the descriptor does not apply to it
+
+        class Recorder:
+            def __init__(self):
+                self.calls = []
+
+            def is_closing(self):
+                self.calls.append("is_closing")
+                return "from the property's core"
+
+        rec = Recorder()
+
+        class WithProperty(StreamTransport):
+            @property
+            def _core(self):
+                return rec
+
+        t = WithProperty.__new__(WithProperty)
+        StreamTransport._core.__set__(t, object())  # the base slot holds something else
+        assert t.is_closing() == "from the property's core"
+        assert rec.calls == ["is_closing"]
+
+    run_isolated(FLAVORS["ferroloop"], body)

@@ -224,6 +224,35 @@ def test_write_borrowed_buffers_are_not_kept(loop):
     run(loop, main())
 
 
+def test_pause_writing_may_resize_the_bytearray_being_written(loop):
+    """pause_writing, called by the write that went over the high-water mark,
+    may resize the bytearray that write was given: the transport holds no
+    export of it by then (asyncio copied what it queued)."""
+
+    class Pausing(LogProtocol):
+        def pause_writing(self):
+            super().pause_writing()
+            del self.buf[:]  # BufferError if the transport still exported it
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: Pausing(loop))
+        try:
+            tr.set_write_buffer_limits(high=1000)
+            pr.buf = bytearray(os.urandom(8 * 1024 * 1024))
+            expected = bytes(pr.buf)
+            tr.write(pr.buf)
+            assert pr.log[-1] == "pause", pr.log
+            assert len(pr.buf) == 0
+            tr.close()
+            got = await peer_read_until_eof(loop, peer)
+            assert got == expected
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof(loop):
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))

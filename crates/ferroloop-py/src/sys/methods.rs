@@ -28,7 +28,6 @@ const INLINE_ARGS: usize = 8;
 /// NULL), all live for the duration of the call.
 unsafe fn forward(
     slf: *mut ffi::PyObject,
-    defining_class: *mut ffi::PyTypeObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
@@ -36,11 +35,15 @@ unsafe fn forward(
     name: &Bound<'_, PyString>,
 ) -> *mut ffi::PyObject {
     let mut core = ptr::null_mut();
-    if let Some(offset) = core_slot_offset(defining_class) {
-        // SAFETY: CPython checked that `slf` is an instance of
-        // `defining_class` (a method descriptor refuses other objects), whose
-        // `_core` slot is at `offset` in every instance, subclasses' too; a
-        // slot holds a strong reference or NULL (unset). The GIL is held.
+    // SAFETY: `slf` is live and the GIL is held (the caller's contract).
+    let tp = unsafe { ffi::Py_TYPE(slf) };
+    if let Some(offset) = core_slot_offset(tp) {
+        // SAFETY: `offset` was recorded for exactly `slf`'s type, after
+        // checking that `_core` on that type resolves to a member descriptor
+        // of one of its bases (`note_core_slot`): every instance of the type
+        // has that slot at `offset`, and instance attribute lookup would
+        // find that very descriptor. A slot holds a strong reference or NULL
+        // (unset). The GIL is held.
         unsafe {
             core = *(slf as *mut u8).offset(offset).cast::<*mut ffi::PyObject>();
             if !core.is_null() {
@@ -90,67 +93,79 @@ unsafe fn forward(
     }
 }
 
-/// Classes whose `_core` is a `__slots__` member, with its offset in the
-/// instance (`note_core_slot`): the forwarders read it without a lookup.
-/// A handful of entries (one per transport class), written once each with
-/// the GIL held; each holds a strong reference to its class, so an address
-/// is never reused for another.
+/// Types of transports, with the offset of their instances' `_core` slot
+/// (`NO_SLOT`: checked, no usable slot): the forwarders read the core
+/// without a lookup. A handful of entries (one per transport class, made on
+/// its first forwarded call), written with the GIL held; each holds a strong
+/// reference to its type, so an address is never reused for another.
 const MAX_SLOT_CLASSES: usize = 8;
+const NO_SLOT: ffi::Py_ssize_t = -1;
 static CORE_SLOT_CLASSES: [AtomicUsize; MAX_SLOT_CLASSES] = [const { AtomicUsize::new(0) }; MAX_SLOT_CLASSES];
 static CORE_SLOT_OFFSETS: [AtomicIsize; MAX_SLOT_CLASSES] = [const { AtomicIsize::new(0) }; MAX_SLOT_CLASSES];
 
-/// The offset of the `_core` slot of `cls`'s instances, if noted.
+/// The offset of the `_core` slot of instances of exactly `tp`, noting the
+/// type first if it is new.
 #[inline]
-fn core_slot_offset(cls: *mut ffi::PyTypeObject) -> Option<ffi::Py_ssize_t> {
+fn core_slot_offset(tp: *mut ffi::PyTypeObject) -> Option<ffi::Py_ssize_t> {
     for (i, c) in CORE_SLOT_CLASSES.iter().enumerate() {
         match c.load(Ordering::Acquire) {
-            0 => return None,
-            k if k == cls as usize => return Some(CORE_SLOT_OFFSETS[i].load(Ordering::Relaxed)),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// If `cls` defines `_core` in its `__slots__`, note the slot's offset.
-fn note_core_slot(cls: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = cls.py();
-    let Some(member) = cls.getattr("__dict__")?.get_item(pyo3::intern!(py, "_core")).ok() else {
-        return Ok(());
-    };
-    // SAFETY: the GIL is held; PyObject_TypeCheck only reads types.
-    let is_member = unsafe { ffi::PyObject_TypeCheck(member.as_ptr(), std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type)) } != 0;
-    if !is_member {
-        return Ok(());
-    }
-    // SAFETY: `member` is a member descriptor (checked), so it is a
-    // `PyMemberDescrObject` whose `d_member` points to its slot's definition,
-    // alive as long as the class (kept alive below).
-    let (type_code, offset) = unsafe {
-        let d = &*(member.as_ptr() as *const ffi::PyMemberDescrObject);
-        ((*d.d_member).type_code, (*d.d_member).offset)
-    };
-    if type_code != ffi::Py_T_OBJECT_EX {
-        return Ok(());
-    }
-    // Entries are written with the GIL held (we have a `Bound`), so never
-    // concurrently; readers see the offset before the class (Release).
-    let key = cls.as_type_ptr() as usize;
-    for (i, c) in CORE_SLOT_CLASSES.iter().enumerate() {
-        match c.load(Ordering::Acquire) {
-            k if k == key => return Ok(()),
-            0 => {
-                // The class stays alive for good: its address stays its own.
-                std::mem::forget(cls.clone().unbind());
-                CORE_SLOT_OFFSETS[i].store(offset, Ordering::Relaxed);
-                c.store(key, Ordering::Release);
-                return Ok(());
+            0 => break,
+            k if k == tp as usize => {
+                let off = CORE_SLOT_OFFSETS[i].load(Ordering::Relaxed);
+                return (off != NO_SLOT).then_some(off);
             }
             _ => {}
         }
     }
-    // Table full: this class's forwarders use the generic lookup.
-    Ok(())
+    note_core_slot(tp)
+}
+
+/// Check where `_core` of instances of `tp` lives and note it (if the table
+/// has room): a `__slots__` member of `tp` or of a base of `tp`, found by
+/// the same lookup as an instance attribute's (a data descriptor wins over
+/// the instance dict), or `NO_SLOT`.
+#[cold]
+fn note_core_slot(tp: *mut ffi::PyTypeObject) -> Option<ffi::Py_ssize_t> {
+    // SAFETY: called from a forwarder, with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `tp` is the live type of a live object (the forwarder's `slf`).
+    let cls = unsafe { Bound::from_borrowed_ptr(py, tp.cast::<ffi::PyObject>()) };
+    let offset = match cls.getattr(pyo3::intern!(py, "_core")) {
+        Ok(member) => member_slot_offset(&member, tp).unwrap_or(NO_SLOT),
+        Err(_) => NO_SLOT,
+    };
+    // Entries are written with the GIL held, so never concurrently; readers
+    // see the offset before the type (Release).
+    for (i, c) in CORE_SLOT_CLASSES.iter().enumerate() {
+        if c.load(Ordering::Acquire) == 0 {
+            // The type stays alive for good: its address stays its own.
+            std::mem::forget(cls.clone().unbind());
+            CORE_SLOT_OFFSETS[i].store(offset, Ordering::Relaxed);
+            c.store(tp as usize, Ordering::Release);
+            break;
+        }
+    }
+    (offset != NO_SLOT).then_some(offset)
+}
+
+/// The instance offset of `member` if it is an object slot (`__slots__`
+/// member) of `tp` or of one of its bases.
+fn member_slot_offset(member: &Bound<'_, PyAny>, tp: *mut ffi::PyTypeObject) -> Option<ffi::Py_ssize_t> {
+    // SAFETY: the GIL is held; PyObject_TypeCheck only reads types.
+    let is_member = unsafe { ffi::PyObject_TypeCheck(member.as_ptr(), std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type)) } != 0;
+    if !is_member {
+        return None;
+    }
+    // SAFETY: `member` is a member descriptor (checked), so it is a
+    // `PyMemberDescrObject`: `d_type` is the type that defines the slot and
+    // `d_member` its definition, both alive as long as the descriptor.
+    let (owner, type_code, offset) = unsafe {
+        let d = &*(member.as_ptr() as *const ffi::PyMemberDescrObject);
+        (d.d_common.d_type, (*d.d_member).type_code, (*d.d_member).offset)
+    };
+    // SAFETY: both are live types; PyType_IsSubtype only reads them.
+    let inherits = unsafe { ffi::PyType_IsSubtype(tp, owner) } != 0;
+    (inherits && type_code == ffi::Py_T_OBJECT_EX && offset > 0).then_some(offset)
 }
 
 /// A `PyMethodDef` kept in a static.
@@ -170,12 +185,11 @@ macro_rules! forwarders {
             ///
             /// # Safety
             ///
-            /// A `METH_METHOD | METH_FASTCALL | METH_KEYWORDS` function:
-            /// called only by CPython, with the GIL held (see `forward`).
+            /// A `METH_FASTCALL | METH_KEYWORDS` function: called only by
+            /// CPython, with the GIL held (see `forward`).
             #[allow(non_snake_case)]
             unsafe extern "C" fn $attr(
                 slf: *mut ffi::PyObject,
-                defining_class: *mut ffi::PyTypeObject,
                 args: *const *mut ffi::PyObject,
                 nargs: ffi::Py_ssize_t,
                 kwnames: *mut ffi::PyObject,
@@ -185,7 +199,7 @@ macro_rules! forwarders {
                 let core_name = pyo3::intern!(py, "_core");
                 let name = pyo3::intern!(py, stringify!($target));
                 // SAFETY: the arguments are CPython's (see `forward`).
-                unsafe { forward(slf, defining_class, args, nargs, kwnames, core_name, name) }
+                unsafe { forward(slf, args, nargs, kwnames, core_name, name) }
             }
         )*
 
@@ -202,8 +216,8 @@ macro_rules! forwarders {
                             };
                             NAME.as_ptr()
                         },
-                        ml_meth: ffi::PyMethodDefPointer { PyCMethod: $attr },
-                        ml_flags: ffi::METH_METHOD | ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: $attr },
+                        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
                         ml_doc: ptr::null(),
                     },
                 },
@@ -239,7 +253,6 @@ pub fn core_method<'py>(cls: &Bound<'py, PyType>, name: &str) -> PyResult<Bound<
     let Some(d) = DEFS.iter().find(|d| d.name == name) else {
         return Err(PyValueError::new_err(format!("no core method named {name:?}")));
     };
-    note_core_slot(cls)?;
     // SAFETY: the GIL is held (`cls` is a `Bound`), `cls` is a live type and
     // `d.def` is a static definition that outlives the descriptor; CPython
     // never writes through the pointer. The result is a new reference or

@@ -498,7 +498,7 @@ impl StreamCore {
         // only what cannot be sent at once is copied.
         if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
             if let Some(lent) = PyBuffer::<u8>::get(data).ok().and_then(LentBuffer::new) {
-                return t.write_lent(&lent).map_err(to_pyerr);
+                return t.write_lent(lent).map_err(to_pyerr);
             }
         }
         with_data(data, |b| t.write(b))?.map_err(to_pyerr)

@@ -187,14 +187,18 @@ impl Transport {
     }
 
     /// Write bytes lent for a moment ([`LentBytes`]): they are read inside
-    /// `lend` only, and no callback (a dropped-write warning,
-    /// `pause_writing`, a fatal write error) runs before `lend` returns. A
+    /// `lend` only, and `data` is dropped before any callback (a
+    /// dropped-write warning, `pause_writing`, a fatal write error) runs. A
     /// plain stream transport sends them at once from the lent memory and
     /// copies only what is left; a TLS transport copies them first.
-    pub fn write_lent<B: LentBytes + ?Sized>(&self, data: &B) -> Result<()> {
+    pub fn write_lent<B: LentBytes>(&self, data: B) -> Result<()> {
         match &self.repr {
             Repr::Stream(t) => t.write_lent(data),
-            Repr::Tls(t) => t.write(&data.lend(|b| b.to_vec())),
+            Repr::Tls(t) => {
+                let copy = data.lend(|b| b.to_vec());
+                drop(data);
+                t.write(&copy)
+            }
         }
     }
 

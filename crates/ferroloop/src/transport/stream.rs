@@ -54,6 +54,12 @@ pub trait LentBytes {
     fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
 }
 
+impl<T: LentBytes + ?Sized> LentBytes for &T {
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        (**self).lend(f)
+    }
+}
+
 /// A socket address as reported by `get_extra_info("peername"/"sockname")`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
@@ -417,11 +423,13 @@ impl StreamTransport {
 
     /// Write bytes lent for a moment ([`LentBytes`]): as [`Transport::write`],
     /// but the bytes are read (sent at once, the rest copied into the queue)
-    /// before any callback runs — a dropped-write warning, `pause_writing`
-    /// or a fatal write error come after `lend` has returned.
-    pub fn write_lent<B: LentBytes + ?Sized>(&self, data: &B) -> Result<()> {
-        let after = data.lend(|b| self.inner.send_or_queue(b, None))?;
-        self.inner.after_write(after);
+    /// before any callback runs, and `data` is dropped before a
+    /// dropped-write warning, `pause_writing` or a fatal write error is
+    /// told (so that a lender's lock on its buffer is released by then).
+    pub fn write_lent<B: LentBytes>(&self, data: B) -> Result<()> {
+        let after = data.lend(|b| self.inner.send_or_queue(b, None));
+        drop(data);
+        self.inner.after_write(after?);
         Ok(())
     }
 
@@ -509,7 +517,8 @@ impl StreamTransport {
 
     /// The peer's address: captured when the transport was made; for a
     /// borrowed descriptor (`StreamSocket::borrow_raw`), read from the
-    /// socket while the transport has it, `None` after.
+    /// socket while the transport has it (`None` if the peer is gone), and
+    /// `None` once it let go of it, which is before `connection_lost`.
     pub fn peername(&self) -> Option<Address> {
         self.inner.addresses().0
     }
@@ -537,7 +546,10 @@ impl StreamTransport {
             f(Err(Error::state("Connection is closed by peer")));
             return;
         }
-        self.inner.rare_mut().on_drained = Some(Box::new(f));
+        // A replaced callback is dropped after the borrow ends: dropping it
+        // may run code that uses the transport.
+        let old = self.inner.rare_mut().on_drained.replace(Box::new(f));
+        drop(old);
     }
 
     /// Switch the protocol; later events go to `protocol`. Allowed from
@@ -1043,7 +1055,8 @@ impl StreamInner {
 
     /// Record the TLS transport layered over this one.
     pub(crate) fn set_tls_layer(&self, tls: Weak<TlsInner>) {
-        self.rare_mut().tls_layer = tls;
+        let old = std::mem::replace(&mut self.rare_mut().tls_layer, tls);
+        drop(old);
     }
 
     /// The TLS transport layered over this one, while it lives.
