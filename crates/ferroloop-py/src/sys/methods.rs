@@ -37,7 +37,11 @@ unsafe fn forward(
     let mut core = ptr::null_mut();
     // SAFETY: `slf` is live and the GIL is held (the caller's contract).
     let tp = unsafe { ffi::Py_TYPE(slf) };
-    if let Some(offset) = core_slot_offset(tp) {
+    let slot = core_slot_offset(tp);
+    // Noting a new type runs a lookup (Python code); the type must still be
+    // `slf`'s after it.
+    // SAFETY: as above.
+    if let (Some(offset), true) = (slot, unsafe { ffi::Py_TYPE(slf) } == tp) {
         // SAFETY: `offset` was recorded for exactly `slf`'s type, after
         // checking that `_core` on that type resolves to a member descriptor
         // of one of its bases (`note_core_slot`): every instance of the type
