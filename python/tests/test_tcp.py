@@ -253,6 +253,31 @@ def test_pause_writing_may_resize_the_bytearray_being_written(loop):
     run(loop, main())
 
 
+def test_transport_methods_have_asyncios_signatures(loop):
+    import inspect
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))
+        try:
+            params = {
+                name: list(inspect.signature(getattr(tr, name)).parameters)
+                for name in ("write", "writelines", "close", "is_closing", "set_write_buffer_limits")
+            }
+            assert params == {
+                "write": ["data"],
+                "writelines": ["list_of_data"],
+                "close": [],
+                "is_closing": [],
+                "set_write_buffer_limits": ["high", "low"],
+            }
+            tr.close()
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof(loop):
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))

@@ -183,7 +183,7 @@ struct Def {
 unsafe impl Sync for Def {}
 
 macro_rules! forwarders {
-    ($($attr:ident => $target:ident),* $(,)?) => {
+    ($($attr:ident => $target:ident ($($params:literal)?)),* $(,)?) => {
         $(
             /// Forwards to the core's method of the same (or the mapped) name.
             ///
@@ -222,7 +222,16 @@ macro_rules! forwarders {
                         },
                         ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: $attr },
                         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-                        ml_doc: ptr::null(),
+                        // The text signature `inspect.signature` reads, as asyncio's.
+                        ml_doc: {
+                            const DOC: &CStr = match CStr::from_bytes_with_nul(
+                                concat!(stringify!($attr), "($self", $(", ", $params,)? ")\n--\n\n\0").as_bytes(),
+                            ) {
+                                Ok(d) => d,
+                                Err(_) => panic!("text signature with a NUL byte"),
+                            };
+                            DOC.as_ptr()
+                        },
                     },
                 },
             )*
@@ -231,23 +240,23 @@ macro_rules! forwarders {
 }
 
 forwarders! {
-    write => write,
-    writelines => writelines,
-    write_eof => write_eof,
-    can_write_eof => can_write_eof,
-    sendto => sendto,
-    close => close,
-    abort => abort,
-    is_closing => is_closing,
-    is_reading => is_reading,
-    pause_reading => pause_reading,
-    resume_reading => resume_reading,
-    get_write_buffer_size => get_write_buffer_size,
-    get_write_buffer_limits => get_write_buffer_limits,
-    set_write_buffer_limits => set_write_buffer_limits,
-    get_protocol => get_protocol,
-    set_protocol => set_protocol,
-    _force_close => force_close,
+    write => write("data"),
+    writelines => writelines("list_of_data"),
+    write_eof => write_eof(),
+    can_write_eof => can_write_eof(),
+    sendto => sendto("data, addr=None"),
+    close => close(),
+    abort => abort(),
+    is_closing => is_closing(),
+    is_reading => is_reading(),
+    pause_reading => pause_reading(),
+    resume_reading => resume_reading(),
+    get_write_buffer_size => get_write_buffer_size(),
+    get_write_buffer_limits => get_write_buffer_limits(),
+    set_write_buffer_limits => set_write_buffer_limits("high=None, low=None"),
+    get_protocol => get_protocol(),
+    set_protocol => set_protocol("protocol"),
+    _force_close => force_close("exc"),
 }
 
 /// A method descriptor of `cls` named `name` that calls the same-named
