@@ -34,6 +34,16 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// A transport with a `Recorder` on one end of a Unix pair, borrowed:
+/// (transport, its log, our end, the peer end).
+fn borrowed_unix_pair(lp: &EventLoop) -> (Transport, Shared<Log>, UnixStream, UnixStream) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let rec = Recorder::new();
+    let log = rec.log.clone();
+    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(rec)).unwrap();
+    (t, log, ours, peer)
+}
+
 /// A connected TCP pair: (ours, peer).
 fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -110,10 +120,7 @@ fn a_connection_costs_one_descriptor() {
 fn abort_stops_all_io_on_a_borrowed_descriptor() {
     let _serial = serial();
     let lp = EventLoop::new().unwrap();
-    let (ours, mut peer) = UnixStream::pair().unwrap();
-    let proto = Recorder::new();
-    let log = proto.log.clone();
-    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let (t, log, ours, mut peer) = borrowed_unix_pair(&lp);
     run_for(&lp, 0.02);
     t.abort();
     // Data sent after the abort is never read by the engine: it stays in the socket.
@@ -132,10 +139,7 @@ fn abort_stops_all_io_on_a_borrowed_descriptor() {
 fn close_socket_stops_io_and_leaves_the_descriptor_open() {
     let _serial = serial();
     let lp = EventLoop::new().unwrap();
-    let (ours, peer) = UnixStream::pair().unwrap();
-    let proto = Recorder::new();
-    let log = proto.log.clone();
-    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let (t, log, ours, peer) = borrowed_unix_pair(&lp);
     run_for(&lp, 0.02);
     t.close_socket();
     assert_eq!(t.socket_fd(), None);
@@ -164,10 +168,7 @@ fn the_poll_forgets_the_descriptor_before_connection_lost() {
     let (o2, s2, lp2) = (ours.clone(), second.clone(), lp.clone());
     let proto = Recorder::new().on_lost(move |_| {
         drop(o2.borrow_mut().take()); // the owner closes its descriptor
-        let (a, b) = UnixStream::pair().unwrap();
-        let rec = Recorder::new();
-        let log = rec.log.clone();
-        let t = lp2.create_transport(borrow(a.as_raw_fd()).unwrap(), protocol_ref(rec)).unwrap();
+        let (t, log, a, b) = borrowed_unix_pair(&lp2);
         *s2.borrow_mut() = Some((a, b, t, log));
     });
     let log = proto.log.clone();
@@ -197,10 +198,7 @@ fn add_writer_on_the_descriptor_of_a_borrowed_transport() {
     // add_writer while the transport is paused.
     let _serial = serial();
     let lp = EventLoop::new().unwrap();
-    let (ours, mut peer) = UnixStream::pair().unwrap();
-    let proto = Recorder::new();
-    let log = proto.log.clone();
-    let t = lp.create_transport(borrow(ours.as_raw_fd()).unwrap(), protocol_ref(proto)).unwrap();
+    let (t, log, ours, mut peer) = borrowed_unix_pair(&lp);
     run_for(&lp, 0.02);
     let fired = Rc::new(std::cell::Cell::new(0));
     let f2 = fired.clone();
