@@ -28,7 +28,7 @@ import warnings
 from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
 from . import _ferroloop
-from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport
+from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport, socket_kind
 
 TLSContext = _ferroloop.TLSContext
 
@@ -688,6 +688,7 @@ class Loop(base_events.BaseEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
         # Several connections may wait: accept up to `backlog` per readiness.
+        kind = None
         for _ in range(backlog):
             try:
                 conn, addr = sock.accept()
@@ -732,6 +733,10 @@ class Loop(base_events.BaseEventLoop):
                 except BaseException as exc:
                     conn.close()
                     self._report_accept_error(exc, protocol, transport)
+                    continue
+                if kind is None:
+                    kind = socket_kind(sock)
+                transport._keep_fd_only(kind)
                 continue
             if sslcontext:
                 self.create_task(
@@ -750,6 +755,13 @@ class Loop(base_events.BaseEventLoop):
             except BaseException as exc:
                 conn.close()
                 self._report_accept_error(exc, protocol, transport)
+                continue
+            # Nothing else holds the accepted socket's object: the transport
+            # keeps the descriptor and makes the object again if asked.
+            if isinstance(transport, StreamTransport):
+                if kind is None:
+                    kind = socket_kind(sock)
+                transport._keep_fd_only(kind)
 
     async def _accept_tls(
         self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout

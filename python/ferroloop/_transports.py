@@ -99,6 +99,43 @@ class CoreBacked:
         return self._extra.get(name, default)
 
 
+class SocketKind:
+    """Family, type and protocol of a socket whose Python object is not made
+    yet: an accepted connection's transport keeps only the descriptor, and
+    makes the ``socket.socket`` when something asks for it (``_sock``,
+    ``get_extra_info('socket')``). One instance is shared by all the
+    connections of a listener."""
+
+    __slots__ = ("family", "type", "proto")
+
+    def __init__(self, family, type, proto):
+        self.family = family
+        self.type = type
+        self.proto = proto
+
+    def make(self, fd):
+        """The Python socket object of ``fd`` (which it then owns)."""
+        sock = socket.socket(self.family, self.type, self.proto, fileno=fd)
+        sock.setblocking(False)
+        return sock
+
+    def make_closed(self):
+        """A closed socket object of this kind (``get_extra_info('socket')``
+        of a transport that closed its descriptor without ever making one)."""
+        sock = socket.socket(self.family, self.type, self.proto)
+        sock.close()
+        return sock
+
+
+def socket_kind(sock, _kinds={}):
+    """The shared ``SocketKind`` of ``sock``'s family, type and protocol."""
+    key = (sock.family, sock.type, sock.proto)
+    kind = _kinds.get(key)
+    if kind is None:
+        kind = _kinds[key] = SocketKind(*key)
+    return kind
+
+
 class SocketBacked(CoreBacked):
     """A ``CoreBacked`` transport on a socket (``self._sock``): its extra
     info's ``socket`` entry, asyncio's ``TransportSocket``, is made when
@@ -109,10 +146,14 @@ class SocketBacked(CoreBacked):
     def _socket_extra(self):
         """Add the ``socket`` entry to the extra info (if not there yet)."""
         extra = self._extra
-        if "socket" not in extra:
+        entry = extra.get("socket", extra)
+        if entry is extra:
             sock = self._sock
             if sock is not None:
                 extra["socket"] = trsock.TransportSocket(sock)
+        elif entry.__class__ is SocketKind:
+            # Left by _finish() of a transport that never made its socket object.
+            extra["socket"] = trsock.TransportSocket(entry.make_closed())
 
     def get_extra_info(self, name, default=None):
         if name == "socket":
@@ -138,13 +179,16 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     # (``_ferroloop.core_method``) instead of looking it up. The other
     # attributes every transport sets are slots too, so that no instance
     # dict is made for them (``__dict__`` stays for anything else).
-    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__dict__", "__weakref__")
+    # ``_sock_obj`` is the socket object, or the ``SocketKind`` of the
+    # descriptor while no object is made (``_keep_fd_only``), or None once
+    # the transport let go of the socket.
+    __slots__ = ("_core", "_sock_obj", "_sock_fd", "_server", "__dict__", "__weakref__")
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._extra = {} if extra is None else extra
         self._loop = loop
-        self._sock = sock
+        self._sock_obj = sock
         self._sock_fd = sock.fileno()
         socket_extra(self._extra, sock)
         self._server = server
@@ -164,12 +208,40 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     def _make_core(self, loop, protocol, waiter):
         return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
 
+    @property
+    def _sock(self):
+        """The transport's socket object (made now if it was not), or None
+        once the transport let go of it."""
+        sock = self._sock_obj
+        if sock.__class__ is SocketKind:
+            sock = self._sock_obj = sock.make(self._sock_fd)
+        return sock
+
+    @_sock.setter
+    def _sock(self, sock):
+        self._sock_obj = sock
+
+    def _keep_fd_only(self, kind):
+        """Let go of the socket object (an accepted connection's, which
+        nothing else holds) and keep its descriptor: the object is made
+        again when asked for. Saves its memory on every idle connection."""
+        sock = self._sock_obj
+        if sock is not None and sock.__class__ is not SocketKind and "socket" not in self._extra:
+            self._sock_obj = kind
+            sock.detach()
+
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
-        self._socket_extra()
         self._forget_fd()
-        sock, self._sock = self._sock, None
-        if sock is not None:
+        sock, self._sock_obj = self._sock_obj, None
+        if sock.__class__ is SocketKind:
+            # No object was made: close the descriptor, and leave the kind
+            # for get_extra_info('socket') to make a closed socket of.
+            self._extra.setdefault("socket", sock)
+            os.close(self._sock_fd)
+        elif sock is not None:
+            if "socket" not in self._extra:
+                self._extra["socket"] = trsock.TransportSocket(sock)
             sock.close()
         server, self._server = self._server, None
         if server is not None:
@@ -217,7 +289,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        sock = getattr(self, "_sock", None)
+        sock = getattr(self, "_sock_obj", None)
         if sock is None:
             return  # finished, or handed over to a TLS transport by start_tls()
         core = getattr(self, "_core", None)
@@ -226,7 +298,10 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
                 _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             # Out of the engine's poll before the descriptor is closed.
             core.close_socket()
-        sock.close()
+        if sock.__class__ is SocketKind:
+            os.close(self._sock_fd)
+        else:
+            sock.close()
 
 
 forward_to_core(StreamTransport, _STREAM_METHODS)
@@ -352,7 +427,7 @@ class TLSTransport(StreamTransport):
         self._core = transport._core.start_tls(
             self, protocol, context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
         )
-        self._sock, transport._sock = transport._sock, None
+        self._sock_obj, transport._sock_obj = transport._sock_obj, None
         self._server, transport._server = transport._server, None
         clients = getattr(self._server, "_clients", None)  # asyncio 3.12+: the server's live transports
         if clients is not None:

@@ -5,7 +5,10 @@ is closed once, by the socket object, after ``connection_lost``."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import socket
+import tempfile
 
 import ferroloop
 
@@ -94,3 +97,104 @@ def test_abort_closes_the_one_fd(loop):
     base = loop.run_until_complete(main())
     loop.run_until_complete(asyncio.sleep(0.05))
     assert open_fds() <= base
+
+
+class Keep(asyncio.Protocol):
+    """Server side: records its transport and when it is lost."""
+
+    def __init__(self, made, lost):
+        self.made = made
+        self.lost = lost
+
+    def connection_made(self, transport):
+        self.made.append(transport)
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+
+def test_accepted_transports_socket_extra_made_on_request_and_after_close(loop):
+    """An accepted connection's ``socket`` extra info is the connection's
+    socket when asked for during the connection, and a closed socket of the
+    same family and type when asked for only after it closed (ferroloop
+    keeps just the descriptor until asked)."""
+
+    async def main():
+        made, lost = [], []
+        server = await loop.create_server(lambda: Keep(made, lost), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [await loop.create_connection(lambda: Client(loop), "127.0.0.1", port) for _ in range(3)]
+        while len(made) < 3:
+            await asyncio.sleep(0.005)
+        asked, later, sent = made
+        sock = asked.get_extra_info("socket")
+        assert sock is asked.get_extra_info("socket")
+        assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        assert sock.fileno() >= 0
+        assert sock.getsockname() == asked.get_extra_info("sockname")
+        assert sock.getpeername() == asked.get_extra_info("peername")
+        assert sock.gettimeout() == 0
+        # The descriptor is the one the transport drives: data still flows.
+        asked.write(b"via asked")
+        ctr, cpr = next((t, p) for t, p in clients if t.get_extra_info("sockname") == sock.getpeername())
+        while bytes(cpr.got) != b"via asked":
+            await asyncio.sleep(0.005)
+        # sendfile() on an accepted transport uses its socket.
+        with tempfile.TemporaryFile() as f:
+            f.write(b"file data " * 1000)
+            f.flush()
+            f.seek(0)
+            assert await loop.sendfile(sent, f) == 10_000
+        str_, spr = next((t, p) for t, p in clients if t.get_extra_info("sockname") == sent.get_extra_info("peername"))
+        while len(spr.got) < 10_000:
+            await asyncio.sleep(0.005)
+        assert bytes(spr.got) == b"file data " * 1000
+        for tr in made:
+            tr.close()
+        while len(lost) < 3:
+            await asyncio.sleep(0.005)
+        assert sock.fileno() == -1
+        closed = later.get_extra_info("socket")
+        assert closed is not None and closed.fileno() == -1
+        assert closed.family == socket.AF_INET and closed.type == socket.SOCK_STREAM
+        for tr, pr in clients:
+            assert await pr.lost is None
+            tr.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_idle_accepted_connections_hold_no_socket_object(loop, flavor):
+    """ferroloop keeps an accepted connection's descriptor, not a Python
+    socket object (memory per idle connection); asyncio keeps both."""
+
+    def live_sockets():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, socket.socket) and o.fileno() != -1)
+
+    async def main():
+        made, lost = [], []
+        server = await loop.create_server(lambda: Keep(made, lost), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        base = live_sockets()
+        clients = [await loop.create_connection(lambda: Client(loop), "127.0.0.1", port) for _ in range(N)]
+        while len(made) < N:
+            await asyncio.sleep(0.005)
+        during = live_sockets() - base
+        for tr in made:
+            tr.close()
+        for tr, pr in clients:
+            assert await pr.lost is None
+            tr.close()
+        server.close()
+        await server.wait_closed()
+        return during
+
+    base = open_fds()
+    during = loop.run_until_complete(main())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert open_fds() <= base
+    # The client sides' sockets always; the server sides' only on asyncio.
+    assert during == (N if flavor.is_ferroloop else 2 * N)
