@@ -278,6 +278,40 @@ def test_transport_methods_have_asyncios_signatures(loop):
     run(loop, main())
 
 
+def test_write_arguments_as_asyncio(loop):
+    """write() takes its data positionally or as ``data=``; any other
+    arguments, and data that is not bytes-like, raise asyncio's TypeError
+    without writing anything."""
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))
+        try:
+            tr.write(b"positional ")
+            tr.write(data=b"keyword ")
+            tr.write(bytearray(b"bytearray "))
+            tr.write(memoryview(b"memoryview"))
+            for bad_call in (
+                lambda: tr.write(),
+                lambda: tr.write(b"a", b"b"),
+                lambda: tr.write(b"a", data=b"b"),
+                lambda: tr.write(stuff=b"a"),
+            ):
+                with pytest.raises(TypeError):
+                    bad_call()
+            for bad in ("text", 42, None, [b"list"]):
+                with pytest.raises(TypeError) as ei:
+                    tr.write(bad)
+                assert str(ei.value) == f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
+            tr.write_eof()
+            assert await peer_read_until_eof(loop, peer) == b"positional keyword bytearray memoryview"
+            tr.close()
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof(loop):
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))

@@ -9,13 +9,50 @@ use std::ptr;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use pyo3::exceptions::PyValueError;
+use pyo3::panic::PanicException;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
+use pyo3::PyTypeInfo;
+
+use crate::transport::stream::StreamCore;
 
 /// Arguments forwarded without a heap allocation (the core's methods take at
 /// most two).
 const INLINE_ARGS: usize = 8;
+
+/// `getattr(slf, "_core")`: a new reference, or NULL with an exception set.
+///
+/// # Safety
+///
+/// The GIL is held and `slf` is a live object.
+unsafe fn core_of(slf: *mut ffi::PyObject, core_name: &Bound<'_, PyString>) -> *mut ffi::PyObject {
+    // SAFETY: `slf` is live and the GIL is held (the caller's contract).
+    let tp = unsafe { ffi::Py_TYPE(slf) };
+    let slot = core_slot_offset(tp);
+    // Noting a new type runs a lookup (Python code); the type must still be
+    // `slf`'s after it.
+    // SAFETY: as above.
+    if let (Some(offset), true) = (slot, unsafe { ffi::Py_TYPE(slf) } == tp) {
+        // SAFETY: `offset` was recorded for exactly `slf`'s type, after
+        // checking that `_core` on that type resolves to a member descriptor
+        // of one of its bases (`note_core_slot`): every instance of the type
+        // has that slot at `offset`, and instance attribute lookup would
+        // find that very descriptor. A slot holds a strong reference or NULL
+        // (unset). The GIL is held.
+        unsafe {
+            let core = *(slf as *mut u8).offset(offset).cast::<*mut ffi::PyObject>();
+            if !core.is_null() {
+                ffi::Py_INCREF(core);
+                return core;
+            }
+        }
+    }
+    // No slot, or not set: the generic lookup (and its AttributeError).
+    // SAFETY: `slf` is live and the GIL is held (the caller's contract);
+    // the result is a new reference or NULL with an exception set.
+    unsafe { ffi::PyObject_GetAttr(slf, core_name.as_ptr()) }
+}
 
 /// `getattr(slf, "_core").<name>(*args, **kwargs)`, the arguments as CPython
 /// passes them to a `METH_FASTCALL | METH_KEYWORDS` function.
@@ -34,36 +71,27 @@ unsafe fn forward(
     core_name: &Bound<'_, PyString>,
     name: &Bound<'_, PyString>,
 ) -> *mut ffi::PyObject {
-    let mut core = ptr::null_mut();
-    // SAFETY: `slf` is live and the GIL is held (the caller's contract).
-    let tp = unsafe { ffi::Py_TYPE(slf) };
-    let slot = core_slot_offset(tp);
-    // Noting a new type runs a lookup (Python code); the type must still be
-    // `slf`'s after it.
-    // SAFETY: as above.
-    if let (Some(offset), true) = (slot, unsafe { ffi::Py_TYPE(slf) } == tp) {
-        // SAFETY: `offset` was recorded for exactly `slf`'s type, after
-        // checking that `_core` on that type resolves to a member descriptor
-        // of one of its bases (`note_core_slot`): every instance of the type
-        // has that slot at `offset`, and instance attribute lookup would
-        // find that very descriptor. A slot holds a strong reference or NULL
-        // (unset). The GIL is held.
-        unsafe {
-            core = *(slf as *mut u8).offset(offset).cast::<*mut ffi::PyObject>();
-            if !core.is_null() {
-                ffi::Py_INCREF(core);
-            }
-        }
-    }
+    // SAFETY: the caller's contract.
+    let core = unsafe { core_of(slf, core_name) };
     if core.is_null() {
-        // No slot, or not set: the generic lookup (and its AttributeError).
-        // SAFETY: `slf` is live and the GIL is held (the caller's contract);
-        // the result is a new reference or NULL with an exception set.
-        core = unsafe { ffi::PyObject_GetAttr(slf, core_name.as_ptr()) };
-        if core.is_null() {
-            return ptr::null_mut();
-        }
+        return ptr::null_mut();
     }
+    // SAFETY: `core` is a new reference, the rest the caller's contract.
+    unsafe { call_core(core, args, nargs, kwnames, name) }
+}
+
+/// `core.<name>(*args, **kwargs)`, then release `core`.
+///
+/// # Safety
+///
+/// As `forward`; `core` is a new reference (owned, released here).
+unsafe fn call_core(
+    core: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    name: &Bound<'_, PyString>,
+) -> *mut ffi::PyObject {
     let nkw = if kwnames.is_null() {
         0
     } else {
@@ -94,6 +122,67 @@ unsafe fn forward(
         let r = ffi::PyObject_VectorcallMethod(name.as_ptr(), buf.as_ptr(), (nargs + 1) as usize, kwnames);
         ffi::Py_DECREF(core);
         r
+    }
+}
+
+/// `transport.write(data)`: the hot path calls the Rust method of a
+/// `StreamCore` directly (no method lookup, no argument parsing); anything
+/// else (keywords, another core type) goes the generic way.
+///
+/// # Safety
+///
+/// A `METH_FASTCALL | METH_KEYWORDS` function: called only by CPython, with
+/// the GIL held (see `forward`).
+unsafe extern "C" fn write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let core_name = pyo3::intern!(py, "_core");
+    let name = pyo3::intern!(py, "write");
+    if nargs != 1 || !kwnames.is_null() {
+        // SAFETY: the arguments are CPython's (see `forward`).
+        return unsafe { forward(slf, args, nargs, kwnames, core_name, name) };
+    }
+    // SAFETY: as above.
+    let core = unsafe { core_of(slf, core_name) };
+    if core.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: `core` is a live object whose reference this function owns
+    // (the type check below reads only its type).
+    let is_stream = unsafe { ffi::Py_TYPE(core) } == StreamCore::type_object_raw(py);
+    if !is_stream {
+        // SAFETY: `core` is a new reference, the rest CPython's arguments.
+        return unsafe { call_core(core, args, nargs, kwnames, name) };
+    }
+    // SAFETY: `core` is a new reference (owned by the `Bound` from here);
+    // `args[0]` is a live argument borrowed for the call.
+    let (core, data) = unsafe { (Bound::from_owned_ptr(py, core), Bound::from_borrowed_ptr(py, *args)) };
+    // SAFETY: the type is exactly `StreamCore` (checked above).
+    let core = unsafe { core.cast_unchecked::<StreamCore>() };
+    // A panic must not unwind into CPython: it becomes an exception.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        core.try_borrow().map_err(PyErr::from).and_then(|c| c.write(&data))
+    }));
+    match r {
+        Ok(Ok(())) => py.None().into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            ptr::null_mut()
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in transport.write()".to_string());
+            PanicException::new_err(msg).restore(py);
+            ptr::null_mut()
+        }
     }
 }
 
@@ -183,7 +272,8 @@ struct Def {
 unsafe impl Sync for Def {}
 
 macro_rules! forwarders {
-    ($($attr:ident => $target:ident ($($params:literal)?)),* $(,)?) => {
+    (direct { $($dattr:ident ($($dparams:literal)?)),* $(,)? }
+     $($attr:ident => $target:ident ($($params:literal)?)),* $(,)?) => {
         $(
             /// Forwards to the core's method of the same (or the mapped) name.
             ///
@@ -209,7 +299,11 @@ macro_rules! forwarders {
 
         /// One definition per forwarding method.
         static DEFS: &[Def] = &[
-            $(
+            $(forwarders!(@def $dattr ($($dparams)?)),)*
+            $(forwarders!(@def $attr ($($params)?)),)*
+        ];
+    };
+    (@def $attr:ident ($($params:literal)?)) => {
                 Def {
                     name: stringify!($attr),
                     def: ffi::PyMethodDef {
@@ -233,14 +327,13 @@ macro_rules! forwarders {
                             DOC.as_ptr()
                         },
                     },
-                },
-            )*
-        ];
+                }
     };
 }
 
 forwarders! {
-    write => write("data"),
+    // Defined above: a direct call for the hot path.
+    direct { write("data") }
     writelines => writelines("list_of_data"),
     write_eof => write_eof(),
     can_write_eof => can_write_eof(),

@@ -488,7 +488,7 @@ impl StreamCore {
         )))
     }
 
-    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         self.check_writable()?;
         let t = self.t()?;
         if let Ok(b) = data.cast::<PyBytes>() {
