@@ -197,6 +197,54 @@ fn echo_one_mib_byte_exact() {
     server.close();
 }
 
+/// Bytes lent through `write_lent`: counts the calls, and what the
+/// protocol had been told (`pause_writing`) when the loan ended.
+struct Lent {
+    data: Vec<u8>,
+    paused: Rc<Cell<u32>>,
+    calls: Cell<usize>,
+    paused_while_lent: Cell<u32>,
+}
+
+impl ferroloop::LentBytes for Lent {
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.calls.set(self.calls.get() + 1);
+        let r = f(&self.data);
+        self.paused_while_lent.set(self.paused.get());
+        r
+    }
+}
+
+#[test]
+fn write_lent_over_tls_encrypts_at_once_and_tells_the_protocol_afterwards() {
+    let lp = EventLoop::new().unwrap();
+    let p = pki();
+    let slog: Log = Default::default();
+    let server = echo_server(&lp, &p, &slog, server_opts(&p));
+    let sink = Sink::default();
+    let (data, paused) = (sink.data.clone(), sink.paused.clone());
+    let fut = lp.create_connection_tls(move || sink, "localhost", port_of(&server), ConnectOptions::default(), client_opts(&p));
+    let (t, _proto) = complete(&lp, &fut, 5.0).unwrap();
+    // More than the sockets take at once and than the high-water mark:
+    // one write pauses the writer.
+    t.set_write_buffer_limits(Some(16 * 1024), None).unwrap();
+    let lent = Lent { data: pattern(16 << 20, 9), paused: paused.clone(), calls: Cell::new(0), paused_while_lent: Cell::new(0) };
+    t.write_lent(&lent).unwrap();
+    assert_eq!(lent.calls.get(), 1, "the bytes are read once");
+    assert_eq!(lent.paused_while_lent.get(), 0, "pause_writing ran while the bytes were lent");
+    assert_eq!(paused.get(), 1, "pause_writing once the write returned");
+    // Empty writes are no writes.
+    let empty = Lent { data: Vec::new(), paused: paused.clone(), calls: Cell::new(0), paused_while_lent: Cell::new(0) };
+    t.write_lent(&empty).unwrap();
+    must(&lp, 20.0, "16 MiB echoed", || data.borrow().len() >= lent.data.len());
+    assert!(*data.borrow() == lent.data, "echo is byte-exact");
+    t.close();
+    must(&lp, 5.0, "server lost", || slog.borrow().iter().any(|e| e.starts_with("lost")));
+    // Writes after close are dropped (asyncio's warning after a few), not sent.
+    t.write_lent(&empty).unwrap();
+    server.close();
+}
+
 #[test]
 fn server_close_sends_close_notify() {
     let lp = EventLoop::new().unwrap();

@@ -190,15 +190,11 @@ impl Transport {
     /// `lend` only, and `data` is dropped before any callback (a
     /// dropped-write warning, `pause_writing`, a fatal write error) runs. A
     /// plain stream transport sends them at once from the lent memory and
-    /// copies only what is left; a TLS transport copies them first.
+    /// copies only what is left; a TLS transport encrypts them at once.
     pub fn write_lent<B: LentBytes>(&self, data: B) -> Result<()> {
         match &self.repr {
             Repr::Stream(t) => t.write_lent(data),
-            Repr::Tls(t) => {
-                let copy = data.lend(|b| b.to_vec());
-                drop(data);
-                t.write(&copy)
-            }
+            Repr::Tls(t) => t.write_lent(data),
         }
     }
 

@@ -44,7 +44,7 @@ use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::pipe::TransportKind;
 use crate::transport::lifecycle::{count_dropped_write, Teardown, SOCKET_SEND_WARNING};
 use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
-use crate::transport::stream::{Address, ExtraInfo};
+use crate::transport::stream::{Address, ExtraInfo, LentBytes};
 use crate::transport::tcp::{ConnectOptions, Connection};
 use crate::transport::Transport;
 
@@ -699,6 +699,47 @@ impl TlsInner {
         }
         self.maybe_pause();
         Ok(())
+    }
+
+    /// `write` of bytes lent for this call (see [`Transport::write_lent`]):
+    /// they are encrypted while lent (the session takes all plaintext at
+    /// once; nothing else runs meanwhile), and the ciphertext is sent and
+    /// the protocol told (`pause_writing`, a dropped-write warning) only
+    /// once `data` is dropped.
+    ///
+    /// [`Transport::write_lent`]: crate::Transport::write_lent
+    pub(crate) fn write_lent<B: LentBytes>(self: &Rc<Self>, data: B) -> Result<()> {
+        let open = {
+            let st = self.st.borrow();
+            !(st.closing || st.lost)
+        };
+        let (len, rest) = data.lend(|b| {
+            if !open || b.is_empty() {
+                return (b.len(), None);
+            }
+            let mut off = 0;
+            while off < b.len() {
+                let n = self.session.borrow_mut().write_plaintext(&b[off..]);
+                if n == 0 {
+                    break;
+                }
+                off += n;
+            }
+            (b.len(), (off < b.len()).then(|| b[off..].to_vec()))
+        });
+        drop(data);
+        if len == 0 || self.refuse_write() {
+            return Ok(());
+        }
+        self.flush();
+        match rest {
+            // What the session did not take: the copying path.
+            Some(rest) => self.write(&rest),
+            None => {
+                self.maybe_pause();
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn writelines<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
