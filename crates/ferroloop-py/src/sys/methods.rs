@@ -12,7 +12,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::panic::PanicException;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyBool, PyString, PyType};
+use pyo3::IntoPyObjectExt;
 use pyo3::PyTypeInfo;
 
 use crate::transport::stream::StreamCore;
@@ -125,25 +126,28 @@ unsafe fn call_core(
     }
 }
 
-/// `transport.write(data)`: the hot path calls the Rust method of a
-/// `StreamCore` directly (no method lookup, no argument parsing); anything
-/// else (keywords, another core type) goes the generic way.
+/// A transport method called with `arity` positional arguments (0 or 1)
+/// and no keywords on an instance whose `_core` is exactly a `StreamCore`:
+/// `direct` calls the core's Rust method (no method lookup, no argument
+/// parsing); any other call goes the generic way, to the core's method
+/// `name`. `direct` gets the argument (`None` for none) and returns a new
+/// reference.
 ///
 /// # Safety
 ///
-/// A `METH_FASTCALL | METH_KEYWORDS` function: called only by CPython, with
-/// the GIL held (see `forward`).
-unsafe extern "C" fn write(
+/// As `forward`.
+unsafe fn forward_direct(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
+    name: &Bound<'_, PyString>,
+    arity: ffi::Py_ssize_t,
+    direct: impl for<'py> FnOnce(&StreamCore, &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls this with the GIL held.
-    let py = unsafe { Python::assume_attached() };
+    let py = name.py();
     let core_name = pyo3::intern!(py, "_core");
-    let name = pyo3::intern!(py, "write");
-    if nargs != 1 || !kwnames.is_null() {
+    if nargs != arity || !kwnames.is_null() {
         // SAFETY: the arguments are CPython's (see `forward`).
         return unsafe { forward(slf, args, nargs, kwnames, core_name, name) };
     }
@@ -153,23 +157,26 @@ unsafe extern "C" fn write(
         return ptr::null_mut();
     }
     // SAFETY: `core` is a live object whose reference this function owns
-    // (the type check below reads only its type).
-    let is_stream = unsafe { ffi::Py_TYPE(core) } == StreamCore::type_object_raw(py);
-    if !is_stream {
+    // (the type check reads only its type).
+    if unsafe { ffi::Py_TYPE(core) } != StreamCore::type_object_raw(py) {
         // SAFETY: `core` is a new reference, the rest CPython's arguments.
         return unsafe { call_core(core, args, nargs, kwnames, name) };
     }
-    // SAFETY: `core` is a new reference (owned by the `Bound` from here);
-    // `args[0]` is a live argument borrowed for the call.
-    let (core, data) = unsafe { (Bound::from_owned_ptr(py, core), Bound::from_borrowed_ptr(py, *args)) };
-    // SAFETY: the type is exactly `StreamCore` (checked above).
-    let core = unsafe { core.cast_unchecked::<StreamCore>() };
+    // SAFETY: `core` is a new reference (owned by the `Bound` from here),
+    // of exactly the type `StreamCore` (checked above); with `arity` 1,
+    // `args[0]` is a live argument borrowed for the call (a new reference
+    // is taken for the `Bound`).
+    let (core, arg) = unsafe {
+        let core = Bound::from_owned_ptr(py, core);
+        let arg = if arity == 1 { Bound::from_borrowed_ptr(py, *args) } else { py.None().into_bound(py) };
+        (core.cast_into_unchecked::<StreamCore>(), arg)
+    };
     // A panic must not unwind into CPython: it becomes an exception.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        core.try_borrow().map_err(PyErr::from).and_then(|c| c.write(&data))
+        core.try_borrow().map_err(PyErr::from).and_then(|c| direct(&c, &arg))
     }));
     match r {
-        Ok(Ok(())) => py.None().into_ptr(),
+        Ok(Ok(v)) => v.into_ptr(),
         Ok(Err(e)) => {
             e.restore(py);
             ptr::null_mut()
@@ -179,11 +186,55 @@ unsafe extern "C" fn write(
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic in transport.write()".to_string());
+                .unwrap_or_else(|| format!("panic in transport.{}()", name));
             PanicException::new_err(msg).restore(py);
             ptr::null_mut()
         }
     }
+}
+
+/// `None`, for the direct calls of methods that return nothing.
+fn none<'py>(arg: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+    arg.py().None().into_bound(arg.py())
+}
+
+macro_rules! direct_forwarders {
+    ($($attr:ident ($arity:literal) => |$core:ident, $arg:ident| $body:expr),* $(,)?) => {
+        $(
+            /// Forwards to the core's method of the same name, calling a
+            /// `StreamCore`'s Rust method directly (see `forward_direct`).
+            ///
+            /// # Safety
+            ///
+            /// A `METH_FASTCALL | METH_KEYWORDS` function: called only by
+            /// CPython, with the GIL held (see `forward`).
+            unsafe extern "C" fn $attr(
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                // SAFETY: CPython calls this with the GIL held.
+                let py = unsafe { Python::assume_attached() };
+                let name = pyo3::intern!(py, stringify!($attr));
+                // SAFETY: the arguments are CPython's (see `forward`).
+                unsafe {
+                    forward_direct(slf, args, nargs, kwnames, name, $arity, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
+                }
+            }
+        )*
+    };
+}
+
+// The methods that protocols and streams call per message or per read.
+direct_forwarders! {
+    write(1) => |c, data| c.write(data).map(|()| none(data)),
+    writelines(1) => |c, list| c.writelines(list.py(), list).map(|()| none(list)),
+    is_closing(0) => |c, a| c.is_closing().map(|b| PyBool::new(a.py(), b).to_owned().into_any()),
+    is_reading(0) => |c, a| c.is_reading().map(|b| PyBool::new(a.py(), b).to_owned().into_any()),
+    pause_reading(0) => |c, a| c.pause_reading().map(|()| none(a)),
+    resume_reading(0) => |c, a| c.resume_reading().map(|()| none(a)),
+    get_write_buffer_size(0) => |c, a| c.get_write_buffer_size().and_then(|n| n.into_bound_py_any(a.py())),
 }
 
 /// Types of transports, with the offset of their instances' `_core` slot
@@ -332,19 +383,21 @@ macro_rules! forwarders {
 }
 
 forwarders! {
-    // Defined above: a direct call for the hot path.
-    direct { write("data") }
-    writelines => writelines("list_of_data"),
+    // Defined above (`direct_forwarders`): direct calls for the hot paths.
+    direct {
+        write("data"),
+        writelines("list_of_data"),
+        is_closing(),
+        is_reading(),
+        pause_reading(),
+        resume_reading(),
+        get_write_buffer_size(),
+    }
     write_eof => write_eof(),
     can_write_eof => can_write_eof(),
     sendto => sendto("data, addr=None"),
     close => close(),
     abort => abort(),
-    is_closing => is_closing(),
-    is_reading => is_reading(),
-    pause_reading => pause_reading(),
-    resume_reading => resume_reading(),
-    get_write_buffer_size => get_write_buffer_size(),
     get_write_buffer_limits => get_write_buffer_limits(),
     set_write_buffer_limits => set_write_buffer_limits("high=None, low=None"),
     get_protocol => get_protocol(),

@@ -504,7 +504,7 @@ impl StreamCore {
         with_data(data, |b| t.write(b))?.map_err(to_pyerr)
     }
 
-    fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         self.check_writable()?;
         let mut owned: Vec<Vec<u8>> = Vec::new();
         for item in list_of_data.try_iter()? {
@@ -533,21 +533,21 @@ impl StreamCore {
         Ok(())
     }
 
-    fn is_closing(&self) -> PyResult<bool> {
+    pub(crate) fn is_closing(&self) -> PyResult<bool> {
         Ok(self.t()?.is_closing())
     }
 
-    fn pause_reading(&self) -> PyResult<()> {
+    pub(crate) fn pause_reading(&self) -> PyResult<()> {
         self.t()?.pause_reading();
         Ok(())
     }
 
-    fn resume_reading(&self) -> PyResult<()> {
+    pub(crate) fn resume_reading(&self) -> PyResult<()> {
         self.t()?.resume_reading();
         Ok(())
     }
 
-    fn is_reading(&self) -> PyResult<bool> {
+    pub(crate) fn is_reading(&self) -> PyResult<bool> {
         Ok(self.t()?.is_reading())
     }
 
@@ -591,7 +591,7 @@ impl StreamCore {
         Ok(())
     }
 
-    fn get_write_buffer_size(&self) -> PyResult<usize> {
+    pub(crate) fn get_write_buffer_size(&self) -> PyResult<usize> {
         Ok(self.t()?.get_write_buffer_size())
     }
 
