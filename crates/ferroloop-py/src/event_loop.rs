@@ -4,6 +4,7 @@
 //! running, fd watching and transports through it. Callbacks are asyncio's
 //! own `Handle`/`TimerHandle` objects; the engine runs `handle._run()`.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -55,12 +56,22 @@ pub(crate) fn run_handle(py: Python<'_>, lp: &EventLoop, handle: &Py<PyAny>) {
 
 static FUTURE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
 
+/// `asyncio.futures.Future` (as imported first).
+fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    FUTURE.import(py, "asyncio.futures", "Future")
+}
+
 /// The engine loop behind a Python `ferroloop.Loop`.
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct LoopCore {
     lp: GilBound<EventLoop>,
     /// A weak reference to the Python loop.
     owner: Py<PyAny>,
+    /// `{"loop": <the Python loop>}` while `run_forever` runs: the keyword
+    /// arguments of `create_future`'s `Future(loop=loop)`, made once per run
+    /// instead of once per future. Dropped when the run ends, so that the
+    /// core holds its Python loop only while the loop runs.
+    future_kwargs: GilBound<RefCell<Option<Py<PyDict>>>>,
 }
 
 impl LoopCore {
@@ -113,7 +124,7 @@ impl LoopCore {
             })
         })));
         let owner = PyWeakrefReference::new(owner)?.into_any().unbind();
-        Ok(LoopCore { lp: GilBound::new(lp), owner })
+        Ok(LoopCore { lp: GilBound::new(lp), owner, future_kwargs: GilBound::new(RefCell::new(None)) })
     }
 
     /// Seconds on the monotonic clock.
@@ -163,8 +174,29 @@ impl LoopCore {
     }
 
     /// Run until `stop()`.
-    fn run_forever(&self) -> PyResult<()> {
-        self.engine()?.run_forever().map_err(to_pyerr)
+    fn run_forever(&self, py: Python<'_>) -> PyResult<()> {
+        // asyncio's C Future only reads its keyword arguments: one dict
+        // serves every future of the run (a Python replacement of
+        // `asyncio.futures.Future` gets a fresh one each time).
+        let kwargs = match self.owner.bind(py).call0()? {
+            owner if owner.is_none() => None,
+            owner => {
+                let c_future = py.import(intern!(py, "_asyncio"))?.getattr(intern!(py, "Future"))?;
+                if future_type(py)?.is(&c_future) {
+                    let d = PyDict::new(py);
+                    d.set_item(intern!(py, "loop"), owner)?;
+                    Some(d.unbind())
+                } else {
+                    None
+                }
+            }
+        };
+        let outer = self.future_kwargs.get().replace(kwargs);
+        let r = self.engine()?.run_forever().map_err(to_pyerr);
+        // A run inside a run is refused by the engine; the outer run's
+        // arguments stay.
+        drop(self.future_kwargs.get().replace(outer));
+        r
     }
 
     /// Run one iteration.
@@ -182,13 +214,17 @@ impl LoopCore {
     /// `loop.create_future()`: `asyncio.Future(loop=loop)`, as
     /// `BaseEventLoop.create_future`, without its Python frame.
     fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let running = self.future_kwargs.get().borrow().as_ref().map(|d| d.clone_ref(py));
+        if let Some(kwargs) = running {
+            return future_type(py)?.call((), Some(kwargs.bind(py)));
+        }
         let owner = self.owner.bind(py).call0()?;
         if owner.is_none() {
             return Err(PyRuntimeError::new_err("the event loop is gone"));
         }
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), owner)?;
-        FUTURE.import(py, "asyncio.futures", "Future")?.call((), Some(&kwargs))
+        future_type(py)?.call((), Some(&kwargs))
     }
 
     fn set_debug(&self, enabled: bool) -> PyResult<()> {
