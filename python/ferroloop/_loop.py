@@ -734,9 +734,10 @@ class Loop(base_events.BaseEventLoop):
                     conn.close()
                     self._report_accept_error(exc, protocol, transport)
                     continue
-                if kind is None:
-                    kind = socket_kind(sock)
-                transport._keep_fd_only(kind)
+                if transport.__class__ is TLSTransport:
+                    if kind is None:
+                        kind = socket_kind(sock)
+                    transport._keep_fd_only(kind)
                 continue
             if sslcontext:
                 self.create_task(
@@ -756,9 +757,11 @@ class Loop(base_events.BaseEventLoop):
                 conn.close()
                 self._report_accept_error(exc, protocol, transport)
                 continue
-            # Nothing else holds the accepted socket's object: the transport
-            # keeps the descriptor and makes the object again if asked.
-            if isinstance(transport, StreamTransport):
+            # Nothing else holds the accepted socket's object (unless a
+            # subclass makes its own transports): the transport keeps the
+            # descriptor and makes the object again if asked.
+            own_transport = type(self)._make_socket_transport is Loop._make_socket_transport
+            if own_transport and transport.__class__ is StreamTransport:
                 if kind is None:
                     kind = socket_kind(sock)
                 transport._keep_fd_only(kind)

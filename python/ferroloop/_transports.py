@@ -106,33 +106,39 @@ class SocketKind:
     ``get_extra_info('socket')``). One instance is shared by all the
     connections of a listener."""
 
-    __slots__ = ("family", "type", "proto")
+    __slots__ = ("family", "type", "proto", "closed")
 
-    def __init__(self, family, type, proto):
+    def __init__(self, family, type, proto, closed):
         self.family = family
         self.type = type
         self.proto = proto
+        # A closed socket object of this kind (``get_extra_info('socket')``
+        # of a transport that closed its descriptor without making one).
+        self.closed = closed
 
     def make(self, fd):
         """The Python socket object of ``fd`` (which it then owns)."""
         sock = socket.socket(self.family, self.type, self.proto, fileno=fd)
-        sock.setblocking(False)
-        return sock
-
-    def make_closed(self):
-        """A closed socket object of this kind (``get_extra_info('socket')``
-        of a transport that closed its descriptor without ever making one)."""
-        sock = socket.socket(self.family, self.type, self.proto)
-        sock.close()
+        try:
+            sock.setblocking(False)
+        except BaseException:
+            sock.detach()  # the descriptor stays the transport's
+            raise
         return sock
 
 
-def socket_kind(sock, _kinds={}):
-    """The shared ``SocketKind`` of ``sock``'s family, type and protocol."""
-    key = (sock.family, sock.type, sock.proto)
+def socket_kind(listener, _kinds={}):
+    """The shared ``SocketKind`` of ``listener``'s family, type and protocol
+    (those of the connections it accepts)."""
+    key = (listener.family, listener.type, listener.proto)
     kind = _kinds.get(key)
     if kind is None:
-        kind = _kinds[key] = SocketKind(*key)
+        # A closed socket object without opening a descriptor: one made on
+        # the listener's, which it lets go of at once.
+        closed = socket.socket(*key, fileno=listener.fileno())
+        closed.setblocking(False)
+        closed.detach()
+        kind = _kinds[key] = SocketKind(*key, closed)
     return kind
 
 
@@ -153,7 +159,7 @@ class SocketBacked(CoreBacked):
                 extra["socket"] = trsock.TransportSocket(sock)
         elif entry.__class__ is SocketKind:
             # Left by _finish() of a transport that never made its socket object.
-            extra["socket"] = trsock.TransportSocket(entry.make_closed())
+            extra["socket"] = trsock.TransportSocket(entry.closed)
 
     def get_extra_info(self, name, default=None):
         if name == "socket":
@@ -197,13 +203,24 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self._core = self._make_core(loop, protocol, waiter)
-        loop._transports[self._sock_fd] = self
+        # As asyncio: attached to the server before the socket is polled
+        # (a closed server refuses, and nothing may be polled then).
         if server is not None:
             if _SERVER_ATTACH_TAKES_TRANSPORT:
                 server._attach(self)
             else:
                 server._attach()
+        try:
+            self._core = self._make_core(loop, protocol, waiter)
+        except BaseException:
+            self._server = None
+            if server is not None:
+                if _SERVER_ATTACH_TAKES_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
+            raise
+        loop._transports[self._sock_fd] = self
 
     def _make_core(self, loop, protocol, waiter):
         return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
@@ -227,8 +244,10 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
         again when asked for. Saves its memory on every idle connection."""
         sock = self._sock_obj
         if sock is not None and sock.__class__ is not SocketKind and "socket" not in self._extra:
-            self._sock_obj = kind
+            # Detached first: interrupted in between, the descriptor leaks
+            # rather than being closed twice.
             sock.detach()
+            self._sock_obj = kind
 
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
@@ -288,20 +307,23 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
             info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn=warnings.warn):
+    def __del__(self, _warn=warnings.warn, _close=os.close, _kind=SocketKind):
         sock = getattr(self, "_sock_obj", None)
         if sock is None:
             return  # finished, or handed over to a TLS transport by start_tls()
         core = getattr(self, "_core", None)
-        if core is not None and core.fileno() != -1:
-            if not core.is_closing():
+        try:
+            if core is not None and core.fileno() != -1 and not core.is_closing():
                 _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            # Out of the engine's poll before the descriptor is closed.
-            core.close_socket()
-        if sock.__class__ is SocketKind:
-            os.close(self._sock_fd)
-        else:
-            sock.close()
+        finally:
+            # Even when the warning is an error: out of the engine's poll,
+            # then the descriptor closed.
+            if core is not None and core.fileno() != -1:
+                core.close_socket()
+            if sock.__class__ is _kind:
+                _close(self._sock_fd)
+            else:
+                sock.close()
 
 
 forward_to_core(StreamTransport, _STREAM_METHODS)

@@ -156,14 +156,15 @@ pub fn copy_context(py: pyo3::Python<'_>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny
     }
 }
 
-/// The engine's stream socket on the Python socket's own descriptor (no
+/// The engine's stream socket on the Python transport's own descriptor (no
 /// duplicate: one descriptor per connection).
 pub fn borrow_stream_socket(fd: std::os::fd::RawFd) -> std::io::Result<ferroloop::StreamSocket> {
-    // SAFETY: `fd` belongs to the Python `socket` object of the transport
-    // the engine transport is made for, and only that transport's
-    // `_finish()` closes it: after `connection_lost`, which the engine
-    // delivers once it has let go of the descriptor (or after
-    // `close_socket()` in the finalizer). Until then the object, and with it
-    // the descriptor, stays open.
+    // SAFETY: `fd` belongs to the Python transport the engine transport is
+    // made for (through its `socket` object, or bare for an accepted
+    // connection whose object is made on request), and only that
+    // transport's `_finish()` closes it: after `connection_lost`, which the
+    // engine delivers once it has let go of the descriptor (or after
+    // `close_socket()` in the finalizer). Until then the descriptor stays
+    // open.
     unsafe { ferroloop::StreamSocket::borrow_raw(fd) }
 }

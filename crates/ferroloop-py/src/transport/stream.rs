@@ -389,8 +389,9 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 #[pymethods]
 impl StreamCore {
     /// Make the transport on `fd` itself, borrowed (one fd per connection);
-    /// the Python transport keeps its socket object and closes it in
-    /// `_finish()` after `connection_lost` (the engine leaves the poll first).
+    /// the Python transport owns the descriptor (through its socket object,
+    /// or bare) and closes it in `_finish()` after `connection_lost` (the
+    /// engine leaves the poll first).
     ///
     /// With `tls` (a `TLSContext`) the transport is the engine's TLS
     /// transport: `protocol.connection_made` follows the handshake, then
