@@ -184,7 +184,7 @@ class Loop(base_events.BaseEventLoop):
         if self._debug or cls.call_soon is not Loop.call_soon:
             d.pop("call_soon", None)
         else:
-            d["call_soon"] = core.call_soon_fast
+            d["call_soon"] = core.bound_call_soon()
         # get_debug() answers the core's flag, which set_debug keeps equal to
         # self._debug; create_future() is Future(loop=self).
         if cls.get_debug is base_events.BaseEventLoop.get_debug and cls.set_debug is Loop.set_debug:

@@ -42,6 +42,33 @@ def test_call_soon_returns_handle_with_args(loop):
     assert got == [(1, "two", None)]
 
 
+def test_call_soon_arguments_as_asyncio(loop):
+    """call_soon(callback, *args, context=None): callback and context also
+    as keywords; other keywords, a missing or doubled callback raise
+    asyncio's TypeErrors; its signature is asyncio's."""
+    import inspect
+
+    assert str(inspect.signature(loop.call_soon)) == "(callback, *args, context=None)"
+    got = []
+    var = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+    loop.call_soon(callback=lambda: got.append("kw"))
+    loop.call_soon(lambda *a: got.append((a, var.get())), 1, 2, context=ctx)
+    loop.call_soon(context=ctx, callback=lambda: got.append(var.get()))
+    for bad, message in (
+        (lambda: loop.call_soon(), "missing 1 required positional argument: 'callback'"),
+        (lambda: loop.call_soon(print, callback=print), "got multiple values for argument 'callback'"),
+        (lambda: loop.call_soon(print, ctx=ctx), "got an unexpected keyword argument 'ctx'"),
+    ):
+        with pytest.raises(TypeError) as ei:
+            bad()
+        assert str(ei.value).endswith(message)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert got == ["kw", ((1, 2), "inner"), "inner"]
+
+
 def test_call_soon_from_callback_runs_next_iteration(loop):
     order = []
 

@@ -132,16 +132,10 @@ impl LoopCore {
         Ok(self.engine()?.time())
     }
 
-    /// `loop.call_soon()` outside debug mode (see handle.rs).
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_fast(
-        &self,
-        py: Python<'_>,
-        callback: Py<PyAny>,
-        args: Py<pyo3::types::PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<crate::handle::FastHandle>> {
-        self.call_soon_fast_impl(py, callback, args, context)
+    /// `loop.call_soon()` outside debug mode, as a built-in function bound
+    /// to this core (C-level argument handling; see sys/call_soon.rs).
+    fn bound_call_soon<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        crate::sys::call_soon::bound_call_soon(slf)
     }
 
     /// Schedule `handle._run()` for the next iteration.

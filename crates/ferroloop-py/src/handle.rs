@@ -4,10 +4,11 @@
 //! `__init__`, a `get_debug()` call) and the loop later calls its Python
 //! `_run()`. Futures and tasks schedule all their wake-ups that way, so in
 //! streams code it is a large part of each message's cost. Outside debug
-//! mode the Python loop's `call_soon` is `LoopCore.call_soon_fast` (bound
-//! in its instance dict), which makes a [`FastHandle`] and runs it from the
-//! engine: the callback inside its context, an exception to the loop's
-//! exception handler with asyncio's message. In debug mode the loop keeps
+//! mode the Python loop's `call_soon` is the core's (a built-in function
+//! bound in its instance dict, sys/call_soon.rs), which makes a
+//! [`FastHandle`] and runs it from the engine: the callback inside its
+//! context, an exception to the loop's exception handler with asyncio's
+//! message. In debug mode the loop keeps
 //! asyncio's own `Handle` (source tracebacks, slow-callback logging).
 
 use ferroloop::EventLoop;

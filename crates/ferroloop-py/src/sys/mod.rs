@@ -2,6 +2,7 @@
 
 use pyo3::buffer::PyBuffer;
 
+pub mod call_soon;
 pub mod methods;
 
 /// A writable, C-contiguous byte buffer borrowed from a Python object (the
