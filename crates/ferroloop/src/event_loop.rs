@@ -37,11 +37,41 @@ use crate::timer::TimerQueue;
 /// The waker's token; source tokens never reach it (their key is < 2^32).
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Size of the loop's shared read buffer: what a plain protocol's read takes at most
-/// (asyncio reads up to 256 KiB at once, uvloop 64 KiB; 64 KiB measured much cheaper for
-/// 64 KiB messages and bulk transfers, docs/benchmarks.md change 11).
-pub(crate) const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// (asyncio reads up to 256 KiB at once, uvloop 256,000 bytes). The buffer starts at a
+/// page boundary ([`ReadBuf`]); docs/benchmarks.md changes 11 and 17.
+pub(crate) const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// Alignment of the shared read buffer's start.
+const READ_BUFFER_ALIGN: usize = 4096;
 /// Longest single poll, as asyncio's `MAXIMUM_SELECT_TIMEOUT` (24 hours).
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// The loop's shared read buffer: [`READ_BUFFER_SIZE`] bytes that start at a
+/// page boundary.
+///
+/// Where the buffer starts within a page decides what the kernel's copy into
+/// it costs: `vec![0u8; 256 KiB]` is a fresh mapping of its own, whose bytes
+/// start 16 bytes into a page, and a `recv` into it cost 2-3× the CPU of the
+/// same `recv` into a page-aligned buffer (the copy's loads falsely depend on
+/// its stores 16 bytes before, which are 4 KiB apart; bulk 1 GiB through the
+/// Python echo server, and 64 KiB ping-pong: docs/benchmarks.md change 17).
+pub(crate) struct ReadBuf {
+    mem: Box<[u8]>,
+    start: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        let mem = vec![0u8; READ_BUFFER_SIZE + READ_BUFFER_ALIGN].into_boxed_slice();
+        // `align_offset` may give up (usize::MAX); the buffer is then merely unaligned.
+        let start = mem.as_ptr().align_offset(READ_BUFFER_ALIGN).min(READ_BUFFER_ALIGN);
+        ReadBuf { mem, start }
+    }
+
+    /// The buffer's [`READ_BUFFER_SIZE`] bytes.
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + READ_BUFFER_SIZE]
+    }
+}
 
 /// Readiness reported for one registered source.
 #[derive(Clone, Copy, Debug, Default)]
@@ -249,7 +279,7 @@ pub(crate) struct LoopInner {
     exception_handler: RefCell<Option<ExceptionHandler>>,
     blocker: RefCell<Option<Rc<dyn Blocker>>>,
     watches: RefCell<HashMap<RawFd, Rc<FdWatch>>>,
-    read_buf: Cell<Option<Box<[u8]>>>,
+    read_buf: Cell<Option<ReadBuf>>,
     resolutions: RefCell<Slab<LoopFuture<Vec<std::net::SocketAddr>>>>,
     signals: RefCell<Option<Rc<crate::signal::Signals>>>,
     interrupt: RefCell<Option<Error>>,
@@ -850,15 +880,12 @@ impl EventLoop {
     }
 
     /// Borrow the shared read buffer (allocated on first use).
-    pub(crate) fn take_read_buf(&self) -> Box<[u8]> {
-        self.inner
-            .read_buf
-            .take()
-            .unwrap_or_else(|| vec![0u8; READ_BUFFER_SIZE].into_boxed_slice())
+    pub(crate) fn take_read_buf(&self) -> ReadBuf {
+        self.inner.read_buf.take().unwrap_or_else(ReadBuf::new)
     }
 
     /// Give the shared read buffer back.
-    pub(crate) fn put_read_buf(&self, buf: Box<[u8]>) {
+    pub(crate) fn put_read_buf(&self, buf: ReadBuf) {
         self.inner.read_buf.set(Some(buf));
     }
 

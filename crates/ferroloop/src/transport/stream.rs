@@ -664,8 +664,9 @@ impl StreamInner {
     /// in one guarded call of the protocol (nothing is read while the
     /// protocol is busy or gone, so no bytes can be lost).
     fn read_plain(self: &Rc<Self>) -> ReadOutcome {
-        let mut buf = self.lp.take_read_buf();
-        let outcome = self.with_protocol("data_received", |p| match self.sock_read(&mut buf) {
+        let mut rb = self.lp.take_read_buf();
+        let buf = rb.bytes();
+        let outcome = self.with_protocol("data_received", |p| match self.sock_read(buf) {
             Ok(0) => ReadOutcome::Eof,
             Ok(n) => {
                 p.data_received(&buf[..n]);
@@ -673,7 +674,7 @@ impl StreamInner {
             }
             Err(e) => ReadOutcome::from_err(e),
         });
-        self.lp.put_read_buf(buf);
+        self.lp.put_read_buf(rb);
         outcome.unwrap_or(ReadOutcome::Failed)
     }
 

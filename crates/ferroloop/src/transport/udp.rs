@@ -837,21 +837,22 @@ impl LifecycleHost for DatagramInner {
             if !self.can_read() {
                 return;
             }
-            let mut buf = self.lp.take_read_buf();
+            let mut rb = self.lp.take_read_buf();
+            let buf = rb.bytes();
             let r = {
                 let sock = self.sock.borrow();
                 match sock.as_ref() {
-                    Some(s) => s.recv_from(&mut buf),
+                    Some(s) => s.recv_from(buf),
                     None => Err(io::ErrorKind::WouldBlock.into()),
                 }
             };
             match r {
                 Ok((n, addr)) => {
                     self.with_protocol("datagram_received", |p| p.datagram_received(&buf[..n], &addr));
-                    self.lp.put_read_buf(buf);
+                    self.lp.put_read_buf(rb);
                 }
                 Err(e) => {
-                    self.lp.put_read_buf(buf);
+                    self.lp.put_read_buf(rb);
                     match e.kind() {
                         io::ErrorKind::WouldBlock => return,
                         io::ErrorKind::Interrupted => {}
