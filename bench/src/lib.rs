@@ -61,6 +61,31 @@ impl Args {
 }
 
 /// Print `msg` and exit with status 2.
+/// A zeroed buffer of `len` bytes starting at a page boundary: the bytes of
+/// `mem[start..start + len]`. A large `vec!` is a mapping of its own whose
+/// bytes start 16 bytes into a page, and the kernel's copy into such a
+/// buffer costs 2-3× that into an aligned one (4 KiB aliasing,
+/// docs/benchmarks.md change 21): a floor server reads into an aligned one.
+pub struct PageAligned {
+    mem: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    /// `len` zeroed bytes from a page boundary.
+    pub fn new(len: usize) -> Self {
+        let mem = vec![0u8; len + 4096].into_boxed_slice();
+        let start = mem.as_ptr().align_offset(4096).min(4096);
+        PageAligned { mem, start, len }
+    }
+
+    /// The buffer.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + self.len]
+    }
+}
+
 pub fn die(msg: &str) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(2)

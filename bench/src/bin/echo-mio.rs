@@ -135,7 +135,9 @@ fn main() -> io::Result<()> {
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut buf = vec![0u8; READ_BUF];
+    // From a page boundary, as the engine's own (see `PageAligned`).
+    let mut aligned = ferroloop_bench::PageAligned::new(READ_BUF);
+    let buf = aligned.bytes();
     let mut events = Events::with_capacity(1024);
     'run: loop {
         if let Err(e) = poll.poll(&mut events, None) {
@@ -179,13 +181,13 @@ fn main() -> io::Result<()> {
                     if ev.is_writable() && !c.pending.is_empty() {
                         match flush(c) {
                             // Drained: reading resumes (the readable edge may be long gone).
-                            Ok(true) => alive = on_readable(c, &mut buf).unwrap_or(false),
+                            Ok(true) => alive = on_readable(c, buf).unwrap_or(false),
                             Ok(false) => {}
                             Err(_) => alive = false,
                         }
                     }
                     if alive && (ev.is_readable() || ev.is_read_closed()) {
-                        alive = on_readable(c, &mut buf).unwrap_or(false);
+                        alive = on_readable(c, buf).unwrap_or(false);
                     }
                     if alive && ev.is_error() {
                         alive = false;

@@ -1007,3 +1007,19 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_read_buffer_starts_at_a_page_boundary() {
+        for _ in 0..4 {
+            let mut rb = ReadBuf::new();
+            let b = rb.bytes();
+            assert_eq!(b.len(), READ_BUFFER_SIZE);
+            assert_eq!(b.as_ptr() as usize % READ_BUFFER_ALIGN, 0);
+            b[READ_BUFFER_SIZE - 1] = 1;
+        }
+    }
+}
