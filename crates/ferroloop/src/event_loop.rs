@@ -38,8 +38,11 @@ use crate::timer::TimerQueue;
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Size of the loop's shared read buffer: what a plain protocol's read takes at most
 /// (asyncio reads up to 256 KiB at once, uvloop 256,000 bytes). The buffer starts at a
-/// page boundary ([`ReadBuf`]); docs/benchmarks.md changes 11 and 17.
-pub(crate) const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// page boundary ([`ReadBuf`]); docs/benchmarks.md changes 11 and 21. Not a multiple
+/// of the page size: chunks of exactly 64 pages made every copy a program makes of them
+/// (asyncio's `StreamReader` makes three) start at the same offset within a page as
+/// its source, and those copies ran several times slower (change 22).
+pub(crate) const READ_BUFFER_SIZE: usize = 256_000;
 /// Alignment of the shared read buffer's start.
 const READ_BUFFER_ALIGN: usize = 4096;
 /// Longest single poll, as asyncio's `MAXIMUM_SELECT_TIMEOUT` (24 hours).
