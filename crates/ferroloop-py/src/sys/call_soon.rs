@@ -7,7 +7,6 @@ use std::ffi::CStr;
 use std::ptr;
 
 use pyo3::exceptions::PyTypeError;
-use pyo3::panic::PanicException;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -29,7 +28,7 @@ unsafe extern "C" fn call_soon(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls this with the GIL held.
     let py = unsafe { Python::assume_attached() };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> PyResult<Py<PyAny>> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> PyResult<*mut ffi::PyObject> {
         let (mut context, mut keyword_callback) = (None, None);
         if !kwnames.is_null() {
             let (context_name, callback_name) = (pyo3::intern!(py, "context"), pyo3::intern!(py, "callback"));
@@ -89,19 +88,9 @@ unsafe extern "C" fn call_soon(
         // `bound_call_soon` takes only a `LoopCore`).
         let core = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
         let handle = core.try_borrow()?.call_soon_fast_impl(py, callback, rest, context)?;
-        Ok(handle.into_any())
+        Ok(handle.into_ptr())
     }));
-    match r {
-        Ok(Ok(h)) => h.into_ptr(),
-        Ok(Err(e)) => {
-            e.restore(py);
-            ptr::null_mut()
-        }
-        Err(_) => {
-            PanicException::new_err("panic in call_soon()").restore(py);
-            ptr::null_mut()
-        }
-    }
+    super::ffi_return(py, r, "call_soon()")
 }
 
 /// The `PyMethodDef` of `call_soon`, in a static.

@@ -9,7 +9,6 @@ use std::ptr;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use pyo3::exceptions::PyValueError;
-use pyo3::panic::PanicException;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString, PyType};
@@ -171,26 +170,10 @@ unsafe fn forward_direct(
         let arg = if arity == 1 { Bound::from_borrowed_ptr(py, *args) } else { py.None().into_bound(py) };
         (core.cast_into_unchecked::<StreamCore>(), arg)
     };
-    // A panic must not unwind into CPython: it becomes an exception.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        core.try_borrow().map_err(PyErr::from).and_then(|c| direct(&c, &arg))
+        core.try_borrow().map_err(PyErr::from).and_then(|c| direct(&c, &arg)).map(Bound::into_ptr)
     }));
-    match r {
-        Ok(Ok(v)) => v.into_ptr(),
-        Ok(Err(e)) => {
-            e.restore(py);
-            ptr::null_mut()
-        }
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| format!("panic in transport.{}()", name));
-            PanicException::new_err(msg).restore(py);
-            ptr::null_mut()
-        }
-    }
+    super::ffi_return(py, r, "a transport method")
 }
 
 /// `None`, for the direct calls of methods that return nothing.

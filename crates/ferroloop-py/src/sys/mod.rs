@@ -1,9 +1,39 @@
 //! The binding's `unsafe` code, each block with a `// SAFETY:` comment.
 
 use pyo3::buffer::PyBuffer;
+use pyo3::ffi;
+use pyo3::Python;
 
 pub mod call_soon;
 pub mod methods;
+
+/// What a C-level function (called by CPython directly, not through PyO3)
+/// returns for the outcome of its body run under `catch_unwind`: the new
+/// reference, or NULL with the error set; a panic becomes a
+/// `PanicException` (`what` names the function) instead of unwinding into
+/// CPython.
+pub fn ffi_return(
+    py: Python<'_>,
+    outcome: std::thread::Result<pyo3::PyResult<*mut ffi::PyObject>>,
+    what: &str,
+) -> *mut ffi::PyObject {
+    match outcome {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| format!("panic in {what}"));
+            pyo3::panic::PanicException::new_err(msg).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
 
 /// A writable, C-contiguous byte buffer borrowed from a Python object (the
 /// result of a `BufferedProtocol.get_buffer()` call).
