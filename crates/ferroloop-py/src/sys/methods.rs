@@ -181,30 +181,38 @@ fn none<'py>(arg: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
     arg.py().None().into_bound(arg.py())
 }
 
+/// A `METH_FASTCALL | METH_KEYWORDS` function named `$attr` whose body
+/// `$call` gets CPython's arguments and the `Python` token.
+macro_rules! method_fn {
+    ($attr:ident, |$py:ident, $slf:ident, $args:ident, $nargs:ident, $kwnames:ident| $call:expr) => {
+        /// Forwards to the instance's core (see `forward` and `forward_direct`).
+        ///
+        /// # Safety
+        ///
+        /// A `METH_FASTCALL | METH_KEYWORDS` function: called only by
+        /// CPython, with the GIL held (see `forward`).
+        #[allow(non_snake_case)]
+        unsafe extern "C" fn $attr(
+            $slf: *mut ffi::PyObject,
+            $args: *const *mut ffi::PyObject,
+            $nargs: ffi::Py_ssize_t,
+            $kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls this with the GIL held.
+            let $py = unsafe { Python::assume_attached() };
+            // SAFETY: the arguments are CPython's (see `forward`).
+            unsafe { $call }
+        }
+    };
+}
+
 macro_rules! direct_forwarders {
     ($($attr:ident ($arity:literal) => |$core:ident, $arg:ident| $body:expr),* $(,)?) => {
         $(
-            /// Forwards to the core's method of the same name, calling a
-            /// `StreamCore`'s Rust method directly (see `forward_direct`).
-            ///
-            /// # Safety
-            ///
-            /// A `METH_FASTCALL | METH_KEYWORDS` function: called only by
-            /// CPython, with the GIL held (see `forward`).
-            unsafe extern "C" fn $attr(
-                slf: *mut ffi::PyObject,
-                args: *const *mut ffi::PyObject,
-                nargs: ffi::Py_ssize_t,
-                kwnames: *mut ffi::PyObject,
-            ) -> *mut ffi::PyObject {
-                // SAFETY: CPython calls this with the GIL held.
-                let py = unsafe { Python::assume_attached() };
+            method_fn!($attr, |py, slf, args, nargs, kwnames| {
                 let name = pyo3::intern!(py, stringify!($attr));
-                // SAFETY: the arguments are CPython's (see `forward`).
-                unsafe {
-                    forward_direct(slf, args, nargs, kwnames, name, $arity, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
-                }
-            }
+                forward_direct(slf, args, nargs, kwnames, name, $arity, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
+            });
         )*
     };
 }
@@ -309,26 +317,10 @@ macro_rules! forwarders {
     (direct { $($dattr:ident ($($dparams:literal)?)),* $(,)? }
      $($attr:ident => $target:ident ($($params:literal)?)),* $(,)?) => {
         $(
-            /// Forwards to the core's method of the same (or the mapped) name.
-            ///
-            /// # Safety
-            ///
-            /// A `METH_FASTCALL | METH_KEYWORDS` function: called only by
-            /// CPython, with the GIL held (see `forward`).
-            #[allow(non_snake_case)]
-            unsafe extern "C" fn $attr(
-                slf: *mut ffi::PyObject,
-                args: *const *mut ffi::PyObject,
-                nargs: ffi::Py_ssize_t,
-                kwnames: *mut ffi::PyObject,
-            ) -> *mut ffi::PyObject {
-                // SAFETY: CPython calls this with the GIL held.
-                let py = unsafe { Python::assume_attached() };
+            method_fn!($attr, |py, slf, args, nargs, kwnames| {
                 let core_name = pyo3::intern!(py, "_core");
-                let name = pyo3::intern!(py, stringify!($target));
-                // SAFETY: the arguments are CPython's (see `forward`).
-                unsafe { forward(slf, args, nargs, kwnames, core_name, name) }
-            }
+                forward(slf, args, nargs, kwnames, core_name, pyo3::intern!(py, stringify!($target)))
+            });
         )*
 
         /// One definition per forwarding method.

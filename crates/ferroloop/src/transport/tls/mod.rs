@@ -701,6 +701,20 @@ impl TlsInner {
         Ok(())
     }
 
+    /// Give the session as much of `data` as it takes (with its unlimited
+    /// buffer, see session.rs, all of it); the bytes taken.
+    fn encrypt_plaintext(&self, data: &[u8]) -> usize {
+        let mut off = 0;
+        while off < data.len() {
+            let n = self.session.borrow_mut().write_plaintext(&data[off..]);
+            if n == 0 {
+                break;
+            }
+            off += n;
+        }
+        off
+    }
+
     /// `write` of bytes lent for this call (see [`Transport::write_lent`]):
     /// they are encrypted while lent (the session takes all plaintext at
     /// once; nothing else runs meanwhile), and the ciphertext is sent and
@@ -717,14 +731,7 @@ impl TlsInner {
             if !open || b.is_empty() {
                 return (b.len(), None);
             }
-            let mut off = 0;
-            while off < b.len() {
-                let n = self.session.borrow_mut().write_plaintext(&b[off..]);
-                if n == 0 {
-                    break;
-                }
-                off += n;
-            }
+            let off = self.encrypt_plaintext(b);
             (b.len(), (off < b.len()).then(|| b[off..].to_vec()))
         });
         drop(data);
@@ -747,15 +754,7 @@ impl TlsInner {
             if c.is_empty() || self.refuse_write() {
                 continue;
             }
-            // Unlimited session buffer (see session.rs): all is taken at once.
-            let mut off = 0;
-            while off < c.len() {
-                let n = self.session.borrow_mut().write_plaintext(&c[off..]);
-                if n == 0 {
-                    break;
-                }
-                off += n;
-            }
+            self.encrypt_plaintext(c);
         }
         self.flush();
         self.maybe_pause();
