@@ -21,10 +21,13 @@ What it does:
    machine's load hits every server alike; each run has its own warm-up.
 3. The headline figure is the server's CPU time per message: utime+stime of
    the server process from /proc/PID/stat across the measured window,
-   divided by the messages echoed in it; medians over the runs. Throughput,
-   latency p50/p99 and the user-space share sit beside it. Ratios: Python
-   servers against uvloop in the same mode; ferroloop's Rust face against
-   tokio and the raw mio loop.
+   divided by the messages echoed in it; medians over the runs (5 rounds per
+   ping-pong cell in the full matrix, else 3). Throughput, latency p50/p99
+   and the user-space share sit beside it. Ratios: Python servers against
+   uvloop in the same mode; ferroloop's Rust face against tokio and the raw
+   mio loop; and, for the goals, ferroloop's ratios paired by round (per
+   round the ratio of two servers' runs, then the median over rounds), which
+   cancels the machine's drift between rounds.
 4. TLS cells (Python face, Protocol mode): 1 KiB echo over TLS 1.3 on 50
    connections, and handshakes (each connection echoes one message, closes
    and reconnects: CPU per handshake), for uvloop and stock asyncio with an
@@ -322,19 +325,22 @@ def tls_cells(runs: int) -> list[Cell]:
     ]
 
 
-def matrix(quick: bool, runs: int) -> list[Cell]:
+def matrix(quick: bool, runs: int | None) -> list[Cell]:
+    """The workload cells. `runs`: rounds per cell (default: 5 ping-pong rounds in the full matrix, else 3)."""
+    pp_runs = runs or (3 if quick else 5)
+    runs = runs or 3
     if quick:
-        cells = [pp(100, 1, runs=runs), pp(100, 50, runs=runs), pp(64 * 1024, 50, runs=runs)]
+        cells = [pp(100, 1, runs=pp_runs), pp(100, 50, runs=pp_runs), pp(64 * 1024, 50, runs=pp_runs)]
         cells.append(Cell(id="bulk-256m", label="bulk 256 MiB", kind="bulk", size=65536, bulk=256 * MIB, runs=1))
         cells.append(Cell(id="idle-1000", label="idle x1000", kind="idle", conns=1000, size=100, runs=1))
         return cells + tls_cells(runs)
     cells = [
-        pp(100, 1, runs=runs),
-        pp(100, 50, runs=runs),
-        pp(100, 1000, runs=runs),
-        pp(1024, 50, runs=runs),
-        pp(64 * 1024, 50, runs=runs),
-        pp(100, 50, "unix", runs=runs),
+        pp(100, 1, runs=pp_runs),
+        pp(100, 50, runs=pp_runs),
+        pp(100, 1000, runs=pp_runs),
+        pp(1024, 50, runs=pp_runs),
+        pp(64 * 1024, 50, runs=pp_runs),
+        pp(100, 50, "unix", runs=pp_runs),
     ]
     cells.append(Cell(id="bulk-1g", label="bulk 1 GiB", kind="bulk", size=65536, bulk=1024 * MIB, runs=runs))
     cells.append(Cell(id="idle-10000", label="idle x10000", kind="idle", conns=10000, size=100, runs=1))
@@ -346,7 +352,7 @@ class Config:
     quick: bool
     duration: float
     warmup: float
-    runs: int
+    runs: int | None
     py_gc: str
     callgrind: bool
     only: str | None
@@ -609,6 +615,7 @@ class Bench:
                         entry["unsupported"] = self.unsupported.get(f"{spec.key} {cell.transport}")
                         continue
                     r = run_loadgen(srv, cell.loadgen_args(self.cfg))
+                    r["round"] = rnd
                     entry["runs"].append(r)
                     self.progress(spec, cell, r)
             for key, entry in cres["servers"].items():
@@ -740,8 +747,34 @@ def ratio(a, b):
     return a / b
 
 
+def round_cpu(entry: dict | None) -> dict[int, float]:
+    """CPU per message of each round's run of one server (scheduler run time, ns resolution; else utime+stime)."""
+    by_round: dict[int, float] = {}
+    for i, r in enumerate((entry or {}).get("runs", [])):
+        v = r.get("server_sched_us_per_msg") or r.get("server_cpu_us_per_msg")
+        if r.get("ok") and v:
+            by_round[r.get("round", i)] = v
+    return by_round
+
+
+def paired_ratio(out: dict, cell_id: str, key: str, base_key: str) -> dict | None:
+    """Median over rounds of the ratio between two servers' runs of the same round.
+
+    The servers of a round run one after the other within seconds, so drift of the machine (which moves every
+    server's CPU per message by 20 % or more between rounds on a shared VM) cancels in the ratio; the median of
+    the ratios of each server's medians does not get that benefit.
+    """
+    servers = out["cells"].get(cell_id, {}).get("servers", {})
+    a, b = round_cpu(servers.get(key)), round_cpu(servers.get(base_key))
+    per_round = [a[k] / b[k] for k in sorted(a) if k in b]
+    if not per_round:
+        return None
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round),
+            "rounds": [round(x, 3) for x in per_round]}
+
+
 def compute_ratios(out: dict) -> dict:
-    """Ratios of server CPU per message within this run."""
+    """Ratios of server CPU per message within this run: of the medians, and paired by round."""
     ratios: dict = {}
     for cid, c in out["cells"].items():
         if c["cell"]["kind"] == "tls":
@@ -760,11 +793,19 @@ def compute_ratios(out: dict) -> dict:
             if v is None:
                 continue
             if spec.face == "python":
-                base = cell_value(out, cid, f"py:uvloop/{spec.mode}")
-                rc[spec.key] = {"vs_uvloop": ratio(v, base)}
+                base = f"py:uvloop/{spec.mode}"
+                rc[spec.key] = {"vs_uvloop": ratio(v, cell_value(out, cid, base)),
+                                "paired_vs_uvloop": paired_ratio(out, cid, spec.key, base)}
+                if spec.impl == "ferroloop":
+                    for other in ("asyncio", "rloop"):
+                        rc[spec.key][f"paired_vs_{other}"] = paired_ratio(out, cid, spec.key,
+                                                                          f"py:{other}/{spec.mode}")
+                    rc[spec.key]["paired_vs_mio"] = paired_ratio(out, cid, spec.key, "rs:mio")
             else:
                 rc[spec.key] = {"vs_tokio": ratio(v, cell_value(out, cid, "rs:tokio")),
-                                "vs_mio": ratio(v, cell_value(out, cid, "rs:mio"))}
+                                "vs_mio": ratio(v, cell_value(out, cid, "rs:mio")),
+                                "paired_vs_tokio": paired_ratio(out, cid, spec.key, "rs:tokio"),
+                                "paired_vs_mio": paired_ratio(out, cid, spec.key, "rs:mio")}
     return ratios
 
 
@@ -777,7 +818,7 @@ def markdown(out: dict) -> str:
     m = out["machine"]
     L = []
     L.append(f"Run {out['started']} ({'QUICK subset' if out['config']['quick'] else 'full matrix'}, "
-             f"{out['config']['runs']} runs per cell, median; window {out['config']['duration']} s after "
+             f"{rounds_text(cells)}, median; window {out['config']['duration']} s after "
              f"{out['config']['warmup']} s warm-up), ferroloop {m['git']}.")
     L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
              f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}. "
@@ -836,6 +877,7 @@ def markdown(out: dict) -> str:
     table("Python face (ratio against uvloop in the same mode)", [s for s in present if s.face == "python"], py_note)
     table("Rust face (ratio against tokio current_thread and the raw mio loop)", [s for s in present if s.face == "rust"],
           rs_note)
+    paired_tables(L, out, pcells, present)
 
     # Throughput and latency.
     if pcells:
@@ -843,6 +885,72 @@ def markdown(out: dict) -> str:
     bulk_idle_tables(L, out, bulk, idle, present)
     tls_table(L, out, [c for c in cells if c["cell"]["kind"] == "tls"])
     return tail_sections(L, out, cells)
+
+
+def rounds_text(cells: list[dict]) -> str:
+    """How many rounds the cells ran, e.g. "5 rounds per ping-pong cell, 3 per bulk and TLS cell"."""
+    by_kind: dict[str, set] = {}
+    for c in cells:
+        if c["cell"]["kind"] != "idle":
+            by_kind.setdefault(c["cell"]["kind"], set()).add(c["cell"]["runs"])
+    names = {"pingpong": "ping-pong"}
+    parts = [f"{'/'.join(map(str, sorted(n)))} round(s) per {names.get(kind, kind)} cell"
+             for kind, n in by_kind.items()]
+    return ", ".join(parts) or "no rounds"
+
+
+def paired_tables(L, out, pcells, present):
+    """The goals' ratios, paired by round: median over rounds, and the lowest and highest round."""
+    rat = out.get("ratios", {})
+    rows = []  # (label, server key, ratio key(s))
+    for s in present:
+        if s.impl != "ferroloop":
+            continue
+        if s.face == "python":
+            rows.append((f"{s.key} vs uvloop/{s.mode}", s.key, ["paired_vs_uvloop"]))
+            rows.append((f"{s.key} vs the best of uvloop, asyncio, rloop", s.key,
+                         ["paired_vs_uvloop", "paired_vs_asyncio", "paired_vs_rloop"]))
+            rows.append((f"{s.key} vs rs:mio", s.key, ["paired_vs_mio"]))
+        else:
+            rows.append((f"{s.key} vs rs:tokio", s.key, ["paired_vs_tokio"]))
+            rows.append((f"{s.key} vs rs:mio", s.key, ["paired_vs_mio"]))
+    if not rows or not any(rat.get(c["cell"]["id"]) for c in pcells):
+        return
+    L.append("### Ratios paired by round")
+    L.append("")
+    L.append("Each round runs every server once, one after the other; the ratio of two servers' CPU per message in "
+             "the same round cancels the machine's drift between rounds. Median over the rounds [lowest, highest "
+             "round]. Against the best of several loops: in each round the highest of the ratios against each of "
+             "them (at or below 1.00 means at or below all of them).")
+    L.append("")
+    L.append("| ferroloop against | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
+    L.append("|---|" + "---|" * len(pcells))
+    for label, key, rkeys in rows:
+        cells_txt = []
+        for c in pcells:
+            cid = c["cell"]["id"]
+            if len(rkeys) == 1:
+                pr = (rat.get(cid, {}).get(key) or {}).get(rkeys[0])
+            else:
+                pr = worst_of(out, cid, key, rkeys)
+            cells_txt.append(f"{pr['median']:.2f} [{pr['min']:.2f}, {pr['max']:.2f}]" if pr else "—")
+        L.append(f"| {label} | " + " | ".join(cells_txt) + " |")
+    L.append("")
+
+
+def worst_of(out: dict, cell_id: str, key: str, rkeys: list[str]) -> dict | None:
+    """Per round, the highest ratio of `key` against several peers (those with a run in that round)."""
+    servers = out["cells"].get(cell_id, {}).get("servers", {})
+    mine = round_cpu(servers.get(key))
+    peers = [round_cpu(servers.get(f"py:{rk.removeprefix('paired_vs_')}/{key.split('/')[-1]}")) for rk in rkeys]
+    per_round = []
+    for rnd, v in sorted(mine.items()):
+        vals = [v / p[rnd] for p in peers if rnd in p]
+        if vals:
+            per_round.append(max(vals))
+    if not per_round:
+        return None
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
 
 
 def tls_table(L, out, tcells):
@@ -1077,9 +1185,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
                     help="the QUICK subset (also QUICK=1 in the environment)")
     ap.add_argument("--smoke", action="store_true", help="correctness only: every server echoes byte-exact")
-    ap.add_argument("--runs", type=int, help="runs per cell (default 3)")
-    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.7; quick 0.5)")
-    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.2; quick 0.15)")
+    ap.add_argument("--runs", type=int, help="rounds per cell (default 5 for ping-pong cells of the full matrix, "
+                                             "else 3)")
+    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.5)")
+    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.15)")
     ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
     ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
     ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
@@ -1097,9 +1206,9 @@ def main() -> int:
     quick = args.quick
     cfg = Config(
         quick=quick,
-        duration=args.duration or (0.5 if quick else 0.7),
-        warmup=args.warmup if args.warmup is not None else (0.15 if quick else 0.2),
-        runs=args.runs or 3,
+        duration=args.duration or 0.5,
+        warmup=args.warmup if args.warmup is not None else 0.15,
+        runs=args.runs,
         py_gc=args.py_gc,
         callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick and not args.only
                                                  and not args.cells),
