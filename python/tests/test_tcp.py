@@ -1553,6 +1553,50 @@ def test_stop_in_data_received_defers_eof(loop):
     assert log == [["made", "data"], ["made", "data", "eof", ("lost", None)]]
 
 
+def test_buffered_protocol_buffers_of_any_item_format(loop):
+    """recv_into() takes any writable C-contiguous buffer as raw bytes, whatever its item format;
+    a non-contiguous one is the read error asyncio reports."""
+    import array
+
+    calls = []
+    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+    payload = bytes(range(256)) * 40
+
+    class Ints(RecordingBuffered):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.ints = array.array("i", bytes(64))  # 64 bytes as 16 ints
+
+        def get_buffer(self, sizehint):
+            return self.ints
+
+        def buffer_updated(self, nbytes):
+            self.got += self.ints.tobytes()[:nbytes]
+
+    class Strided(RecordingBuffered):
+        def get_buffer(self, sizehint):
+            return memoryview(self.buffer)[::2]
+
+    async def main(factory, data):
+        tr, pr, peer = await connect(loop, factory)
+        try:
+            peer.sendall(data)
+            peer.shutdown(socket.SHUT_WR)
+            exc = await pr.lost
+            return pr, exc
+        finally:
+            peer.close()
+
+    pr, exc = run(loop, main(lambda: Ints(loop, 1), payload))
+    assert exc is None
+    assert bytes(pr.got) == payload
+    assert calls == []
+    pr, exc = run(loop, main(lambda: Strided(loop, 20), b"data"))
+    assert isinstance(exc, TypeError)
+    assert "read-write bytes-like object" in str(exc)
+    assert [c["message"] for c in calls] == ["Fatal read error on socket transport"]
+
+
 def test_buffered_protocol_read_only_buffer(loop):
     calls = []
     loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))

@@ -1,6 +1,5 @@
 //! The binding's `unsafe` code, each block with a `// SAFETY:` comment.
 
-use pyo3::buffer::PyBuffer;
 use pyo3::ffi;
 use pyo3::Python;
 
@@ -35,66 +34,151 @@ pub fn ffi_return(
     }
 }
 
+/// The bytes of a Python object's buffer, exported with `PyBUF_SIMPLE`
+/// (plus `PyBUF_WRITABLE` when asked): C-contiguous unsigned bytes whatever
+/// the exporter's item format, the request `socket.send` and
+/// `socket.recv_into` make. The exporter fills no shape or strides for it,
+/// and no format string is parsed.
+///
+/// # Safety
+///
+/// `view` must be valid for writes of a `Py_buffer`, and the GIL held. On
+/// success the export must be released with `PyBuffer_Release` on that same
+/// address; on failure the Python error is cleared and false returned.
+unsafe fn export_bytes(obj: &pyo3::Bound<'_, pyo3::PyAny>, view: *mut ffi::Py_buffer, writable: bool) -> bool {
+    let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
+    // SAFETY: the caller guarantees `view` is writable storage and the GIL is
+    // held; `obj` is a live object.
+    if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view, flags) } == 0 {
+        return true;
+    }
+    // SAFETY: the GIL is held; the failed export set an error, cleared here.
+    unsafe { ffi::PyErr_Clear() };
+    false
+}
+
+/// Room for one [`LentBuffer`] export, on the caller's stack: the export's
+/// `Py_buffer` stays at this address until the lent buffer is dropped.
+pub struct BufferSlot(std::mem::MaybeUninit<ffi::Py_buffer>);
+
+impl BufferSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        BufferSlot(std::mem::MaybeUninit::uninit())
+    }
+}
+
+/// The contiguous bytes of a `bytearray`/`memoryview` (any item format),
+/// lent to the engine's `write_lent` for one call; released on drop.
+pub struct LentBuffer<'a, 'py> {
+    view: &'a mut ffi::Py_buffer,
+    _gil: std::marker::PhantomData<Python<'py>>,
+}
+
+impl<'a, 'py> LentBuffer<'a, 'py> {
+    /// Export `obj`'s bytes into `slot`, or None if it has no C-contiguous
+    /// byte view (the caller copies those another way).
+    pub fn export(obj: &pyo3::Bound<'py, pyo3::PyAny>, slot: &'a mut BufferSlot) -> Option<Self> {
+        // SAFETY: `slot` is storage for a `Py_buffer` that the returned value
+        // borrows, so it stays at this address until `drop` releases the
+        // export; the GIL is held (`obj` is a `Bound<'py>`).
+        if !unsafe { export_bytes(obj, slot.0.as_mut_ptr(), false) } {
+            return None;
+        }
+        // SAFETY: `PyObject_GetBuffer` succeeded, so it initialised the view.
+        let view = unsafe { slot.0.assume_init_mut() };
+        Some(LentBuffer { view, _gil: std::marker::PhantomData })
+    }
+}
+
+impl ferroloop::LentBytes for LentBuffer<'_, '_> {
+    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let len = usize::try_from(self.view.len).unwrap_or(0);
+        if len == 0 || self.view.buf.is_null() {
+            return f(&[]);
+        }
+        // SAFETY: a `PyBUF_SIMPLE` export is `len` contiguous bytes at `buf`
+        // that stay valid, and cannot be resized, until the export is
+        // released in `drop`. The slice lives only during `f`, which runs
+        // with the GIL held (the `'py` lifetime; the write path never
+        // detaches), and the engine's `write_lent` calls no Python code inside
+        // `lend`: nothing can change the bytes while the slice lives.
+        f(unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, len) })
+    }
+}
+
+impl Drop for LentBuffer<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: the view holds a successful export made at this address
+        // (the slot cannot move while borrowed), released exactly once here,
+        // with the GIL held (the `'py` lifetime).
+        unsafe { ffi::PyBuffer_Release(self.view) };
+    }
+}
+
 /// A writable, C-contiguous byte buffer borrowed from a Python object (the
-/// result of a `BufferedProtocol.get_buffer()` call).
+/// result of a `BufferedProtocol.get_buffer()` call), for the engine to read
+/// into. Its `Py_buffer` is boxed once and reused by every export, so that
+/// the export's address is stable and a read allocates nothing.
 pub struct WritableBuffer {
-    buf: PyBuffer<u8>,
+    view: Box<std::mem::MaybeUninit<ffi::Py_buffer>>,
+    held: bool,
 }
 
 impl WritableBuffer {
-    /// Check that `buf` is writable and contiguous.
-    pub fn new(buf: PyBuffer<u8>) -> Result<Self, &'static str> {
-        if buf.readonly() {
-            return Err("get_buffer() returned a read-only buffer");
-        }
-        if !buf.is_c_contiguous() {
-            return Err("get_buffer() returned a non-contiguous buffer");
-        }
-        Ok(WritableBuffer { buf })
+    /// A buffer holding no export.
+    pub fn new() -> Self {
+        WritableBuffer { view: Box::new(std::mem::MaybeUninit::uninit()), held: false }
     }
 
-    /// The buffer's bytes, for the engine to read into.
+    /// Release the previous export, then export `obj`'s bytes writable and
+    /// C-contiguous (`PyBUF_WRITABLE`, any item format, as
+    /// `socket.recv_into` accepts). False if `obj` has no such buffer
+    /// (read-only, not contiguous, or no buffer at all).
+    pub fn export(&mut self, obj: &pyo3::Bound<'_, pyo3::PyAny>) -> bool {
+        self.release();
+        // SAFETY: the boxed storage does not move while the export is held
+        // (the box is never replaced) and is released before reuse
+        // (`release` above); the GIL is held (`obj` is a `Bound`).
+        self.held = unsafe { export_bytes(obj, self.view.as_mut_ptr(), true) };
+        self.held
+    }
+
+    /// The exported bytes (empty when nothing is held).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.buf.len_bytes();
-        if len == 0 {
+        if !self.held {
             return &mut [];
         }
-        // SAFETY: the exporter guarantees `buf_ptr` points to `len_bytes`
-        // writable (checked: not read-only), contiguous (checked) bytes that
-        // stay valid while the `PyBuffer` (held by `self`) is alive. The slice
-        // borrows `self` mutably, so it cannot outlive the buffer, and the
-        // engine fills it while holding the GIL: no Python code runs meanwhile.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.buf_ptr() as *mut u8, len) }
-    }
-}
-
-/// A C-contiguous byte buffer of a Python object (`bytearray`,
-/// `memoryview`), lent to the engine's `write_lent` for one call.
-pub struct LentBuffer {
-    buf: PyBuffer<u8>,
-}
-
-impl LentBuffer {
-    /// `buf`, if it is C-contiguous (others are copied by the caller).
-    pub fn new(buf: PyBuffer<u8>) -> Option<Self> {
-        buf.is_c_contiguous().then_some(LentBuffer { buf })
-    }
-}
-
-impl ferroloop::LentBytes for LentBuffer {
-    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        let len = self.buf.len_bytes();
-        if len == 0 {
-            return f(&[]);
+        // SAFETY: `held` means the export succeeded and initialised the view.
+        let view = unsafe { self.view.assume_init_ref() };
+        let len = usize::try_from(view.len).unwrap_or(0);
+        if len == 0 || view.buf.is_null() {
+            return &mut [];
         }
-        // SAFETY: the exporter guarantees `buf_ptr` points to `len_bytes`
-        // contiguous (checked in `new`) bytes that stay valid, and cannot be
-        // resized, while the `PyBuffer` (held by `self`) is alive. The slice
-        // lives only during `f`, which the caller runs with the GIL held
-        // (`LentBuffer` is built from a `Bound`, and the write path never
-        // detaches), and the engine's `write_lent` calls no Python code inside
-        // `lend`: no Python code can change the bytes while the slice lives.
-        f(unsafe { std::slice::from_raw_parts(self.buf.buf_ptr() as *const u8, len) })
+        // SAFETY: a writable simple export is `len` writable, contiguous bytes
+        // at `buf`, valid until the export is released. The slice borrows
+        // `self` mutably, so no release can happen while it lives, and the
+        // engine fills it holding the GIL: no Python code runs meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(view.buf as *mut u8, len) }
+    }
+
+    /// Release the export, if one is held.
+    pub fn release(&mut self) {
+        if !self.held {
+            return;
+        }
+        self.held = false;
+        Python::attach(|_py| {
+            // SAFETY: the view holds a successful export made at this boxed
+            // address, released once (`held` is now false), with the GIL held.
+            unsafe { ffi::PyBuffer_Release(self.view.as_mut_ptr()) }
+        });
+    }
+}
+
+impl Drop for WritableBuffer {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

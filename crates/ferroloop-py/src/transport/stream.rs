@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
 use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
-use crate::sys::{GilBound, LentBuffer, WritableBuffer};
+use crate::sys::{BufferSlot, GilBound, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
 /// The engine's handshake callback for a Python TLS transport: calls
@@ -247,16 +247,19 @@ impl Protocol for PyProtocolAdapter {
         if !self.buffered {
             return None;
         }
-        self.buf = None;
+        if let Some(b) = self.buf.as_mut() {
+            b.release();
+        }
         // asyncio: a failing get_buffer() or an empty buffer is "get_buffer()
         // call failed"; a buffer recv_into() cannot fill is a read error.
-        let got: Result<WritableBuffer, (PyErr, &'static str)> = Python::attach(|py| {
+        let wb = self.buf.get_or_insert_with(WritableBuffer::new);
+        let got: Result<(), (PyErr, &'static str)> = Python::attach(|py| {
             const CALL_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
             // asyncio passes -1: "any size".
             let obj = (-1i64)
                 .into_pyobject(py)
                 .map_err(PyErr::from)
-                .and_then(|n| self.call(py, intern!(py, "get_buffer"), &[n.into_any()]))
+                .and_then(|n| self.shared.call_in_context(py, &self.proto, intern!(py, "get_buffer"), &[n.into_any()]))
                 .map_err(|e| (e, CALL_FAILED))?;
             match obj.len() {
                 Err(e) => return Err((e, CALL_FAILED)),
@@ -269,14 +272,14 @@ impl Protocol for PyProtocolAdapter {
                     "recv_into() argument 'buffer' must be read-write bytes-like object, not {tname}"
                 ))
             };
-            let pybuf = PyBuffer::<u8>::get(&obj).map_err(|_| (unusable(), "Fatal read error on socket transport"))?;
-            WritableBuffer::new(pybuf).map_err(|_| (unusable(), "Fatal read error on socket transport"))
+            if wb.export(&obj) {
+                Ok(())
+            } else {
+                Err((unusable(), "Fatal read error on socket transport"))
+            }
         });
         match got {
-            Ok(wb) => {
-                self.buf = Some(wb);
-                self.buf.as_mut().map(|b| b.as_mut_slice())
-            }
+            Ok(()) => self.buf.as_mut().map(|b| b.as_mut_slice()),
             Err((e, message)) => {
                 // The transport is closed by `fatal`; the empty slice tells the
                 // engine to stop reading quietly.
@@ -287,7 +290,9 @@ impl Protocol for PyProtocolAdapter {
     }
 
     fn buffer_updated(&mut self, nbytes: usize) {
-        self.buf = None;
+        if let Some(b) = self.buf.as_mut() {
+            b.release();
+        }
         Python::attach(|py| {
             let r = nbytes
                 .into_pyobject(py)
@@ -498,7 +503,9 @@ impl StreamCore {
         // A contiguous bytearray/memoryview is sent from its own memory;
         // only what cannot be sent at once is copied.
         if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            if let Some(lent) = PyBuffer::<u8>::get(data).ok().and_then(LentBuffer::new) {
+            let mut slot = BufferSlot::new();
+            let lent = LentBuffer::export(data, &mut slot);
+            if let Some(lent) = lent {
                 return t.write_lent(lent).map_err(to_pyerr);
             }
         }
