@@ -13,6 +13,7 @@ import contextvars
 import errno
 import logging
 import os
+import re
 import socket
 import struct
 
@@ -298,6 +299,19 @@ def test_write_arguments_as_asyncio(loop):
             ):
                 with pytest.raises(TypeError):
                     bad_call()
+            # The messages of Python methods; the class asyncio names is the
+            # one defining the method (for write(), the transport's own).
+            cls = re.escape(type(tr).__name__)
+            for bad_call, message in (
+                (lambda: tr.write(), rf"{cls}\.write\(\) missing 1 required positional argument: 'data'"),
+                (lambda: tr.write(b"a", b"b"), rf"{cls}\.write\(\) takes 2 positional arguments but 3 were given"),
+                (lambda: tr.writelines(), r"\w+\.writelines\(\) missing 1 required positional argument: 'list_of_data'"),
+                (lambda: tr.is_closing(1), r"\w+\.is_closing\(\) takes 1 positional argument but 2 were given"),
+                (lambda: tr.pause_reading(1, 2), r"\w+\.pause_reading\(\) takes 1 positional argument but 3 were given"),
+            ):
+                with pytest.raises(TypeError) as ei:
+                    bad_call()
+                assert re.fullmatch(message, str(ei.value)), str(ei.value)
             for bad in ("text", 42, None, [b"list"]):
                 with pytest.raises(TypeError) as ei:
                     tr.write(bad)

@@ -142,10 +142,17 @@ unsafe fn forward_direct(
     kwnames: *mut ffi::PyObject,
     name: &Bound<'_, PyString>,
     arity: ffi::Py_ssize_t,
+    param: &str,
     direct: impl for<'py> FnOnce(&StreamCore, &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
     let py = name.py();
     let core_name = pyo3::intern!(py, "_core");
+    if nargs != arity && kwnames.is_null() {
+        // SAFETY: `slf` is the live instance the method was called on.
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        arity_error(&slf, name, arity, nargs, param).restore(py);
+        return ptr::null_mut();
+    }
     if nargs != arity || !kwnames.is_null() {
         // SAFETY: the arguments are CPython's (see `forward`).
         return unsafe { forward(slf, args, nargs, kwnames, core_name, name) };
@@ -174,6 +181,21 @@ unsafe fn forward_direct(
         core.try_borrow().map_err(PyErr::from).and_then(|c| direct(&c, &arg)).map(Bound::into_ptr)
     }));
     super::ffi_return(py, r, "a transport method")
+}
+
+/// The `TypeError` a Python method `def name(self[, param])` raises when
+/// called with `nargs` positional arguments (asyncio's transports are such
+/// methods), naming the instance's class.
+fn arity_error(slf: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, arity: ffi::Py_ssize_t, nargs: ffi::Py_ssize_t, param: &str) -> PyErr {
+    let class = slf.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+    let msg = if nargs < arity {
+        format!("{class}.{name}() missing 1 required positional argument: '{param}'")
+    } else {
+        let takes = arity + 1;
+        let plural = if takes == 1 { "argument" } else { "arguments" };
+        format!("{class}.{name}() takes {takes} positional {plural} but {} were given", nargs + 1)
+    };
+    pyo3::exceptions::PyTypeError::new_err(msg)
 }
 
 /// `None`, for the direct calls of methods that return nothing.
@@ -207,11 +229,12 @@ macro_rules! method_fn {
 }
 
 macro_rules! direct_forwarders {
-    ($($attr:ident ($arity:literal) => |$core:ident, $arg:ident| $body:expr),* $(,)?) => {
+    ($($attr:ident ($arity:literal $(, $param:literal)?) => |$core:ident, $arg:ident| $body:expr),* $(,)?) => {
         $(
             method_fn!($attr, |py, slf, args, nargs, kwnames| {
                 let name = pyo3::intern!(py, stringify!($attr));
-                forward_direct(slf, args, nargs, kwnames, name, $arity, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
+                let param = concat!("" $(, $param)?);
+                forward_direct(slf, args, nargs, kwnames, name, $arity, param, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
             });
         )*
     };
@@ -219,8 +242,8 @@ macro_rules! direct_forwarders {
 
 // The methods that protocols and streams call per message or per read.
 direct_forwarders! {
-    write(1) => |c, data| c.write(data).map(|()| none(data)),
-    writelines(1) => |c, list| c.writelines(list.py(), list).map(|()| none(list)),
+    write(1, "data") => |c, data| c.write(data).map(|()| none(data)),
+    writelines(1, "list_of_data") => |c, list| c.writelines(list.py(), list).map(|()| none(list)),
     is_closing(0) => |c, a| c.is_closing().map(|b| PyBool::new(a.py(), b).to_owned().into_any()),
     is_reading(0) => |c, a| c.is_reading().map(|b| PyBool::new(a.py(), b).to_owned().into_any()),
     pause_reading(0) => |c, a| c.pause_reading().map(|()| none(a)),
