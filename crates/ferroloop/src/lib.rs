@@ -54,7 +54,7 @@ pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
 pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, LentBytes, StreamSocket, Transport};
-pub use transport::{TlsClientOptions, TlsInfo, TlsOptions, TlsServerOptions};
+pub use transport::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 /// The rustls crate this engine's TLS transport is built on (for its configuration types).
 pub use rustls;
 pub use child::ChildWatcher;

@@ -16,7 +16,7 @@ use ferroloop::rustls;
 use ferroloop::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use ferroloop::{
     ConnectOptions, Error, EventLoop, ExtraInfo, Protocol, Server, ServerOptions, TlsClientOptions, TlsError,
-    TlsInfo, TlsServerOptions, Transport,
+    TlsConfig, TlsInfo, TlsServerOptions, Transport,
 };
 
 struct Pki {
@@ -154,6 +154,7 @@ fn echo_one_mib_byte_exact() {
     let server = echo_server(&lp, &p, &slog, server_opts(&p));
     let mut opts = client_opts(&p);
     opts.server_name = Some("localhost".into());
+    let client_config = opts.config.clone();
     let sink = Sink::default();
     let data = sink.data.clone();
     let clog = sink.log.clone();
@@ -181,10 +182,16 @@ fn echo_one_mib_byte_exact() {
         }
         other => panic!("cipher: {other:?}"),
     }
-    assert!(t.get_extra_info("ssl_object").is_none());
-    assert!(t.get_extra_info("sslcontext").is_none());
     assert!(matches!(t.get_extra_info("peername"), Some(ExtraInfo::Address(_))));
     let info = t.tls_info().unwrap();
+    // The session object is what tls_info() reads; the context is the very
+    // configuration the connection was made with.
+    assert_eq!(t.get_extra_info("ssl_object"), Some(ExtraInfo::Tls(info.clone())));
+    match t.get_extra_info("sslcontext") {
+        Some(ExtraInfo::TlsConfig(TlsConfig::Client(c))) => assert!(Arc::ptr_eq(&c, &client_config)),
+        other => panic!("sslcontext: {other:?}"),
+    }
+    assert_eq!(t.get_extra_info("compression"), None);
     assert_eq!(info.protocol_version.as_deref(), Some("TLSv1.3"));
     assert_eq!(info.server_name.as_deref(), Some("localhost"));
     assert_eq!(info.peer_certificates.len(), 1);

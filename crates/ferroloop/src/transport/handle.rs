@@ -286,7 +286,9 @@ impl Transport {
     /// `alpn_protocol` ([`ExtraInfo::Bytes`], the protocol ALPN agreed on, if
     /// any) and `server_hostname` ([`ExtraInfo::Text`]: on a client the name
     /// the server was verified against, on a server the SNI the client sent,
-    /// if any); `sslcontext` and `ssl_object` (Python objects) are absent.
+    /// if any), `ssl_object` ([`ExtraInfo::Tls`], what the session
+    /// negotiated, as [`Transport::tls_info`]) and `sslcontext`
+    /// ([`ExtraInfo::TlsConfig`], the rustls configuration).
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
         dispatch!(self, t => t.get_extra_info(name))
     }

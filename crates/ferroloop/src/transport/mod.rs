@@ -23,7 +23,7 @@ pub mod unix;
 pub use pipe::TransportKind;
 pub use handle::Transport;
 pub use stream::{Address, ExtraInfo, LentBytes};
-pub use tls::{TlsClientOptions, TlsInfo, TlsOptions, TlsServerOptions};
+pub use tls::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 pub use subprocess::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,
 };

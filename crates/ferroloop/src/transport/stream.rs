@@ -25,7 +25,7 @@ use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
 use crate::transport::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
 use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
-use crate::transport::tls::TlsInner;
+use crate::transport::tls::{TlsConfig, TlsInfo, TlsInner};
 pub use crate::transport::handle::Transport;
 
 /// Reads per readiness event before yielding to other sources.
@@ -101,6 +101,14 @@ pub enum ExtraInfo {
     /// `server_hostname` on a TLS transport: the name a client verified the
     /// server against, or the SNI a server received.
     Text(String),
+    /// `ssl_object` on a TLS transport: what the session negotiated, read
+    /// when asked (the properties asyncio's `ssl.SSLObject` answers:
+    /// version, cipher, ALPN protocol, peer certificates, server name,
+    /// whether the session was resumed).
+    Tls(TlsInfo),
+    /// `sslcontext` on a TLS transport: the rustls configuration it was
+    /// made with.
+    TlsConfig(TlsConfig),
 }
 
 impl ExtraInfo {

@@ -119,6 +119,29 @@ impl From<TlsServerOptions> for TlsOptions {
     }
 }
 
+/// The rustls configuration of a TLS transport: its `sslcontext` extra
+/// info. Two values are equal when they share the same configuration
+/// (`Arc::ptr_eq`).
+#[derive(Clone, Debug)]
+pub enum TlsConfig {
+    /// A client's configuration.
+    Client(Arc<rustls::ClientConfig>),
+    /// A server's configuration.
+    Server(Arc<rustls::ServerConfig>),
+}
+
+impl PartialEq for TlsConfig {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TlsConfig::Client(a), TlsConfig::Client(b)) => Arc::ptr_eq(a, b),
+            (TlsConfig::Server(a), TlsConfig::Server(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TlsConfig {}
+
 /// What a TLS transport negotiated ([`Transport::tls_info`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsInfo {
@@ -837,7 +860,9 @@ impl TlsInner {
                 .map(|(name, protocol, bits)| ExtraInfo::Cipher { name, protocol, bits }),
             "alpn_protocol" => self.info().alpn_protocol.map(ExtraInfo::Bytes),
             "server_hostname" => self.info().server_name.map(ExtraInfo::Text),
-            "sslcontext" | "ssl_object" | "compression" => None,
+            "sslcontext" => Some(ExtraInfo::TlsConfig(self.session.borrow().config())),
+            "ssl_object" => Some(ExtraInfo::Tls(self.info())),
+            "compression" => None,
             _ => self.raw().and_then(|r| r.get_extra_info(name)),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use crate::error::{Error, Result, TlsError};
-use crate::transport::tls::TlsInfo;
+use crate::transport::tls::{TlsConfig, TlsInfo};
 
 /// What processing the received records produced.
 pub(crate) struct Progress {
@@ -24,6 +24,8 @@ pub(crate) struct TlsSession {
     conn: rustls::Connection,
     /// The client's configured server name (a server learns it from SNI).
     server_name: Option<String>,
+    /// The configuration the session was made with.
+    config: TlsConfig,
 }
 
 impl TlsSession {
@@ -31,18 +33,18 @@ impl TlsSession {
     pub(crate) fn client(config: Arc<rustls::ClientConfig>, server_name: &str) -> Result<TlsSession> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| Error::invalid(format!("invalid server name {server_name:?}: {e}")))?;
-        let conn = rustls::ClientConnection::new(config, name).map_err(|e| Error::Tls(TlsError::Protocol(e)))?;
+        let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| Error::Tls(TlsError::Protocol(e)))?;
         let mut conn: rustls::Connection = conn.into();
         conn.set_buffer_limit(None);
-        Ok(TlsSession { conn, server_name: Some(server_name.to_string()) })
+        Ok(TlsSession { conn, server_name: Some(server_name.to_string()), config: TlsConfig::Client(config) })
     }
 
     /// A server session.
     pub(crate) fn server(config: Arc<rustls::ServerConfig>) -> Result<TlsSession> {
-        let conn = rustls::ServerConnection::new(config).map_err(|e| Error::Tls(TlsError::Protocol(e)))?;
+        let conn = rustls::ServerConnection::new(config.clone()).map_err(|e| Error::Tls(TlsError::Protocol(e)))?;
         let mut conn: rustls::Connection = conn.into();
         conn.set_buffer_limit(None);
-        Ok(TlsSession { conn, server_name: None })
+        Ok(TlsSession { conn, server_name: None, config: TlsConfig::Server(config) })
     }
 
     /// Feed received ciphertext; returns how much of `data` was taken (the
@@ -119,6 +121,11 @@ impl TlsSession {
     }
 
     /// Everything the typed accessors report.
+    /// The configuration the session was made with.
+    pub(crate) fn config(&self) -> TlsConfig {
+        self.config.clone()
+    }
+
     pub(crate) fn info(&self) -> TlsInfo {
         let cipher = self.cipher();
         let server_name = match &self.conn {
