@@ -1,10 +1,13 @@
-//! Batched datagram receive: `recvmmsg(2)`.
+//! Batched datagram I/O: `recvmmsg(2)` and `sendmmsg(2)`.
 //!
 //! One system call receives up to [`MAX_BATCH`] datagrams, each into its own
 //! slot of the caller's buffer, with its sender's address. A batch that comes
 //! back short means the socket is drained (a new datagram raises a new
 //! readiness edge), which saves the final `EAGAIN` call a `recvfrom` loop
 //! needs: one system call per readiness event instead of two for a lone datagram.
+//!
+//! One system call also sends up to [`MAX_BATCH`] queued datagrams, each to
+//! its own address, when a transport's send queue drains.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -80,6 +83,51 @@ pub fn recv_batch(fd: RawFd, buf: &mut [u8], slot: usize, out: &mut Vec<Received
     Ok(())
 }
 
+/// Send `msgs` (at most [`MAX_BATCH`] are used) on the non-blocking
+/// datagram socket `fd` in one `sendmmsg(2)`: datagram `i` is `msgs[i].0`,
+/// to `msgs[i].1` (`None`: the connected peer). Returns how many datagrams,
+/// from the front, the kernel took (at least one); an error is that of the
+/// first datagram, which was not sent (`WouldBlock` when the socket is full).
+/// An error on a later datagram ends the batch early: sending from there
+/// again reports it.
+pub fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&socket2::SockAddr>)]) -> io::Result<usize> {
+    let n = msgs.len().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: all-zero bytes are a valid value of these plain C structs
+    // (null pointers, zero lengths).
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    for (i, (data, addr)) in msgs[..n].iter().enumerate() {
+        iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
+        iovs[i].iov_len = data.len();
+        if let Some(a) = addr {
+            hdrs[i].msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_namelen = a.len();
+        }
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: `hdrs[..n]` are initialised headers whose iovecs point at
+        // the callers' datagrams and whose names point at the callers'
+        // addresses (or are null), all borrowed for the duration of the call;
+        // the kernel only reads them (it writes `msg_len` into `hdrs`).
+        let rc = unsafe {
+            libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if rc > 0 {
+            return Ok(rc as usize);
+        }
+        let e = if rc == 0 { io::Error::from(io::ErrorKind::WouldBlock) } else { io::Error::last_os_error() };
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// An IPv4/IPv6 socket address from what the kernel wrote.
 fn inet_address(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     let len = len as usize;
@@ -138,5 +186,38 @@ mod tests {
         tx.send_to(&[1u8; 100], rx.local_addr().unwrap()).unwrap();
         recv_batch(rx.as_raw_fd(), &mut buf, 64, &mut out).unwrap();
         assert_eq!((out[0].len, out[0].truncated), (64, true));
+    }
+
+    #[test]
+    fn one_call_sends_a_batch_each_to_its_address_then_would_block() {
+        let (a, b) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (to_a, to_b) = (socket2::SockAddr::from(a.local_addr().unwrap()), socket2::SockAddr::from(b.local_addr().unwrap()));
+        let msgs: [(&[u8], Option<&socket2::SockAddr>); 3] = [(b"one", Some(&to_a)), (b"two", Some(&to_b)), (b"three", Some(&to_a))];
+        assert_eq!(send_batch(tx.as_raw_fd(), &msgs).unwrap(), 3);
+        let mut buf = [0u8; 16];
+        for (sock, want) in [(&a, &b"one"[..]), (&a, b"three"), (&b, b"two")] {
+            let (n, from) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (want, tx.local_addr().unwrap()));
+        }
+        assert_eq!(send_batch(tx.as_raw_fd(), &[]).unwrap(), 0);
+        // A Unix datagram peer that is not read fills up: WouldBlock, nothing lost.
+        let (s, r) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let msgs: Vec<(&[u8], Option<&socket2::SockAddr>)> = vec![(&[7u8; 1000][..], None); MAX_BATCH];
+        let mut sent = 0;
+        let e = loop {
+            match send_batch(s.as_raw_fd(), &msgs) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000);
+        };
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        r.set_nonblocking(true).unwrap();
+        let mut got = 0;
+        while r.recv(&mut [0u8; 2000]).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, sent);
     }
 }

@@ -13,7 +13,8 @@
 //!
 //! Write path: [`DatagramTransport::sendto`] sends at once when nothing is
 //! queued, and queues `(datagram, address)` pairs only when the socket says
-//! `WouldBlock`; the queue drains on writability. Flow control counts the
+//! `WouldBlock`; the queue drains on writability, up to 16 datagrams per
+//! system call (`sendmmsg`), in order. Flow control counts the
 //! queued payload bytes against the water marks of [`crate::flow`], as
 //! asyncio's `_SelectorDatagramTransport` does. A send error (`EMSGSIZE` for
 //! an oversized datagram, `ECONNREFUSED`...) goes to `error_received`.
@@ -645,6 +646,47 @@ impl DatagramInner {
         }
     }
 
+    /// Send the front of the queue with one `sendmmsg` and drop what the
+    /// kernel took: `Some(Ok(count))`, or `Some(Err(e))` with the first
+    /// datagram's error (not dropped: the caller sends it alone, and reports
+    /// it); `None` when fewer than two datagrams are queued or one of their
+    /// addresses does not suit the socket (the caller goes one by one).
+    fn send_queued_batch(&self) -> Option<io::Result<usize>> {
+        let sock = self.sock.borrow();
+        let s = sock.as_ref()?;
+        let sent = {
+            let st = self.st.borrow();
+            if st.queue.len() < 2 {
+                return None;
+            }
+            let connected = self.peername.is_some();
+            let items: Vec<&(Vec<u8>, Option<Address>)> = st.queue.iter().take(crate::sys::dgram::MAX_BATCH).collect();
+            let mut addrs = Vec::with_capacity(items.len());
+            for (_, to) in &items {
+                match to {
+                    Some(a) if !connected => {
+                        let ok = matches!((s, a), (DSock::Udp(_), Address::Inet(_)) | (DSock::Unix(_), Address::Unix(_)));
+                        addrs.push(Some(sockaddr_of(a).ok().filter(|_| ok)?));
+                    }
+                    _ => addrs.push(None),
+                }
+            }
+            let msgs: Vec<(&[u8], Option<&SockAddr>)> =
+                items.iter().zip(&addrs).map(|((d, _), a)| (d.as_slice(), a.as_ref())).collect();
+            match crate::sys::dgram::send_batch(s.fd(), &msgs) {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e)),
+            }
+        };
+        let mut st = self.st.borrow_mut();
+        for _ in 0..sent {
+            if let Some(item) = st.queue.pop_front() {
+                st.queued -= item.0.len();
+            }
+        }
+        Some(Ok(sent))
+    }
+
     /// Send or queue; `Ok(Some(e))` when the immediate send failed with `e`.
     fn sendto(self: &Rc<Self>, data: &[u8], addr: Option<&Address>, owned: Option<Vec<u8>>) -> Result<Option<io::Error>> {
         let dest: Option<Address> = match (&self.remote, addr) {
@@ -694,6 +736,16 @@ impl DatagramInner {
     fn do_write(self: &Rc<Self>) {
         let mut progressed = false;
         loop {
+            // Several queued datagrams in one system call; what it does not
+            // take (a full socket, an error on the first) goes one by one.
+            match self.send_queued_batch() {
+                Some(Ok(_)) => {
+                    progressed = true;
+                    continue;
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Some(Err(_)) | None => {}
+            }
             let front = {
                 let mut st = self.st.borrow_mut();
                 match st.queue.pop_front() {
