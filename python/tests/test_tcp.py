@@ -1611,6 +1611,49 @@ def test_buffered_protocol_buffers_of_any_item_format(loop):
     assert [c["message"] for c in calls] == ["Fatal read error on socket transport"]
 
 
+def test_buffered_protocol_buffer_is_free_when_a_read_finds_nothing(loop):
+    """recv_into() lets go of the buffer when it returns: after a read that
+    found no data (a full buffer makes the transport read again) and at EOF,
+    the protocol may resize its bytearray, as on asyncio."""
+    outcomes = []
+
+    class P(RecordingBuffered):
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.loop.call_soon(self.resize, "later")
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def resize(self, when):
+            try:
+                self.buffer.extend(b"\0")
+                del self.buffer[-1:]
+                outcomes.append((when, "ok"))
+            except BufferError as e:
+                outcomes.append((when, repr(e)))
+
+        def eof_received(self):
+            self.resize("eof")
+            return super().eof_received()
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: P(loop, 16))
+        try:
+            peer.sendall(b"x" * 16)  # fills the buffer: the transport reads again, finds nothing
+            while not outcomes:
+                await asyncio.sleep(0.01)
+            peer.shutdown(socket.SHUT_WR)
+            await pr.lost
+            return pr
+        finally:
+            peer.close()
+
+    pr = run(loop, main())
+    assert bytes(pr.got) == b"x" * 16
+    assert outcomes == [("later", "ok"), ("eof", "ok")]
+
+
 def test_buffered_protocol_read_only_buffer(loop):
     calls = []
     loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))

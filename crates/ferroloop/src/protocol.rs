@@ -76,6 +76,13 @@ pub trait Protocol: 'static {
     fn buffer_updated(&mut self, nbytes: usize) {
         let _ = nbytes;
     }
+
+    /// Buffered protocols: the read that asked [`Protocol::get_buffer`] for
+    /// a buffer wrote nothing into it (no data was waiting, the stream
+    /// ended, or the read failed; `eof_received` or the error's handling
+    /// follows). The buffer is the protocol's again, as after
+    /// [`Protocol::buffer_updated`]. The default does nothing.
+    fn buffer_unused(&mut self) {}
 }
 
 /// How a transport holds its protocol: shared, so that the program can keep

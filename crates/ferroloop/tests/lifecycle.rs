@@ -631,6 +631,8 @@ struct Buffered {
     got: Shared<Vec<u8>>,
     events: Shared<Vec<String>>,
     empty: bool,
+    /// A buffer was handed out and neither filled nor returned yet.
+    lent: bool,
 }
 
 impl Buffered {
@@ -638,7 +640,16 @@ impl Buffered {
         let got = Rc::new(RefCell::new(Vec::new()));
         let events = Rc::new(RefCell::new(Vec::new()));
         let max = sizes.iter().copied().max().unwrap_or(1);
-        let b = Buffered { buf: vec![0; max], sizes, next: 0, last_len: 0, got: got.clone(), events: events.clone(), empty };
+        let b = Buffered {
+            buf: vec![0; max],
+            sizes,
+            next: 0,
+            last_len: 0,
+            got: got.clone(),
+            events: events.clone(),
+            empty,
+            lent: false,
+        };
         (b, got, events)
     }
 }
@@ -652,15 +663,23 @@ impl Protocol for Buffered {
     }
     fn get_buffer(&mut self, size_hint: usize) -> Option<&mut [u8]> {
         assert!(size_hint > 0);
+        assert!(!self.lent, "get_buffer while the last buffer was neither filled nor returned");
         if self.empty {
             return Some(&mut self.buf[..0]);
         }
         let n = self.sizes[self.next % self.sizes.len()];
         self.next += 1;
         self.last_len = n;
+        self.lent = true;
         Some(&mut self.buf[..n])
     }
+    fn buffer_unused(&mut self) {
+        assert!(self.lent, "buffer_unused without a buffer handed out");
+        self.lent = false;
+    }
     fn buffer_updated(&mut self, nbytes: usize) {
+        assert!(self.lent, "buffer_updated without a buffer handed out");
+        self.lent = false;
         assert!(nbytes > 0 && nbytes <= self.last_len, "buffer_updated({nbytes}) for a buffer of {}", self.last_len);
         self.got.borrow_mut().extend_from_slice(&self.buf[..nbytes]);
         let mut ev = self.events.borrow_mut();
@@ -669,10 +688,12 @@ impl Protocol for Buffered {
         }
     }
     fn eof_received(&mut self) -> bool {
+        assert!(!self.lent, "eof_received while the buffer of the read that found EOF is not returned");
         self.events.borrow_mut().push("eof".into());
         false
     }
     fn connection_lost(&mut self, exc: Option<Error>) {
+        assert!(!self.lent, "connection_lost while a buffer is not returned");
         self.events.borrow_mut().push(match exc {
             None => "lost".into(),
             Some(e) => format!("lost:{e:?}"),

@@ -289,6 +289,14 @@ impl Protocol for PyProtocolAdapter {
         }
     }
 
+    fn buffer_unused(&mut self) {
+        // As asyncio's `recv_into`, which lets go of the buffer when it
+        // returns: the protocol may resize its bytearray from here on.
+        if let Some(b) = self.buf.as_mut() {
+            b.release();
+        }
+    }
+
     fn buffer_updated(&mut self, nbytes: usize) {
         if let Some(b) = self.buf.as_mut() {
             b.release();

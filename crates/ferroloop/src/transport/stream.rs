@@ -635,12 +635,18 @@ impl StreamInner {
             let cap = buf.len();
             let r = self.sock_read(buf);
             Some(match r {
-                Ok(0) => ReadOutcome::Eof,
+                Ok(0) => {
+                    p.buffer_unused();
+                    ReadOutcome::Eof
+                }
                 Ok(n) => {
                     p.buffer_updated(n);
                     ReadOutcome::Data { drained: n < cap }
                 }
-                Err(e) => ReadOutcome::from_err(e),
+                Err(e) => {
+                    p.buffer_unused();
+                    ReadOutcome::from_err(e)
+                }
             })
         });
         match buffered {
