@@ -84,6 +84,12 @@ class _TimerHandle(events.TimerHandle):
     __slots__ = ("_fl_timer",)
 
 
+# Named as asyncio's class: Handle's repr starts with the class name, and that
+# repr is what the default exception handler logs ("handle: <TimerHandle
+# when=... cb()>") and debug mode's slow-callback warning prints.
+_TimerHandle.__name__ = _TimerHandle.__qualname__ = "TimerHandle"
+
+
 class Loop(base_events.BaseEventLoop):
     """An asyncio event loop driven by the ferroloop engine."""
 

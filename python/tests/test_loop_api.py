@@ -181,6 +181,25 @@ def test_call_later_ordering_and_when(loop):
     assert loop.time() - t0 >= 0.09
 
 
+def test_timer_handle_repr_and_logged_context_as_asyncio(loop, caplog):
+    # A timer handle prints as asyncio's TimerHandle: in its repr, and so in
+    # the "handle: <TimerHandle when=... cb()>" line of the default
+    # exception handler's log and the debug-mode slow-callback warning.
+    def boom():
+        raise ZeroDivisionError
+
+    h = loop.call_later(10, print)
+    assert type(h).__name__ == "TimerHandle"
+    assert repr(h).startswith("<TimerHandle when=") and repr(h).endswith(" print()>"), repr(h)
+    h.cancel()
+    assert repr(h).startswith("<TimerHandle cancelled when="), repr(h)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_later(0.001, boom)
+        loop.run_until_complete(asyncio.sleep(0.02))
+    text = caplog.text
+    assert "handle: <TimerHandle when=" in text, text
+
+
 def test_call_at_when_and_not_early(loop):
     fired = []
     when = loop.time() + 0.05
