@@ -66,10 +66,14 @@ DROPPED_VARIANTS = ("SelectEventLoopTests", "PollEventLoopTests", "KqueueEventLo
 
 
 class FileSpec:
-    def __init__(self, name, classes=None, note=""):
+    def __init__(self, name, classes=None, note="", real_test_loop=False):
         self.name = name
         self.classes = classes  # None: every class of the module
         self.note = note
+        # test_utils.TestCase.new_test_loop() without a time generator (no
+        # virtual clock in use) makes a real loop, on both sides; see
+        # child_adapt_module.
+        self.real_test_loop = real_test_loop
 
 
 FILES = [
@@ -101,6 +105,29 @@ FILES = [
     FileSpec("test_buffered_proto"),
     FileSpec("test_protocols"),
     FileSpec("test_context"),
+    FileSpec(
+        "test_tasks",
+        real_test_loop=True,
+        note="new_test_loop() without a time generator is a real loop on both sides (the stdlib's "
+        "TestLoop, a BaseEventLoop with a virtual clock, would never touch the loop under test); "
+        "the tests that drive TestLoop's virtual clock (new_test_loop(gen)) still run on TestLoop",
+    ),
+    FileSpec(
+        "test_futures",
+        real_test_loop=True,
+        note="new_test_loop() is a real loop on both sides, as in test_tasks",
+    ),
+    FileSpec("test_futures2"),
+    FileSpec("test_locks"),
+    FileSpec("test_queues"),
+    FileSpec("test_timeouts"),
+    FileSpec("test_taskgroups"),
+    FileSpec("test_waitfor"),
+    FileSpec("test_threads"),
+    # Not run: test_runners and test_pep492 build a bare asyncio.BaseEventLoop()
+    # over a mocked _selector, test_transports tests asyncio.Transport itself;
+    # none of them makes the loop under test (test_selector_events, the
+    # selector loop's internals, does not apply).
 ]
 FILES_BY_NAME = {f.name: f for f in FILES}
 
@@ -212,12 +239,46 @@ def child_count_loops(counts):
         import ferroloop
 
         wrap(ferroloop.Loop, "ferroloop_loops")
+        real = (asyncio.selector_events.BaseSelectorEventLoop, ferroloop.Loop)
     except ImportError:
-        pass
+        real = (asyncio.selector_events.BaseSelectorEventLoop,)
+
+    # Any other BaseEventLoop (test_utils.TestLoop, a bare BaseEventLoop over
+    # mocks): a test that runs on one of these does not test the loop under test.
+    base_init = asyncio.base_events.BaseEventLoop.__init__
+
+    def __init__(self, *args, **kwargs):
+        if not isinstance(self, real):
+            counts["other_loops"] = counts.get("other_loops", 0) + 1
+        base_init(self, *args, **kwargs)
+
+    asyncio.base_events.BaseEventLoop.__init__ = __init__
 
 
 def child_adapt_module(mod, spec, side, loop_cls):
     """Per-file adjustments that keep the test code as is."""
+    if spec.real_test_loop:
+        # test_tasks and test_futures make their loops with
+        # test_utils.TestCase.new_test_loop(), asyncio's TestLoop: a
+        # BaseEventLoop of its own with a virtual clock, never the loop under
+        # test. Without a time generator the virtual clock is not used (any
+        # timer would end TestLoop's one-shot generator), so the test runs
+        # the same on a real loop: asyncio.new_event_loop(), the policy's
+        # loop, a selector loop on the stock side and ferroloop on the
+        # other. With a generator, TestLoop stays, on both sides.
+        import asyncio
+        from test.test_asyncio import utils as test_utils
+
+        orig_new_test_loop = test_utils.TestCase.new_test_loop
+
+        def new_test_loop(self, gen=None, _orig=orig_new_test_loop):
+            if gen is not None:
+                return _orig(self, gen)
+            loop = asyncio.new_event_loop()
+            self.set_event_loop(loop)
+            return loop
+
+        test_utils.TestCase.new_test_loop = new_test_loop
     if side == "ferroloop" and spec.name == "test_base_events":
         # BaseLoopSockSendfileTests builds a bare BaseSelectorEventLoop (a loop
         # without native sendfile) to test the fallback; the ferroloop
