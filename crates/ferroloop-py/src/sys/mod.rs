@@ -68,6 +68,12 @@ impl BufferSlot {
     }
 }
 
+impl Default for BufferSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The contiguous bytes of a `bytearray`/`memoryview` (any item format),
 /// lent to the engine's `write_lent` for one call; released on drop.
 pub struct LentBuffer<'a, 'py> {
@@ -119,16 +125,19 @@ impl Drop for LentBuffer<'_, '_> {
 /// A writable, C-contiguous byte buffer borrowed from a Python object (the
 /// result of a `BufferedProtocol.get_buffer()` call), for the engine to read
 /// into. Its `Py_buffer` is boxed once and reused by every export, so that
-/// the export's address is stable and a read allocates nothing.
-pub struct WritableBuffer {
-    view: Box<std::mem::MaybeUninit<ffi::Py_buffer>>,
+/// the export's address is stable and a read allocates nothing (and the
+/// owner's field is one pointer: a protocol that is not buffered has none).
+pub struct WritableBuffer(Box<Export>);
+
+struct Export {
+    view: std::mem::MaybeUninit<ffi::Py_buffer>,
     held: bool,
 }
 
 impl WritableBuffer {
     /// A buffer holding no export.
     pub fn new() -> Self {
-        WritableBuffer { view: Box::new(std::mem::MaybeUninit::uninit()), held: false }
+        WritableBuffer(Box::new(Export { view: std::mem::MaybeUninit::uninit(), held: false }))
     }
 
     /// Release the previous export, then export `obj`'s bytes writable and
@@ -137,20 +146,22 @@ impl WritableBuffer {
     /// (read-only, not contiguous, or no buffer at all).
     pub fn export(&mut self, obj: &pyo3::Bound<'_, pyo3::PyAny>) -> bool {
         self.release();
+        let e = &mut *self.0;
         // SAFETY: the boxed storage does not move while the export is held
         // (the box is never replaced) and is released before reuse
         // (`release` above); the GIL is held (`obj` is a `Bound`).
-        self.held = unsafe { export_bytes(obj, self.view.as_mut_ptr(), true) };
-        self.held
+        e.held = unsafe { export_bytes(obj, e.view.as_mut_ptr(), true) };
+        e.held
     }
 
     /// The exported bytes (empty when nothing is held).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        if !self.held {
+        let e = &mut *self.0;
+        if !e.held {
             return &mut [];
         }
         // SAFETY: `held` means the export succeeded and initialised the view.
-        let view = unsafe { self.view.assume_init_ref() };
+        let view = unsafe { e.view.assume_init_ref() };
         let len = usize::try_from(view.len).unwrap_or(0);
         if len == 0 || view.buf.is_null() {
             return &mut [];
@@ -164,15 +175,22 @@ impl WritableBuffer {
 
     /// Release the export, if one is held.
     pub fn release(&mut self) {
-        if !self.held {
+        let e = &mut *self.0;
+        if !e.held {
             return;
         }
-        self.held = false;
+        e.held = false;
         Python::attach(|_py| {
             // SAFETY: the view holds a successful export made at this boxed
             // address, released once (`held` is now false), with the GIL held.
-            unsafe { ffi::PyBuffer_Release(self.view.as_mut_ptr()) }
+            unsafe { ffi::PyBuffer_Release(e.view.as_mut_ptr()) }
         });
+    }
+}
+
+impl Default for WritableBuffer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
