@@ -27,7 +27,7 @@ What it does:
    uvloop in the same mode; ferroloop's Rust face against tokio and the raw
    mio loop; and, for the goals, ferroloop's ratios paired by round (per
    round the ratio of two servers' runs, then the median over rounds), which
-   cancels the machine's drift between rounds.
+   cancels the machine's slow drift between rounds.
 4. TLS cells (Python face, Protocol mode): 1 KiB echo over TLS 1.3 on 50
    connections, and handshakes (each connection echoes one message, closes
    and reconnects: CPU per handshake), for uvloop and stock asyncio with an
@@ -760,9 +760,10 @@ def round_cpu(entry: dict | None) -> dict[int, float]:
 def paired_ratio(out: dict, cell_id: str, key: str, base_key: str) -> dict | None:
     """Median over rounds of the ratio between two servers' runs of the same round.
 
-    The servers of a round run one after the other within seconds, so drift of the machine (which moves every
-    server's CPU per message by 20 % or more between rounds on a shared VM) cancels in the ratio; the median of
-    the ratios of each server's medians does not get that benefit.
+    The servers of a round run one after the other within seconds, so slow drift of the machine (which can move
+    every server's CPU per message by 20 % or more between rounds on a shared VM) cancels in the ratio, which
+    the ratio of two medians does not get; noise from one run to the next does not cancel (docs/benchmarks.md,
+    change 23).
     """
     servers = out["cells"].get(cell_id, {}).get("servers", {})
     a, b = round_cpu(servers.get(key)), round_cpu(servers.get(base_key))
@@ -919,8 +920,9 @@ def paired_tables(L, out, pcells, present):
     L.append("### Ratios paired by round")
     L.append("")
     L.append("Each round runs every server once, one after the other; the ratio of two servers' CPU per message in "
-             "the same round cancels the machine's drift between rounds. Median over the rounds [lowest, highest "
-             "round]. Against the best of several loops: in each round the highest of the ratios against each of "
+             "the same round cancels the machine's slow drift between rounds (not the noise of single runs). "
+             "Median over the rounds [lowest, highest round]: a goal within that range of 1.00 is not decided by "
+             "the run. Against the best of several loops: in each round the highest of the ratios against each of "
              "them (at or below 1.00 means at or below all of them).")
     L.append("")
     L.append("| ferroloop against | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
