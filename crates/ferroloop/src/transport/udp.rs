@@ -232,12 +232,21 @@ impl DSock {
         }
     }
 
+    /// `to` is of this socket's family.
+    fn fits(&self, to: &Address) -> bool {
+        matches!((self, to), (DSock::Udp(_), Address::Inet(_)) | (DSock::Unix(_), Address::Unix(_)))
+    }
+
     fn send_to(&self, buf: &[u8], to: &Address) -> io::Result<usize> {
+        if !self.fits(to) {
+            // The kernel's answer for an address of the wrong family.
+            return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        }
         match (self, to) {
             (DSock::Udp(s), Address::Inet(a)) => s.send_to(buf, *a),
-            (DSock::Unix(s), Address::Unix(_)) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
-            // The kernel's answer for an address of the wrong family.
-            _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+            // (A UDP socket with a Unix address does not pass `fits`.)
+            (DSock::Udp(s), _) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
+            (DSock::Unix(s), _) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
         }
     }
 
@@ -664,10 +673,7 @@ impl DatagramInner {
             let mut addrs = Vec::with_capacity(items.len());
             for (_, to) in &items {
                 match to {
-                    Some(a) if !connected => {
-                        let ok = matches!((s, a), (DSock::Udp(_), Address::Inet(_)) | (DSock::Unix(_), Address::Unix(_)));
-                        addrs.push(Some(sockaddr_of(a).ok().filter(|_| ok)?));
-                    }
+                    Some(a) if !connected => addrs.push(Some(sockaddr_of(a).ok().filter(|_| s.fits(a))?)),
                     _ => addrs.push(None),
                 }
             }
