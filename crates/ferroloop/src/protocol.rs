@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! start -> connection_made
-//!       [-> data_received *]          (or get_buffer/buffer_updated *)
+//!       [-> data_received *]          (or get_buffer -> buffer_updated|buffer_unused *)
 //!       [-> eof_received ?]
 //!       -> connection_lost -> end
 //! ```
