@@ -108,6 +108,11 @@ class Loop(base_events.BaseEventLoop):
         self._readers = {}
         self._writers = {}
         self._signal_handlers = {}
+        # Python 3.13's create_unix_server (cleanup_socket=True) records its
+        # listening sockets here (socket -> the path's inode), for
+        # _stop_serving to unlink the path; stdlib's
+        # _UnixSelectorEventLoop.__init__ makes this dict.
+        self._unix_server_sockets = {}
         self._sig_rsock = None
         self._sig_wsock = None
 
@@ -680,8 +685,20 @@ class Loop(base_events.BaseEventLoop):
         )
 
     def _stop_serving(self, sock):
+        # A Unix socket of create_unix_server(cleanup_socket=True) (3.13):
+        # its path is unlinked, if it is still that socket's, as asyncio does.
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
         self._remove_reader(sock.fileno())
         sock.close()
+        if path is not None:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                base_events.logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _accept_connection(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 
 import pytest
 
@@ -21,9 +22,11 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self):
-        # Half-close back once everything was echoed.
+        # Everything was echoed: close (as returning None would). A server
+        # connection left half-open would hang Server.wait_closed(), which
+        # since Python 3.12 waits for the server's connections to end.
         self.transport.write_eof()
-        return True
+        self.transport.close()
 
 
 class Collect(asyncio.Protocol):
@@ -221,6 +224,40 @@ def test_unix_streams(loop, tmp_path):
     assert run(loop, main()) == b"over unix" * 10000
 
 
+def test_unix_server_close_removes_its_socket_file(loop, tmp_path):
+    """Python 3.13's create_unix_server (cleanup_socket=True, the default)
+    unlinks the socket's path when the server closes, unless the path is no
+    longer that socket's; cleanup_socket=False, and Python before 3.13, leave
+    the file."""
+    cleans = sys.version_info >= (3, 13)
+
+    async def main():
+        path = str(tmp_path / "a.sock")
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        assert os.path.exists(path)
+        server.close()
+        await server.wait_closed()
+        assert os.path.exists(path) is not cleans
+        if os.path.exists(path):
+            os.unlink(path)
+        if cleans:
+            kept = str(tmp_path / "kept.sock")
+            server = await loop.create_unix_server(asyncio.Protocol, kept, cleanup_socket=False)
+            server.close()
+            await server.wait_closed()
+            assert os.path.exists(kept)
+            # A path replaced meanwhile (another inode) is not removed.
+            replaced = str(tmp_path / "replaced.sock")
+            server = await loop.create_unix_server(asyncio.Protocol, replaced)
+            os.unlink(replaced)
+            open(replaced, "w").close()
+            server.close()
+            await server.wait_closed()
+            assert os.path.exists(replaced)
+
+    run(loop, main())
+
+
 # ----------------------------------------------------------------------------- servers
 
 
@@ -285,12 +322,14 @@ def test_serve_forever(loop):
         assert await reader.readexactly(2) == b"hi"
         with pytest.raises(RuntimeError, match="is already being awaited on serve_forever"):
             await server.serve_forever()
+        # The client closes first: since Python 3.12, serve_forever() awaits
+        # wait_closed() once cancelled, which waits for the connections to end.
+        writer.close()
+        await writer.wait_closed()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not server.is_serving()
-        writer.close()
-        await writer.wait_closed()
         await server.wait_closed()
 
     run(loop, main())
