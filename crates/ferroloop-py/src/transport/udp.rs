@@ -374,6 +374,11 @@ impl DatagramCore {
         let adapter: DatagramProtocolRef = Rc::new(RefCell::new(PyDatagramAdapter { shared: shared.clone() }));
         // The default destination is checked here (Python's equality), not by the engine.
         let t = lp.create_datagram_transport(sock, adapter, None).map_err(to_pyerr)?;
+        // Python 3.13's asyncio counts 8 header bytes per queued datagram in
+        // the write buffer size (CPython gh-113812).
+        if py.version_info() >= (3, 13) {
+            t.set_queued_header_size(8);
+        }
         Ok(DatagramCore { inner: GilBound::new((t, shared)) })
     }
 
@@ -392,8 +397,9 @@ impl DatagramCore {
                 data.get_type().name()?
             )));
         };
-        // Python 3.11's asyncio drops empty datagrams.
-        if bytes.is_empty() {
+        // asyncio before 3.13 drops empty datagrams; 3.13's sends them
+        // (CPython gh-113812), with the checks any datagram gets.
+        if bytes.is_empty() && py.version_info() < (3, 13) {
             return Ok(());
         }
         let shared = self.shared();

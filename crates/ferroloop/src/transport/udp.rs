@@ -281,8 +281,12 @@ struct State {
     /// Datagrams waiting for writability, with their destination (`None`:
     /// the connected peer).
     queue: VecDeque<(Vec<u8>, Option<Address>)>,
-    /// Payload bytes in `queue` (asyncio's `_buffer_size`).
+    /// Payload bytes in `queue`, plus `header` for each datagram there
+    /// (asyncio's `_buffer_size`).
     queued: usize,
+    /// Bytes counted per queued datagram besides its payload: 0, or 8 as
+    /// Python 3.13's asyncio counts (see `set_queued_header_size`).
+    header: usize,
     /// Datagrams received in a batch but not delivered because reading was
     /// paused meanwhile; delivered first when reading resumes.
     pending: VecDeque<(Vec<u8>, Address)>,
@@ -464,7 +468,18 @@ impl DatagramTransport {
         self.inner.st.borrow().life.is_reading()
     }
 
-    /// Payload bytes queued for sending.
+    /// Count `n` bytes more than its payload for each queued datagram in
+    /// [`DatagramTransport::get_write_buffer_size`] and flow control (0 by
+    /// default; Python 3.13's asyncio counts 8, a UDP header). Set before
+    /// anything is queued.
+    pub fn set_queued_header_size(&self, n: usize) {
+        let mut st = self.inner.st.borrow_mut();
+        debug_assert!(st.queue.is_empty());
+        st.header = n;
+    }
+
+    /// Bytes queued for sending: the payloads, plus the header size (see
+    /// [`DatagramTransport::set_queued_header_size`]) per datagram.
     pub fn get_write_buffer_size(&self) -> usize {
         self.inner.st.borrow().queued
     }
@@ -687,7 +702,8 @@ impl DatagramInner {
         let mut st = self.st.borrow_mut();
         for _ in 0..sent {
             if let Some(item) = st.queue.pop_front() {
-                st.queued -= item.0.len();
+                let size = item.0.len() + st.header;
+                st.queued -= size;
             }
         }
         Some(Ok(sent))
@@ -706,7 +722,7 @@ impl DatagramInner {
         let queue_it = |owned: Option<Vec<u8>>, dest: Option<Address>| {
             {
                 let mut st = self.st.borrow_mut();
-                st.queued += len;
+                st.queued += len + st.header;
                 st.queue.push_back((owned.unwrap_or_else(|| data.to_vec()), dest));
             }
             self.maybe_pause();
@@ -756,7 +772,8 @@ impl DatagramInner {
                 let mut st = self.st.borrow_mut();
                 match st.queue.pop_front() {
                     Some(item) => {
-                        st.queued -= item.0.len();
+                        let size = item.0.len() + st.header;
+                        st.queued -= size;
                         item
                     }
                     None => break,
@@ -766,7 +783,7 @@ impl DatagramInner {
                 Ok(_) => progressed = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut st = self.st.borrow_mut();
-                    st.queued += front.0.len();
+                    st.queued += front.0.len() + st.header;
                     st.queue.push_front(front);
                     break;
                 }
