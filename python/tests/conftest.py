@@ -94,10 +94,22 @@ def ferroloop_bug(reason, strict=True):
     return pytest.mark.ferroloop_bug(reason=reason, strict=strict)
 
 
+def asyncio_differs(reason, since):
+    """Mark a test whose stock-asyncio run fails from Python ``since`` (a
+    version tuple) on, because stock asyncio changed there while ferroloop
+    keeps the behaviour the test states: the asyncio run on those versions
+    becomes a strict xfail, the ferroloop run stays a normal test."""
+    return pytest.mark.asyncio_differs(reason=reason, since=since)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "ferroloop_bug(reason): known ferroloop bug; the ferroloop run is a strict xfail",
+    )
+    config.addinivalue_line(
+        "markers",
+        "asyncio_differs(reason, since): stock asyncio differs from Python `since` on; its run is a strict xfail there",
     )
     config.addinivalue_line("markers", "timeout(seconds): pytest-timeout per-test limit")
 
@@ -106,10 +118,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+        callspec = getattr(item, "callspec", None)
+        differs = item.get_closest_marker("asyncio_differs")
+        if differs is not None and callspec is not None and callspec.params.get("flavor") == "asyncio":
+            if sys.version_info >= differs.kwargs["since"]:
+                reason = differs.kwargs["reason"]
+                item.add_marker(pytest.mark.xfail(strict=True, reason=f"stock asyncio differs: {reason}"))
         bug = item.get_closest_marker("ferroloop_bug")
         if bug is None:
             continue
-        callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("flavor") == "ferroloop":
             reason = bug.kwargs.get("reason") or (bug.args[0] if bug.args else "")
             strict = bug.kwargs.get("strict", True)
