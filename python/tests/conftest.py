@@ -94,12 +94,15 @@ def ferroloop_bug(reason, strict=True):
     return pytest.mark.ferroloop_bug(reason=reason, strict=strict)
 
 
-def asyncio_differs(reason, since):
+def asyncio_differs(reason, since, strict=True):
     """Mark a test whose stock-asyncio run fails from Python ``since`` (a
     version tuple) on, because stock asyncio changed there while ferroloop
     keeps the behaviour the test states: the asyncio run on those versions
-    becomes a strict xfail, the ferroloop run stays a normal test."""
-    return pytest.mark.asyncio_differs(reason=reason, since=since)
+    becomes a strict xfail, the ferroloop run stays a normal test.
+
+    ``strict=False`` for a stock-asyncio bug of some releases that later
+    patch releases fix."""
+    return pytest.mark.asyncio_differs(reason=reason, since=since, strict=strict)
 
 
 def pytest_configure(config):
@@ -123,7 +126,8 @@ def pytest_collection_modifyitems(config, items):
         if differs is not None and callspec is not None and callspec.params.get("flavor") == "asyncio":
             if sys.version_info >= differs.kwargs["since"]:
                 reason = differs.kwargs["reason"]
-                item.add_marker(pytest.mark.xfail(strict=True, reason=f"stock asyncio differs: {reason}"))
+                strict = differs.kwargs.get("strict", True)
+                item.add_marker(pytest.mark.xfail(strict=strict, reason=f"stock asyncio differs: {reason}"))
         bug = item.get_closest_marker("ferroloop_bug")
         if bug is None:
             continue

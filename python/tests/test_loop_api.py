@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import REPO, ferroloop_bug, run, tcp_pair
+from conftest import REPO, asyncio_differs, ferroloop_bug, run, tcp_pair
 
 # ----------------------------------------------------------------------------- scheduling
 
@@ -378,6 +378,12 @@ def test_stop_then_run_forever_again(loop):
     assert ran == [0, 1]
 
 
+@asyncio_differs(
+    "3.13.0's run_forever() on a running loop raises, then its cleanup unsets the running loop, "
+    "so the next run_until_complete() runs (CPython gh-130145, fixed in later patch releases)",
+    since=(3, 13),
+    strict=False,
+)
 def test_run_forever_while_running_and_close_while_running(loop):
     errors = []
 
