@@ -216,6 +216,10 @@ class Loop(base_events.BaseEventLoop):
                 )
         finally:
             self._current_handle = None
+            # As asyncio's _run_once: a frame that an exception's traceback
+            # keeps (through f_back) must not keep the handle, which would
+            # keep its task, and the task that exception (a cycle).
+            handle = None
 
     def _write_to_self(self):
         self._remote.wake()

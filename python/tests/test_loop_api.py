@@ -674,6 +674,32 @@ def test_debug_flag(loop):
     assert loop.get_debug() is False
 
 
+@pytest.mark.parametrize("task_class", ["_CTask", "_PyTask"])
+@pytest.mark.parametrize("debug", [False, True])
+def test_unretrieved_task_exception_reported_once_the_task_is_done(loop, debug, task_class):
+    """A task that failed and that nothing references is freed once its last
+    step ran, in debug mode too: "Task exception was never retrieved" reaches
+    the exception handler before the next step of another task (no reference
+    cycle through the traceback's frames). From Python 3.12 the handler runs
+    in the task's context (gh-96704)."""
+    loop.set_debug(debug)
+    name = contextvars.ContextVar("name", default="outside")
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append((ctx["message"], name.get())))
+
+    async def failing():
+        name.set("in the task")
+        1 / 0
+
+    async def main():
+        getattr(asyncio.tasks, task_class)(failing())
+        await asyncio.sleep(0)
+        return list(seen)
+
+    expected = "in the task" if sys.version_info >= (3, 12) else "outside"
+    assert run(loop, main()) == [("Task exception was never retrieved", expected)]
+
+
 def test_debug_non_threadsafe_call_raises(loop):
     loop.set_debug(True)
     errors = []
