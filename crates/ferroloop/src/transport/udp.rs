@@ -280,7 +280,7 @@ struct State {
     life: Lifecycle,
     /// Datagrams waiting for writability, with their destination (`None`:
     /// the connected peer).
-    queue: VecDeque<(Vec<u8>, Option<Address>)>,
+    queue: VecDeque<Queued>,
     /// Payload bytes in `queue`, plus `header` for each datagram there
     /// (asyncio's `_buffer_size`).
     queued: usize,
@@ -291,6 +291,33 @@ struct State {
     /// paused meanwhile; delivered first when reading resumes.
     pending: VecDeque<(Vec<u8>, Address)>,
     flow: WriteFlow,
+}
+
+type Queued = (Vec<u8>, Option<Address>);
+
+impl State {
+    /// What one queued datagram counts in `queued`.
+    fn size_of(&self, item: &Queued) -> usize {
+        item.0.len() + self.header
+    }
+
+    /// Queue a datagram at the back (`front`: at the front, after a send
+    /// that would block), counting it.
+    fn enqueue(&mut self, item: Queued, front: bool) {
+        self.queued += self.size_of(&item);
+        if front {
+            self.queue.push_front(item);
+        } else {
+            self.queue.push_back(item);
+        }
+    }
+
+    /// Take the front datagram off the queue and its count.
+    fn dequeue(&mut self) -> Option<Queued> {
+        let item = self.queue.pop_front()?;
+        self.queued -= self.size_of(&item);
+        Some(item)
+    }
 }
 
 /// Runs right after `connection_made` (completes `create_datagram_endpoint`).
@@ -684,7 +711,7 @@ impl DatagramInner {
                 return None;
             }
             let connected = self.peername.is_some();
-            let items: Vec<&(Vec<u8>, Option<Address>)> = st.queue.iter().take(crate::sys::dgram::MAX_BATCH).collect();
+            let items: Vec<&Queued> = st.queue.iter().take(crate::sys::dgram::MAX_BATCH).collect();
             let mut addrs = Vec::with_capacity(items.len());
             for (_, to) in &items {
                 match to {
@@ -701,10 +728,7 @@ impl DatagramInner {
         };
         let mut st = self.st.borrow_mut();
         for _ in 0..sent {
-            if let Some(item) = st.queue.pop_front() {
-                let size = item.0.len() + st.header;
-                st.queued -= size;
-            }
+            st.dequeue();
         }
         Some(Ok(sent))
     }
@@ -718,13 +742,8 @@ impl DatagramInner {
             (Some(r), _) => Some(r.clone()),
             (None, a) => a.cloned(),
         };
-        let len = owned.as_ref().map(|v| v.len()).unwrap_or(data.len());
         let queue_it = |owned: Option<Vec<u8>>, dest: Option<Address>| {
-            {
-                let mut st = self.st.borrow_mut();
-                st.queued += len + st.header;
-                st.queue.push_back((owned.unwrap_or_else(|| data.to_vec()), dest));
-            }
+            self.st.borrow_mut().enqueue((owned.unwrap_or_else(|| data.to_vec()), dest), false);
             self.maybe_pause();
         };
         {
@@ -768,23 +787,11 @@ impl DatagramInner {
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Some(Err(_)) | None => {}
             }
-            let front = {
-                let mut st = self.st.borrow_mut();
-                match st.queue.pop_front() {
-                    Some(item) => {
-                        let size = item.0.len() + st.header;
-                        st.queued -= size;
-                        item
-                    }
-                    None => break,
-                }
-            };
+            let Some(front) = self.st.borrow_mut().dequeue() else { break };
             match self.send_one(&front.0, front.1.as_ref()) {
                 Ok(_) => progressed = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut st = self.st.borrow_mut();
-                    st.queued += front.0.len() + st.header;
-                    st.queue.push_front(front);
+                    self.st.borrow_mut().enqueue(front, true);
                     break;
                 }
                 Err(e) => {
