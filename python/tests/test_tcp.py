@@ -1389,6 +1389,79 @@ def test_protocol_callbacks_run_in_transport_context(loop):
     ]
 
 
+@pytest.mark.parametrize("failure", [None, "get_buffer", "buffer_updated", "read-only buffer"])
+def test_buffered_protocol_callbacks_run_in_transport_context(loop, failure):
+    """A buffered read's get_buffer and buffer_updated run in the transport's context (asyncio runs both
+    in one handle), a variable set in get_buffer is seen by buffer_updated, and after a read, whether
+    it succeeded or a callback failed, the context is free again: the next callbacks run in it."""
+    var = contextvars.ContextVar("buffered_var", default="unset")
+    seen = []
+
+    class P(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(16)
+            self.lost = loop.create_future()
+
+        def connection_made(self, transport):
+            seen.append(("made", var.get()))
+
+        def get_buffer(self, sizehint):
+            seen.append(("get_buffer", var.get()))
+            var.set("from get_buffer")
+            if failure == "get_buffer":
+                raise ValueError("get_buffer fails")
+            if failure == "read-only buffer":
+                return b"read-only"
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            seen.append(("buffer_updated", var.get(), bytes(self.buf[:nbytes])))
+            if failure == "buffer_updated":
+                raise ValueError("buffer_updated fails")
+
+        def eof_received(self):
+            seen.append(("eof", var.get()))
+
+        def connection_lost(self, exc):
+            seen.append(("lost", var.get(), type(exc).__name__))
+            self.lost.set_result(None)
+
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx["message"]))
+
+    async def main():
+        var.set("creator")
+        tr, pr, peer = await connect(loop, P)
+        var.set("changed later")
+        try:
+            peer.send(b"abc")
+            if failure is None:
+                await asyncio.sleep(0.05)
+                peer.shutdown(socket.SHUT_WR)
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+    if failure is None:
+        assert seen == [
+            ("made", "creator"),
+            ("get_buffer", "creator"),
+            ("buffer_updated", "from get_buffer", b"abc"),
+            ("get_buffer", "from get_buffer"),
+            ("eof", "from get_buffer"),
+            ("lost", "from get_buffer", "NoneType"),
+        ]
+        assert errors == []
+    else:
+        expected = [("made", "creator"), ("get_buffer", "creator")]
+        if failure == "buffer_updated":
+            expected.append(("buffer_updated", "from get_buffer", b"abc"))
+        lost_exc = "TypeError" if failure == "read-only buffer" else "ValueError"
+        assert seen == expected + [("lost", "from get_buffer", lost_exc)]
+        assert len(errors) == 1
+
+
 def test_protocol_context_isolated_from_caller(loop):
     """A ContextVar set inside data_received does not leak into the caller's context."""
     var = contextvars.ContextVar("var2", default="unset")

@@ -175,16 +175,22 @@ impl WritableBuffer {
 
     /// Release the export, if one is held.
     pub fn release(&mut self) {
+        if self.0.held {
+            Python::attach(|py| self.release_in(py));
+        }
+    }
+
+    /// [`WritableBuffer::release`] for a caller that holds the GIL already.
+    pub fn release_in(&mut self, _py: Python<'_>) {
         let e = &mut *self.0;
         if !e.held {
             return;
         }
         e.held = false;
-        Python::attach(|_py| {
-            // SAFETY: the view holds a successful export made at this boxed
-            // address, released once (`held` is now false), with the GIL held.
-            unsafe { ffi::PyBuffer_Release(e.view.as_mut_ptr()) }
-        });
+        // SAFETY: the view holds a successful export made at this boxed
+        // address, released once (`held` is now false), with the GIL held
+        // (the `Python` token).
+        unsafe { ffi::PyBuffer_Release(e.view.as_mut_ptr()) }
     }
 }
 
@@ -210,28 +216,77 @@ impl<'py> EnteredContext<'py> {
     /// Enter `ctx`, which must be a `contextvars.Context`. Fails like
     /// `Context.run` if the context is already entered.
     pub fn enter(ctx: pyo3::Bound<'py, pyo3::PyAny>) -> pyo3::PyResult<Self> {
-        // SAFETY: the GIL is held (we have a `Bound<'py>`); PyContext_CheckExact
-        // only reads the object's type.
-        if unsafe { pyo3::ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
-            return Err(pyo3::exceptions::PyTypeError::new_err("an instance of Context was expected"));
-        }
-        // SAFETY: `ctx` is a live Context (checked above) and the GIL is held.
-        if unsafe { pyo3::ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
-            return Err(pyo3::PyErr::fetch(ctx.py()));
-        }
+        enter_context(&ctx)?;
         Ok(EnteredContext { ctx })
     }
 }
 
 impl Drop for EnteredContext<'_> {
     fn drop(&mut self) {
-        // SAFETY: `enter` succeeded on this same context, which `self` keeps
-        // alive, and the GIL is still held (the `'py` lifetime). Exiting a
-        // context we entered cannot fail; if it did, the error is reported
-        // as unraisable rather than lost.
-        if unsafe { pyo3::ffi::PyContext_Exit(self.ctx.as_ptr()) } != 0 {
-            pyo3::PyErr::fetch(self.ctx.py()).write_unraisable(self.ctx.py(), None);
+        exit_context(&self.ctx);
+    }
+}
+
+/// A `contextvars.Context` entered by one call and exited by a later one on
+/// the same thread, with no other Python code of the loop in between: a
+/// buffered read's `get_buffer` ... `buffer_updated`, which asyncio runs in
+/// one handle, so in one entry of the context.
+#[derive(Default)]
+pub struct HeldContext(Option<pyo3::Py<pyo3::PyAny>>);
+
+impl HeldContext {
+    /// Enter `ctx` (a `contextvars.Context`) until [`HeldContext::exit`];
+    /// fails like `Context.run` if it is entered already. A context held
+    /// before is exited first.
+    pub fn enter(&mut self, ctx: pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<()> {
+        self.exit(ctx.py());
+        enter_context(&ctx)?;
+        self.0 = Some(ctx.unbind());
+        Ok(())
+    }
+
+    /// Whether a context is entered now.
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Exit the context entered, if any.
+    pub fn exit(&mut self, py: Python<'_>) {
+        if let Some(ctx) = self.0.take() {
+            exit_context(ctx.bind(py));
         }
+    }
+}
+
+impl Drop for HeldContext {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            Python::attach(|py| self.exit(py));
+        }
+    }
+}
+
+/// `PyContext_Enter` with `Context.run`'s errors.
+fn enter_context(ctx: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<()> {
+    // SAFETY: the GIL is held (we have a `Bound`); PyContext_CheckExact
+    // only reads the object's type.
+    if unsafe { pyo3::ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+        return Err(pyo3::exceptions::PyTypeError::new_err("an instance of Context was expected"));
+    }
+    // SAFETY: `ctx` is a live Context (checked above) and the GIL is held.
+    if unsafe { pyo3::ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+        return Err(pyo3::PyErr::fetch(ctx.py()));
+    }
+    Ok(())
+}
+
+/// `PyContext_Exit` of a context [`enter_context`] entered.
+fn exit_context(ctx: &pyo3::Bound<'_, pyo3::PyAny>) {
+    // SAFETY: the caller entered this same, live context on this thread and
+    // holds the GIL (the `Bound`). Exiting a context we entered cannot fail;
+    // if it did, the error is reported as unraisable rather than lost.
+    if unsafe { pyo3::ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
+        pyo3::PyErr::fetch(ctx.py()).write_unraisable(ctx.py(), None);
     }
 }
 

@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
 use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
-use crate::sys::{BufferSlot, GilBound, LentBuffer, WritableBuffer};
+use crate::sys::{BufferSlot, GilBound, HeldContext, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
 /// The engine's handshake callback for a Python TLS transport: calls
@@ -132,13 +132,17 @@ pub(crate) struct PyProtocolAdapter {
     proto: Py<PyAny>,
     buffered: bool,
     buf: Option<WritableBuffer>,
+    /// The context a buffered read entered in `get_buffer`, exited after
+    /// `buffer_updated` or `buffer_unused` (asyncio runs the pair in one
+    /// handle: one entry of the context).
+    held: HeldContext,
 }
 
 impl PyProtocolAdapter {
     fn new(py: Python<'_>, shared: Rc<Shared>, proto: Py<PyAny>) -> PyResult<Self> {
         let asyncio = py.import(intern!(py, "asyncio"))?;
         let buffered = proto.bind(py).is_instance(&asyncio.getattr(intern!(py, "BufferedProtocol"))?)?;
-        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None })
+        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None, held: HeldContext::default() })
     }
 
     /// `proto.name(*args)` in the transport's context; the method is looked
@@ -247,19 +251,22 @@ impl Protocol for PyProtocolAdapter {
         if !self.buffered {
             return None;
         }
-        if let Some(b) = self.buf.as_mut() {
-            b.release();
-        }
         // asyncio: a failing get_buffer() or an empty buffer is "get_buffer()
         // call failed"; a buffer recv_into() cannot fill is a read error.
         let wb = self.buf.get_or_insert_with(WritableBuffer::new);
+        let held = &mut self.held;
         let got: Result<(), (PyErr, &'static str)> = Python::attach(|py| {
             const CALL_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+            wb.release_in(py);
+            // The context stays entered until the read's buffer_updated or
+            // buffer_unused (when there is one: a cleared transport has none).
+            let entered = match self.shared.context.borrow().as_ref() {
+                Some(ctx) => held.enter(ctx.bind(py).clone()),
+                None => Ok(()),
+            };
             // asyncio passes -1: "any size".
-            let obj = (-1i64)
-                .into_pyobject(py)
-                .map_err(PyErr::from)
-                .and_then(|n| self.shared.call_in_context(py, &self.proto, intern!(py, "get_buffer"), &[n.into_any()]))
+            let obj = entered
+                .and_then(|()| self.proto.bind(py).call_method1(intern!(py, "get_buffer"), (-1i64,)))
                 .map_err(|e| (e, CALL_FAILED))?;
             match obj.len() {
                 Err(e) => return Err((e, CALL_FAILED)),
@@ -283,7 +290,10 @@ impl Protocol for PyProtocolAdapter {
             Err((e, message)) => {
                 // The transport is closed by `fatal`; the empty slice tells the
                 // engine to stop reading quietly.
-                Python::attach(|py| self.shared.fatal(py, e, message, &self.proto));
+                Python::attach(|py| {
+                    self.held.exit(py);
+                    self.shared.fatal(py, e, message, &self.proto)
+                });
                 Some(&mut [])
             }
         }
@@ -292,20 +302,30 @@ impl Protocol for PyProtocolAdapter {
     fn buffer_unused(&mut self) {
         // As asyncio's `recv_into`, which lets go of the buffer when it
         // returns: the protocol may resize its bytearray from here on.
-        if let Some(b) = self.buf.as_mut() {
-            b.release();
-        }
+        Python::attach(|py| {
+            if let Some(b) = self.buf.as_mut() {
+                b.release_in(py);
+            }
+            self.held.exit(py);
+        })
     }
 
     fn buffer_updated(&mut self, nbytes: usize) {
-        if let Some(b) = self.buf.as_mut() {
-            b.release();
-        }
         Python::attach(|py| {
-            let r = nbytes
-                .into_pyobject(py)
-                .map_err(PyErr::from)
-                .and_then(|n| self.call(py, intern!(py, "buffer_updated"), &[n.into_any()]));
+            if let Some(b) = self.buf.as_mut() {
+                b.release_in(py);
+            }
+            // In the context get_buffer entered (else, as any callback, in
+            // the transport's own).
+            let r = if self.held.is_held() {
+                self.proto.bind(py).call_method1(intern!(py, "buffer_updated"), (nbytes,))
+            } else {
+                nbytes
+                    .into_pyobject(py)
+                    .map_err(PyErr::from)
+                    .and_then(|n| self.call(py, intern!(py, "buffer_updated"), &[n.into_any()]))
+            };
+            self.held.exit(py);
             if let Err(e) = r {
                 self.shared.fatal(py, e, "Fatal error: protocol.buffer_updated() call failed.", &self.proto);
             }
