@@ -31,9 +31,12 @@ def mode_of(key):
     return rest.split("/")[1] if "/" in rest else ""
 
 
-def value(res, cid, key, field="server_cpu_us_per_msg"):
+def value(res, cid, key, field="server_us_per_msg"):
     e = res["cells"].get(cid, {}).get("servers", {}).get(key) or {}
-    return (e.get("summary") or {}).get(field)
+    s = e.get("summary") or {}
+    if field == "server_us_per_msg" and field not in s:  # a file from before the headline field
+        field = "server_cpu_us_per_msg"
+    return s.get(field)
 
 
 def bars(ax, res, cells, keys, title):

@@ -19,15 +19,23 @@ What it does:
    generator pinned to CPU 1. For each workload cell, rounds of runs go over
    all servers in turn (a rotated order each round), so that drift in the
    machine's load hits every server alike; each run has its own warm-up.
-3. The headline figure is the server's CPU time per message: utime+stime of
-   the server process from /proc/PID/stat across the measured window,
-   divided by the messages echoed in it; medians over the runs (5 rounds per
-   ping-pong cell in the full matrix, else 3). Throughput, latency p50/p99
-   and the user-space share sit beside it. Ratios: Python servers against
-   uvloop in the same mode; ferroloop's Rust face against tokio and the raw
-   mio loop; and, for the goals, ferroloop's ratios paired by round (per
-   round the ratio of two servers' runs, then the median over rounds), which
-   cancels the machine's slow drift between rounds.
+   Ping-pong cells interleave finely: every server's load generator opens
+   and primes its connections once for the cell (``loadgen --commands``),
+   then a round is one short window per server (0.2 s after 0.05 s of
+   warm-up, 15 rounds in the full matrix), so that each server is measured
+   in many windows spread over the same minute as its peers, and the
+   machine's slow and fast spells (this VM has spells where everything runs
+   1.5x slower, lasting from under a second to minutes) fall on all of
+   them alike.
+3. The headline figure is the server's CPU time per message: the scheduler's
+   run time of the server process (/proc/PID/schedstat, ns) across the
+   measured window, divided by the messages echoed in it (utime+stime from
+   /proc/PID/stat beside it); medians over the rounds. Throughput, latency
+   p50/p99 and the user-space share sit beside it. Ratios: Python servers
+   against uvloop in the same mode; ferroloop's Rust face against tokio and
+   the raw mio loop; and, for the goals, ferroloop's ratios paired by round
+   (per round the ratio of two servers' windows, then the median over
+   rounds), which cancels the machine's drift between rounds.
 4. TLS cells (Python face, Protocol mode): 1 KiB echo over TLS 1.3 on 50
    connections, and handshakes (each connection echoes one message, closes
    and reconnects: CPU per handshake), for uvloop and stock asyncio with an
@@ -289,7 +297,10 @@ class Cell:
         a = ["--conns", str(self.conns), "--size", str(self.size)]
         if self.kind == "tls":
             a += ["--tls"] + (["--reconnect"] if self.reconnect else [])
-        if self.kind in ("pingpong", "tls"):
+        if self.kind == "pingpong":
+            # Interleaved rounds (`Bench.run_interleaved`): short windows, each after a short warm-up.
+            a += ["--depth", str(self.depth), "--duration", str(cfg.slice), "--warmup", str(cfg.slice_warmup)]
+        elif self.kind == "tls":
             a += ["--depth", str(self.depth), "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
         elif self.kind == "bulk":
             a += ["--bulk", str(self.bulk)]
@@ -326,8 +337,9 @@ def tls_cells(runs: int) -> list[Cell]:
 
 
 def matrix(quick: bool, runs: int | None) -> list[Cell]:
-    """The workload cells. `runs`: rounds per cell (default: 5 ping-pong rounds in the full matrix, else 3)."""
-    pp_runs = runs or (3 if quick else 5)
+    """The workload cells. `runs`: rounds per cell (default: 15 ping-pong rounds in the full matrix, 6 in the
+    QUICK subset, 3 for the other cells)."""
+    pp_runs = runs or (6 if quick else 15)
     runs = runs or 3
     if quick:
         cells = [pp(100, 1, runs=pp_runs), pp(100, 50, runs=pp_runs), pp(64 * 1024, 50, runs=pp_runs)]
@@ -352,6 +364,8 @@ class Config:
     quick: bool
     duration: float
     warmup: float
+    slice: float
+    slice_warmup: float
     runs: int | None
     py_gc: str
     callgrind: bool
@@ -504,24 +518,97 @@ def run_loadgen(server: Server, args: list[str], timeout: float = 180.0) -> dict
         res = {"ok": False, "error": f"loadgen exit {p.returncode}: {p.stderr.strip()[-300:]}"}
     if p.returncode != 0 and res.get("ok"):
         res = {"ok": False, "error": f"loadgen exit {p.returncode}"}
-    # CPU used on this machine by anything but the server and the load generator, during the run.
     if srv0 is not None and srv1 is not None:
-        foreign = (s1["busy"] - s0["busy"]) - (srv1 - srv0) - (c1 - c0)
-        res["foreign_cpu_share"] = round(max(0.0, foreign) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
-        res["steal_share"] = round((s1["steal"] - s0["steal"]) / (wall * 1e6 * (os.cpu_count() or 1)), 4)
+        add_machine_load(res, s0, s1, (srv1 - srv0) + (c1 - c0), wall)
     res["wall_s"] = round(wall, 3)
-    if not res.get("ok"):
-        res["server_alive"] = server.alive()
-        if not server.alive():
-            res["server_log_tail"] = server.log_tail()
-        else:
-            # Resource state at the failure (an fd limit is a common cause with many connections).
-            try:
-                for line in open(f"/proc/{server.pid}/limits"):
-                    if line.startswith("Max open files"):
-                        res["server_nofile_limit"] = int(line.split()[3])
-            except (OSError, ValueError, IndexError):
-                pass
+    return res if res.get("ok") else failed_run(server, res)
+
+
+class LoadgenSession:
+    """A load generator kept connected to one server for a whole cell (``--commands``): each ``run()`` measures
+    one window on the same connections, so that windows of several servers can be interleaved finely."""
+
+    def __init__(self, server: Server, args: list[str], timeout: float = 180.0):
+        self.server = server
+        self.timeout = timeout
+        cmd = ["taskset", "-c", LOADGEN_CPU, str(LOADGEN)] + server.endpoint_args() + args
+        cmd += ["--commands", "--server-pid", str(server.pid), "--timeout", str(int(timeout - 10))]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.error: str | None = None
+
+    def _line(self) -> dict | None:
+        """The next JSON line of the load generator (None, with `error` set, if it ended)."""
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            err = self.proc.stderr.read().strip()[-300:]
+            self.error = f"loadgen exit {self.proc.returncode}: {err}"
+            return None
+        try:
+            return json.loads(line)
+        except ValueError:
+            self.error = f"loadgen printed {line.strip()[:200]!r}"
+            return None
+
+    def ready(self) -> bool:
+        """Wait until every connection is open and primed."""
+        return self.error is None and self._line() is not None
+
+    def run(self) -> dict:
+        """One measured window; the same fields as `run_loadgen`."""
+        if self.error is not None:
+            return {"ok": False, "error": self.error}
+        s0, t0 = proc_stat_cpu(), time.monotonic()
+        try:
+            srv0, gen0 = proc_cpu_us(self.server.pid), proc_cpu_us(self.proc.pid)
+            self.proc.stdin.write("run\n")
+            self.proc.stdin.flush()
+        except OSError as e:
+            self.error = f"loadgen: {e}"
+            return {"ok": False, "error": self.error}
+        res = self._line()
+        if res is None:
+            return failed_run(self.server, {"ok": False, "error": self.error})
+        wall = time.monotonic() - t0
+        try:
+            srv1, gen1 = proc_cpu_us(self.server.pid), proc_cpu_us(self.proc.pid)
+            add_machine_load(res, s0, proc_stat_cpu(), (srv1 - srv0) + (gen1 - gen0), wall)
+        except OSError:
+            pass
+        res["wall_s"] = round(wall, 3)
+        return res if res.get("ok") else failed_run(self.server, res)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def add_machine_load(res: dict, s0: dict, s1: dict, ours_us: float, wall: float) -> None:
+    """CPU used on this machine by anything but the server and the load generator during a run, and steal."""
+    ncpu = os.cpu_count() or 1
+    foreign = (s1["busy"] - s0["busy"]) - ours_us
+    res["foreign_cpu_share"] = round(max(0.0, foreign) / (wall * 1e6 * ncpu), 4)
+    res["steal_share"] = round((s1["steal"] - s0["steal"]) / (wall * 1e6 * ncpu), 4)
+
+
+def failed_run(server: Server, res: dict) -> dict:
+    """Add what helps to explain a failed run: the server's state and its fd limit."""
+    res["server_alive"] = server.alive()
+    if not server.alive():
+        res["server_log_tail"] = server.log_tail()
+    else:
+        # Resource state at the failure (an fd limit is a common cause with many connections).
+        try:
+            for line in open(f"/proc/{server.pid}/limits"):
+                if line.startswith("Max open files"):
+                    res["server_nofile_limit"] = int(line.split()[3])
+        except (OSError, ValueError, IndexError):
+            pass
     return res
 
 
@@ -540,6 +627,9 @@ def summarize(runs: list[dict]) -> dict:
               "server_fds_per_conn",
               "elapsed_s"):
         s[k] = med(r.get(k) for r in ok)
+    # The headline: the scheduler's run time (ns resolution) where the kernel gives it, else utime+stime
+    # (10 ms ticks: too coarse for short windows).
+    s["server_us_per_msg"] = med(r.get("server_sched_us_per_msg") or r.get("server_cpu_us_per_msg") for r in ok)
     s["server_user_us_per_msg"] = med(
         r["server_user_us"] / r["messages"] for r in ok if r.get("server_user_us") is not None and r.get("messages"))
     s["server_cpu_s_per_gib"] = med(
@@ -605,7 +695,9 @@ class Bench:
                 self.run_idle(cell, specs, cres)
                 timing[cell.id] = round(time.monotonic() - t0, 1)
                 continue
-            for rnd in range(cell.runs if specs else 0):
+            if cell.kind == "pingpong":
+                self.run_interleaved(cell, specs, cres)
+            for rnd in range(cell.runs if specs and cell.kind != "pingpong" else 0):
                 order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
                 for spec in order:
                     self.done += 1
@@ -623,6 +715,39 @@ class Bench:
             if cell.transport == "unix":
                 self.stop_pool("unix")
             timing[cell.id] = round(time.monotonic() - t0, 1)
+
+    def run_interleaved(self, cell: Cell, specs: list[Spec], cres: dict) -> None:
+        """Ping-pong rounds with every server's load generator connected for the whole cell: a round is one
+        short window per server, in a rotated order, so that each server is measured across the same span of
+        time, in many windows (the machine's slow and fast spells fall on all of them alike)."""
+        sessions: dict[str, LoadgenSession] = {}
+        for spec in specs:
+            entry = cres["servers"].setdefault(spec.key, {"runs": []})
+            srv = self.server(spec, cell.transport)
+            if srv is None:
+                entry["unsupported"] = self.unsupported.get(f"{spec.key} {cell.transport}")
+                continue
+            sessions[spec.key] = LoadgenSession(srv, cell.loadgen_args(self.cfg))
+        for key, sess in list(sessions.items()):
+            if not sess.ready():
+                cres["servers"][key]["runs"].append(failed_run(sess.server, {"ok": False, "error": sess.error}))
+                sess.close()
+                del sessions[key]
+        try:
+            for rnd in range(cell.runs):
+                order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
+                for spec in order:
+                    sess = sessions.get(spec.key)
+                    if sess is None:
+                        continue
+                    self.done += 1
+                    r = sess.run()
+                    r["round"] = rnd
+                    cres["servers"][spec.key]["runs"].append(r)
+                    self.progress(spec, cell, r)
+        finally:
+            for sess in sessions.values():
+                sess.close()
 
     def run_idle(self, cell: Cell, specs: list[Spec], cres: dict) -> None:
         for spec in specs:
@@ -651,7 +776,7 @@ class Bench:
         elif cell.kind == "bulk":
             log(f"{head} {r.get('mb_per_s')} MB/s, server CPU {r.get('server_cpu_us', 0) / 1e6:.2f} s")
         else:
-            log(f"{head} {r.get('server_cpu_us_per_msg')} us/msg, {r.get('msgs_per_s'):.0f} msg/s, "
+            log(f"{head} {r.get('server_sched_us_per_msg') or r.get('server_cpu_us_per_msg')} us/msg, {r.get('msgs_per_s'):.0f} msg/s, "
                 f"p99 {r.get('lat_p99_us')} us, server util {r.get('server_util')}, other load {r.get('foreign_cpu_share')}")
 
 
@@ -720,11 +845,14 @@ def fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
-def cell_value(out: dict, cell_id: str, key: str, field_: str = "server_cpu_us_per_msg"):
+def cell_value(out: dict, cell_id: str, key: str, field_: str = "server_us_per_msg"):
     e = out["cells"].get(cell_id, {}).get("servers", {}).get(key)
     if not e:
         return None
-    return (e.get("summary") or {}).get(field_)
+    s = e.get("summary") or {}
+    if field_ == "server_us_per_msg" and field_ not in s:  # a run from before the headline field
+        field_ = "server_cpu_us_per_msg"
+    return s.get(field_)
 
 
 def cell_note(out: dict, cell_id: str, key: str) -> str:
@@ -819,8 +947,7 @@ def markdown(out: dict) -> str:
     m = out["machine"]
     L = []
     L.append(f"Run {out['started']} ({'QUICK subset' if out['config']['quick'] else 'full matrix'}, "
-             f"{rounds_text(cells)}, median; window {out['config']['duration']} s after "
-             f"{out['config']['warmup']} s warm-up), ferroloop {m['git']}.")
+             f"{rounds_text(cells)}, median; {windows_text(out['config'])}), ferroloop {m['git']}.")
     L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
              f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}. "
              f"Server on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU}.")
@@ -871,8 +998,8 @@ def markdown(out: dict) -> str:
             return ""
         return f" ({r['vs_tokio']:.2f}× tokio, {r['vs_mio']:.2f}× mio)" if r.get("vs_mio") else f" ({r['vs_tokio']:.2f}× tokio)"
 
-    L.append("Server CPU time per message, µs (utime+stime of the server process / messages echoed; lower is "
-             "better). A message is one request of the given size echoed back; `x50` = 50 connections, each with "
+    L.append("Server CPU time per message, µs (the server process's run time from /proc/PID/schedstat, else "
+             "utime+stime, / messages echoed; lower is better). A message is one request of the given size echoed back; `x50` = 50 connections, each with "
              "one message in flight.")
     L.append("")
     table("Python face (ratio against uvloop in the same mode)", [s for s in present if s.face == "python"], py_note)
@@ -886,6 +1013,15 @@ def markdown(out: dict) -> str:
     bulk_idle_tables(L, out, bulk, idle, present)
     tls_table(L, out, [c for c in cells if c["cell"]["kind"] == "tls"])
     return tail_sections(L, out, cells)
+
+
+def windows_text(config: dict) -> str:
+    """The measured windows, e.g. "ping-pong windows 0.2 s after 0.05 s warm-up, interleaved; TLS 0.5 s after 0.15 s"."""
+    tls = f"TLS windows {config['duration']} s after {config['warmup']} s warm-up"
+    if "slice" not in config:  # a run from before interleaved rounds
+        return f"window {config['duration']} s after {config['warmup']} s warm-up"
+    return (f"ping-pong windows {config['slice']} s after {config['slice_warmup']} s warm-up, servers interleaved "
+            f"within each round on connections kept for the cell; {tls}")
 
 
 def rounds_text(cells: list[dict]) -> str:
@@ -1016,7 +1152,7 @@ def throughput_tables(L, out, pcells, present):
         row = []
         for c in pcells:
             cid = c["cell"]["id"]
-            u, t = cell_value(out, cid, s.key, "server_user_us_per_msg"), cell_value(out, cid, s.key)
+            u, t = cell_value(out, cid, s.key, "server_user_us_per_msg"), cell_value(out, cid, s.key, "server_cpu_us_per_msg")
             row.append(f"{100 * u / t:.0f}%" if u is not None and t else "—")
         L.append(f"| {s.key} | " + " | ".join(row) + " |")
     L.append("")
@@ -1187,10 +1323,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
                     help="the QUICK subset (also QUICK=1 in the environment)")
     ap.add_argument("--smoke", action="store_true", help="correctness only: every server echoes byte-exact")
-    ap.add_argument("--runs", type=int, help="rounds per cell (default 5 for ping-pong cells of the full matrix, "
-                                             "else 3)")
-    ap.add_argument("--duration", type=float, help="measured window per run, s (default 0.5)")
-    ap.add_argument("--warmup", type=float, help="warm-up per run, s (default 0.15)")
+    ap.add_argument("--runs", type=int, help="rounds per cell (default: ping-pong 15 in the full matrix, 6 in the "
+                                             "QUICK subset; else 3)")
+    ap.add_argument("--duration", type=float, help="measured window per run of the TLS cells, s (default 0.5)")
+    ap.add_argument("--warmup", type=float, help="warm-up per run of the TLS cells, s (default 0.15)")
+    ap.add_argument("--slice", type=float, help="measured window per round of a ping-pong cell, s (default 0.2)")
+    ap.add_argument("--slice-warmup", type=float, help="warm-up before each ping-pong window, s (default 0.05)")
     ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
     ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
     ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
@@ -1210,6 +1348,8 @@ def main() -> int:
         quick=quick,
         duration=args.duration or 0.5,
         warmup=args.warmup if args.warmup is not None else 0.15,
+        slice=args.slice or 0.2,
+        slice_warmup=args.slice_warmup if args.slice_warmup is not None else 0.05,
         runs=args.runs,
         py_gc=args.py_gc,
         callgrind=(args.callgrind == "on") or (args.callgrind == "auto" and not quick and not args.only

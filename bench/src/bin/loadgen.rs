@@ -5,7 +5,7 @@
 //!         [--conns 1] [--size 100] [--depth 1] [--mode pingpong|stream]
 //!         [--duration 2 | --messages M] [--warmup 0.5] [--window 1048576]
 //!         [--bulk BYTES] [--idle] [--hold 0.5] [--server-pid PID] [--timeout 120]
-//!         [--tls] [--reconnect]
+//!         [--tls] [--reconnect] [--commands]
 //! ```
 //!
 //! * `pingpong`: each connection keeps `depth` messages of `size` bytes in
@@ -22,6 +22,11 @@
 //!   certificate is not verified: the cost measured is the server's).
 //! * `--reconnect`: each connection echoes one message, closes and is opened
 //!   again: a "message" is then a whole connection (with `--tls`, a handshake).
+//! * `--commands` (ping-pong): connect and prime, print `{"ready": true, ...}`,
+//!   then measure one window (warm-up, window, drain) for each `run` line read
+//!   on stdin, printing its JSON line, with the connections idle in between;
+//!   EOF or `quit` closes. A harness can so interleave short windows of
+//!   several servers, each load generator keeping its connections.
 //!
 //! Every connection sends a deterministic byte pattern (period 65,537, a
 //! prime, with a per-connection phase), and every byte that comes back is
@@ -209,6 +214,7 @@ struct Config {
     timeout: f64,
     tls: Option<Arc<rustls::ClientConfig>>,
     reconnect: bool,
+    commands: bool,
 }
 
 struct Gen {
@@ -634,7 +640,7 @@ fn num_or_null(v: f64) -> String {
 }
 
 fn main() {
-    let args = Args::parse(&["idle", "tls", "reconnect"]);
+    let args = Args::parse(&["idle", "tls", "reconnect", "commands"]);
     if args.get("tcp").is_none() && args.get("unix").is_none() {
         die("give --tcp HOST:PORT or --unix PATH");
     }
@@ -662,7 +668,11 @@ fn main() {
         timeout: args.num("timeout", 120.0f64),
         tls: args.flag("tls").then(tls_client_config),
         reconnect: args.flag("reconnect"),
+        commands: args.flag("commands"),
     };
+    if cfg.commands && (cfg.stream || cfg.idle || cfg.reconnect || cfg.messages.is_some()) {
+        die("--commands is for ping-pong runs of a --duration");
+    }
     if cfg.reconnect && (cfg.stream || cfg.idle) {
         die("--reconnect is for ping-pong runs");
     }
@@ -713,11 +723,10 @@ fn main() {
     let connect_s = started.elapsed().as_secs_f64();
 
     let pid = g.cfg.server_pid;
-    let sample = || pid.map(|p| cpu_sample(p).unwrap_or_else(|e| fail(&format!("/proc/{p}: {e}"))));
 
     if g.cfg.idle {
         // Hold the connections idle, then read the server's RSS.
-        let cpu0 = sample();
+        let cpu0 = g.server_cpu();
         let hold_until = Instant::now() + Duration::from_secs_f64(g.cfg.hold);
         while Instant::now() < hold_until {
             g.poll_once(&mut events, Some(hold_until.saturating_duration_since(Instant::now())));
@@ -728,7 +737,7 @@ fn main() {
             (Some(a), Some(b)) => (b as f64 - a as f64) / g.cfg.conns as f64,
             _ => f64::NAN,
         };
-        let cpu1 = sample();
+        let cpu1 = g.server_cpu();
         let per_conn = match (rss_before, rss_after) {
             (Some(a), Some(b)) => (b as f64 - a as f64) * 1024.0 / g.cfg.conns as f64,
             _ => f64::NAN,
@@ -754,102 +763,142 @@ fn main() {
         return;
     }
 
-    // Start the load on every connection.
-    g.phase = Phase::Warmup;
-    let now = Instant::now();
-    for id in 0..g.conns.len() {
-        g.start_conn(id, now);
-    }
-    let warm_until = Instant::now() + Duration::from_secs_f64(g.cfg.warmup);
-    while Instant::now() < warm_until {
-        g.poll_once(&mut events, Some(warm_until.saturating_duration_since(Instant::now())));
-    }
-
-    // The measured window.
-    let cpu0: Option<CpuSample> = sample();
-    let ru0 = rusage_self_us();
-    let t0 = Instant::now();
-    g.phase = Phase::Measure;
-    if g.cfg.bulk.is_some() {
-        // Bulk: the window is the whole transfer, warm-up included (it is zero).
-        for id in 0..g.conns.len() {
-            g.refill_stream(id);
-            g.pump(id);
-        }
-    }
-    let measure_until = duration.map(|d| t0 + Duration::from_secs_f64(d));
-    loop {
-        let now = Instant::now();
-        if now > deadline {
-            fail(&format!("timed out in the measured window after {} messages", g.messages));
-        }
-        if let Some(u) = measure_until {
-            if now >= u {
-                break;
+    if g.cfg.commands {
+        println!("{{\"ready\": true, \"conns\": {}, \"connect_s\": {:.3}}}", g.cfg.conns, connect_s);
+        flush_stdout();
+        for line in io::stdin().lines() {
+            let line = line.unwrap_or_else(|e| fail(&format!("stdin: {e}")));
+            match line.trim() {
+                "run" => {
+                    println!("{}", g.window(&mut events, duration, connect_s));
+                    flush_stdout();
+                }
+                "quit" => break,
+                other => fail(&format!("unknown command {other:?} (expected run or quit)")),
             }
         }
-        if let Some(m) = g.cfg.messages {
-            if g.messages >= m {
-                break;
-            }
-        }
-        if g.cfg.bulk.is_some() && g.bulk_left == 0 {
-            break;
-        }
-        let timeout = measure_until.map(|u| u.saturating_duration_since(now)).unwrap_or(Duration::from_millis(100));
-        g.poll_once(&mut events, Some(timeout));
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = sample();
-    let ru1 = rusage_self_us();
-    g.phase = Phase::Drain;
-
-    // Drain: let in-flight messages complete, then close.
-    let drain_deadline = Instant::now() + Duration::from_secs(10);
-    while g.in_flight() {
-        if Instant::now() > drain_deadline {
-            fail("in-flight messages did not come back within 10 s after the window");
-        }
-        g.poll_once(&mut events, Some(Duration::from_millis(100)));
+    } else {
+        println!("{}", g.window(&mut events, duration, connect_s));
     }
     for c in &mut g.conns {
         c.s.shutdown_write();
     }
+}
 
-    g.latencies.sort_unstable();
-    let (p50, p99) = (percentile(&g.latencies, 0.50), percentile(&g.latencies, 0.99));
-    let (cpu_us, user_us, sched_us) = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => (b.stat_us - a.stat_us, b.user_us - a.user_us, b.sched_us - a.sched_us),
-        _ => (f64::NAN, f64::NAN, f64::NAN),
-    };
-    let msgs = g.messages as f64;
-    let verified: u64 = g.conns.iter().map(|c| c.recvd).sum();
-    println!(
-        concat!(
-            "{{\"ok\": true, \"kind\": \"{}\", \"conns\": {}, \"size\": {}, \"depth\": {}, \"connect_s\": {:.3}, ",
-            "\"elapsed_s\": {:.4}, \"messages\": {}, \"bytes\": {}, \"verified_bytes\": {}, \"msgs_per_s\": {:.1}, \"mb_per_s\": {:.2}, ",
-            "\"lat_p50_us\": {}, \"lat_p99_us\": {}, \"server_cpu_us\": {}, \"server_user_us\": {}, \"server_sched_us\": {}, ",
-            "\"server_cpu_us_per_msg\": {}, \"server_sched_us_per_msg\": {}, \"server_util\": {}, \"client_util\": {}}}"
-        ),
-        if g.cfg.bulk.is_some() { "bulk" } else if g.cfg.stream { "stream" } else { "pingpong" },
-        g.cfg.conns,
-        g.cfg.size,
-        g.cfg.depth,
-        connect_s,
-        elapsed,
-        g.messages,
-        g.bytes,
-        verified,
-        msgs / elapsed,
-        g.bytes as f64 / elapsed / 1e6,
-        num_or_null(p50),
-        num_or_null(p99),
-        num_or_null(cpu_us),
-        num_or_null(user_us),
-        num_or_null(sched_us),
-        num_or_null(cpu_us / msgs),
-        num_or_null(sched_us / msgs),
-        num_or_null(cpu_us / (elapsed * 1e6)),
-        num_or_null((ru1 - ru0) / (elapsed * 1e6)),
-    );
+fn flush_stdout() {
+    if let Err(e) = io::stdout().flush() {
+        fail(&format!("stdout: {e}"));
+    }
+}
+
+impl Gen {
+    /// The server's CPU time now (with `--server-pid`).
+    fn server_cpu(&self) -> Option<CpuSample> {
+        self.cfg.server_pid.map(|p| cpu_sample(p).unwrap_or_else(|e| fail(&format!("/proc/{p}: {e}"))))
+    }
+
+    /// One measured window on the primed connections: warm-up, the window
+    /// (`duration`, or until the message count or the bulk transfer is
+    /// done), then drain. Returns the window's JSON report.
+    fn window(&mut self, events: &mut Events, duration: Option<f64>, connect_s: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.cfg.timeout);
+        self.messages = 0;
+        self.bytes = 0;
+        self.latencies.clear();
+        // Start the load on every connection.
+        self.phase = Phase::Warmup;
+        let now = Instant::now();
+        for id in 0..self.conns.len() {
+            self.start_conn(id, now);
+        }
+        let warm_until = Instant::now() + Duration::from_secs_f64(self.cfg.warmup);
+        while Instant::now() < warm_until {
+            self.poll_once(events, Some(warm_until.saturating_duration_since(Instant::now())));
+        }
+
+        // The measured window.
+        let cpu0 = self.server_cpu();
+        let ru0 = rusage_self_us();
+        let t0 = Instant::now();
+        self.phase = Phase::Measure;
+        if self.cfg.bulk.is_some() {
+            // Bulk: the window is the whole transfer, warm-up included (it is zero).
+            for id in 0..self.conns.len() {
+                self.refill_stream(id);
+                self.pump(id);
+            }
+        }
+        let measure_until = duration.map(|d| t0 + Duration::from_secs_f64(d));
+        loop {
+            let now = Instant::now();
+            if now > deadline {
+                fail(&format!("timed out in the measured window after {} messages", self.messages));
+            }
+            if let Some(u) = measure_until {
+                if now >= u {
+                    break;
+                }
+            }
+            if let Some(m) = self.cfg.messages {
+                if self.messages >= m {
+                    break;
+                }
+            }
+            if self.cfg.bulk.is_some() && self.bulk_left == 0 {
+                break;
+            }
+            let timeout = measure_until.map(|u| u.saturating_duration_since(now)).unwrap_or(Duration::from_millis(100));
+            self.poll_once(events, Some(timeout));
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu1 = self.server_cpu();
+        let ru1 = rusage_self_us();
+        self.phase = Phase::Drain;
+
+        // Drain: let in-flight messages complete.
+        let drain_deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight() {
+            if Instant::now() > drain_deadline {
+                fail("in-flight messages did not come back within 10 s after the window");
+            }
+            self.poll_once(events, Some(Duration::from_millis(100)));
+        }
+
+        self.latencies.sort_unstable();
+        let (p50, p99) = (percentile(&self.latencies, 0.50), percentile(&self.latencies, 0.99));
+        let (cpu_us, user_us, sched_us) = match (cpu0, cpu1) {
+            (Some(a), Some(b)) => (b.stat_us - a.stat_us, b.user_us - a.user_us, b.sched_us - a.sched_us),
+            _ => (f64::NAN, f64::NAN, f64::NAN),
+        };
+        let msgs = self.messages as f64;
+        let verified: u64 = self.conns.iter().map(|c| c.recvd).sum();
+        format!(
+            concat!(
+                "{{\"ok\": true, \"kind\": \"{}\", \"conns\": {}, \"size\": {}, \"depth\": {}, \"connect_s\": {:.3}, ",
+                "\"elapsed_s\": {:.4}, \"messages\": {}, \"bytes\": {}, \"verified_bytes\": {}, \"msgs_per_s\": {:.1}, \"mb_per_s\": {:.2}, ",
+                "\"lat_p50_us\": {}, \"lat_p99_us\": {}, \"server_cpu_us\": {}, \"server_user_us\": {}, \"server_sched_us\": {}, ",
+                "\"server_cpu_us_per_msg\": {}, \"server_sched_us_per_msg\": {}, \"server_util\": {}, \"client_util\": {}}}"
+            ),
+            if self.cfg.bulk.is_some() { "bulk" } else if self.cfg.stream { "stream" } else { "pingpong" },
+            self.cfg.conns,
+            self.cfg.size,
+            self.cfg.depth,
+            connect_s,
+            elapsed,
+            self.messages,
+            self.bytes,
+            verified,
+            msgs / elapsed,
+            self.bytes as f64 / elapsed / 1e6,
+            num_or_null(p50),
+            num_or_null(p99),
+            num_or_null(cpu_us),
+            num_or_null(user_us),
+            num_or_null(sched_us),
+            num_or_null(cpu_us / msgs),
+            num_or_null(sched_us / msgs),
+            num_or_null(cpu_us / (elapsed * 1e6)),
+            num_or_null((ru1 - ru0) / (elapsed * 1e6)),
+        )
+    }
 }
