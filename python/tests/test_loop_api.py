@@ -165,6 +165,59 @@ def test_call_soon_context(loop):
     assert var.get() == "default"
 
 
+class _RunOnlyContext:
+    """Not a ``contextvars.Context``, but with its ``run()``: asyncio's
+    Handle calls ``context.run(callback, *args)`` on whatever it was given."""
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, callback, *args):
+        self.runs.append(args)
+        return callback(*args)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["", "debug"])
+def test_context_that_is_not_a_context(loop, debug):
+    """A ``context=`` that is not a ``contextvars.Context`` is no error at
+    scheduling time: asyncio's Handle keeps it as given, and calls its
+    ``run(callback, *args)`` when the handle runs. Without a ``run``, that is
+    an AttributeError, which goes to the exception handler like any
+    exception of the callback ("Exception in callback ..."), and the loop
+    goes on. The same for call_soon, call_later, call_at and
+    call_soon_threadsafe."""
+    import inspect
+    from asyncio import format_helpers
+
+    loop.set_debug(debug)
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    ran = []
+    handles = {
+        "soon": loop.call_soon(ran.append, "soon", context=1),
+        "later": loop.call_later(0, ran.append, "later", context=1),
+        "at": loop.call_at(loop.time(), ran.append, "at", context=1),
+        "threadsafe": loop.call_soon_threadsafe(ran.append, "threadsafe", context=1),
+    }
+    assert [h._context for h in handles.values()] == [1, 1, 1, 1]
+    duck = _RunOnlyContext()
+    loop.call_soon(ran.append, "duck", context=duck)
+    loop.call_later(0, ran.append, "duck-later", context=duck)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert sorted(ran) == ["duck", "duck-later"]
+    assert sorted(duck.runs) == [("duck",), ("duck-later",)]
+    tags = {id(h): tag for tag, h in handles.items()}
+    assert sorted(tags[id(ctx["handle"])] for ctx in errors) == sorted(handles)
+    for ctx in errors:
+        assert type(ctx["exception"]) is AttributeError
+        assert str(ctx["exception"]) == "'int' object has no attribute 'run'"
+        # Python 3.13 shows the arguments in debug mode only.
+        shown = {"debug": debug} if "debug" in inspect.signature(format_helpers._format_callback_source).parameters else {}
+        source = format_helpers._format_callback_source(ran.append, (tags[id(ctx["handle"])],), **shown)
+        assert ctx["message"] == f"Exception in callback {source}"
+
+
 def test_call_later_ordering_and_when(loop):
     order = []
     t0 = loop.time()

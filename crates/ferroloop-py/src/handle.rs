@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::sys::{copy_context, EnteredContext};
+use crate::sys::{copy_context, is_context, EnteredContext};
 use crate::transport::callback::is_exit;
 
 /// The handle `call_soon()` returns outside debug mode: the interface of
@@ -48,8 +48,10 @@ impl FastHandle {
 static ASYNCIO_HANDLE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
 
 /// Run the handle (from the engine's ready queue, or `_run()`): nothing if
-/// it was cancelled; else `callback(*args)` inside its context, an exception
-/// to the loop's exception handler as asyncio's `Handle._run` reports it.
+/// it was cancelled; else `callback(*args)` inside its context (as asyncio,
+/// `context.run(callback, *args)` if the context given is no
+/// `contextvars.Context`), an exception to the loop's exception handler as
+/// asyncio's `Handle._run` reports it.
 /// `SystemExit`/`KeyboardInterrupt` end the loop's run (or, from `_run()`,
 /// propagate).
 fn run(py: Python<'_>, lp: Option<&EventLoop>, handle: &Bound<'_, FastHandle>) -> PyResult<()> {
@@ -61,12 +63,20 @@ fn run(py: Python<'_>, lp: Option<&EventLoop>, handle: &Bound<'_, FastHandle>) -
         let (Some(cb), Some(args)) = (h.callback.as_ref(), h.args.as_ref()) else { return Ok(()) };
         (cb.clone_ref(py), args.clone_ref(py), h.context.as_ref().map(|c| c.clone_ref(py)))
     };
-    let r = (|| {
-        let _entered = match context {
-            Some(c) => Some(EnteredContext::enter(c.into_bound(py))?),
-            None => None,
-        };
-        callback.bind(py).call1(args.bind(py))
+    let r = (|| match context.map(|c| c.into_bound(py)) {
+        Some(c) if is_context(&c) => {
+            let _entered = EnteredContext::enter(c)?;
+            callback.bind(py).call1(args.bind(py))
+        }
+        // asyncio's `Handle._run` calls `context.run(callback, *args)`
+        // whatever the context is (`call_soon(cb, context=1)` is no error
+        // until then): an object that is not a Context is called the same.
+        Some(other) => {
+            let mut all = vec![callback.bind(py).clone()];
+            all.extend(args.bind(py).iter());
+            other.call_method1(intern!(py, "run"), PyTuple::new(py, all)?)
+        }
+        None => callback.bind(py).call1(args.bind(py)),
     })();
     let Err(e) = r else { return Ok(()) };
     let exit = |e: PyErr| match lp {

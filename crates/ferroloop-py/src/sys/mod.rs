@@ -206,6 +206,13 @@ impl Drop for WritableBuffer {
     }
 }
 
+/// Whether `obj` is a `contextvars.Context` (a final type: no subclasses).
+pub fn is_context(obj: &pyo3::Bound<'_, pyo3::PyAny>) -> bool {
+    // SAFETY: the GIL is held (we have a `Bound`); PyContext_CheckExact only
+    // reads the object's type.
+    unsafe { pyo3::ffi::PyContext_CheckExact(obj.as_ptr()) != 0 }
+}
+
 /// A `contextvars.Context` entered for the duration of a protocol callback
 /// (what `Context.run` does, without building an argument tuple).
 pub struct EnteredContext<'py> {
@@ -268,9 +275,7 @@ impl Drop for HeldContext {
 
 /// `PyContext_Enter` with `Context.run`'s errors.
 fn enter_context(ctx: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<()> {
-    // SAFETY: the GIL is held (we have a `Bound`); PyContext_CheckExact
-    // only reads the object's type.
-    if unsafe { pyo3::ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+    if !is_context(ctx) {
         return Err(pyo3::exceptions::PyTypeError::new_err("an instance of Context was expected"));
     }
     // SAFETY: `ctx` is a live Context (checked above) and the GIL is held.
