@@ -153,7 +153,10 @@ class Loop(base_events.BaseEventLoop):
         timer = _TimerHandle(when, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
-        timer._fl_timer = self._core.call_at(float(when), timer)
+        # A `when` that is not a number (a str...) raises TypeError here,
+        # where asyncio fails once it compares it with another timer's: at
+        # once with timers pending, else inside run_forever().
+        timer._fl_timer = self._core.call_at(when, timer)
         timer._scheduled = True
         return timer
 

@@ -264,6 +264,49 @@ def test_call_at_when_and_not_early(loop):
     assert fired[0] >= when - 0.001
 
 
+def test_call_later_and_call_at_with_a_time_that_is_not_a_number(loop):
+    """A delay or time that is not a number raises asyncio's TypeError at
+    once, and schedules nothing: call_later() adds it to ``loop.time()``,
+    and call_at() (stock asyncio: pushing its TimerHandle on the timer heap)
+    compares it with the time of a pending timer. A numeric string is no
+    number: asyncio never converts it."""
+    ran = []
+    with pytest.raises(TypeError, match="unsupported operand type"):
+        loop.call_later("x", ran.append, "x")
+    loop.call_later(10, ran.append, "pending")
+    for when in ("x", "1", b"1"):
+        with pytest.raises(TypeError, match=r"\bstr\b|\bbytes\b"):
+            loop.call_at(when, ran.append, when)
+    assert ran == []
+
+
+def test_call_at_with_a_time_that_is_not_a_number_and_no_timer_pending(loop, flavor):
+    """With no timer pending, stock asyncio's call_at("x") returns a
+    TimerHandle (nothing compares its time yet) and the loop fails later:
+    run_forever() raises the TypeError of comparing "x" with a number.
+    uvloop raises at once (TypeError, from ``when - loop.time()``).
+
+    ferroloop's choice: raise at once in every case, with the exception type
+    asyncio raises (TypeError) and a message naming the argument ("when must
+    be a real number, not str"); nothing is scheduled, so the loop runs on. Its engine keeps times as floats, so it could not
+    keep "x" for later; and a time that cannot be compared is a bug best
+    reported where it was made."""
+    ran = []
+    if flavor.is_ferroloop:
+        with pytest.raises(TypeError, match=r"^when must be a real number, not str$"):
+            loop.call_at("x", ran.append, "x")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    else:
+        h = loop.call_at("x", ran.append, "x")
+        assert isinstance(h, asyncio.TimerHandle)
+        loop.call_soon(loop.stop)
+        with pytest.raises(TypeError, match="not supported between instances of 'str' and 'float'"):
+            loop.run_forever()
+        h.cancel()
+    assert ran == []
+
+
 def test_call_later_zero_and_negative_delay(loop):
     order = []
     loop.call_later(-1, order.append, "neg")

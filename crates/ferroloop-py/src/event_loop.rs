@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ferroloop::{Blocker, EventLoop, ExceptionContext, LoopRemote, PollStep, TimerHandle};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyWeakrefReference};
@@ -147,8 +147,18 @@ impl LoopCore {
             .map_err(to_pyerr)
     }
 
-    /// Schedule a `TimerHandle` at loop time `when`; returns the engine timer.
-    fn call_at(&self, when: f64, handle: Py<PyAny>) -> PyResult<TimerRef> {
+    /// Schedule a `TimerHandle` at loop time `when`, a real number (a
+    /// `float`, an `int`, anything with `__float__`: no `str`); returns the
+    /// engine timer.
+    fn call_at(&self, when: &Bound<'_, PyAny>, handle: Py<PyAny>) -> PyResult<TimerRef> {
+        let when: f64 = match when.extract() {
+            Ok(t) => t,
+            Err(e) if e.is_instance_of::<PyTypeError>(when.py()) => {
+                let kind = when.get_type().name()?;
+                return Err(PyTypeError::new_err(format!("when must be a real number, not {kind}")));
+            }
+            Err(e) => return Err(e),
+        };
         let lp = self.engine()?.clone();
         let t = self
             .engine()?
