@@ -253,6 +253,31 @@ def test_timer_handle_repr_and_logged_context_as_asyncio(loop, caplog):
     assert "handle: <TimerHandle when=" in text, text
 
 
+def test_handle_repr_info_as_asyncio(loop):
+    """Handles have asyncio's ``_repr_info()`` (libraries call it to build
+    their own reprs): the class name, "cancelled", "when=..." for a timer,
+    and the callback with its arguments while not cancelled; the repr is
+    those parts between angle brackets."""
+    from asyncio import format_helpers
+
+    def cb(*args):
+        pass
+
+    source = format_helpers._format_callback_source(cb, (1, "two"))
+    h = loop.call_soon(cb, 1, "two")
+    assert h._repr_info() == ["Handle", source]
+    assert repr(h) == f"<Handle {source}>"
+    h.cancel()
+    assert h._repr_info() == ["Handle", "cancelled"]
+    assert repr(h) == "<Handle cancelled>"
+    t = loop.call_later(10, cb, 1, "two")
+    assert t._repr_info() == ["TimerHandle", f"when={t.when()}", source]
+    assert repr(t) == f"<TimerHandle when={t.when()} {source}>"
+    t.cancel()
+    assert t._repr_info() == ["TimerHandle", "cancelled", f"when={t.when()}"]
+    assert repr(t) == f"<TimerHandle cancelled when={t.when()}>"
+
+
 def test_call_at_when_and_not_early(loop):
     fired = []
     when = loop.time() + 0.05

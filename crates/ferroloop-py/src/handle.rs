@@ -177,7 +177,10 @@ impl FastHandle {
         None
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+    /// asyncio's `Handle._repr_info()`: the parts of the repr, which
+    /// libraries extend for their own (the class name, "cancelled" once
+    /// cancelled, then the callback with its arguments while it has them).
+    fn _repr_info(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let mut info = vec!["Handle".to_string()];
         if self.cancelled {
             info.push("cancelled".into());
@@ -189,7 +192,11 @@ impl FastHandle {
                 .extract()?;
             info.push(s);
         }
-        Ok(format!("<{}>", info.join(" ")))
+        Ok(info)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("<{}>", self._repr_info(py)?.join(" ")))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
