@@ -336,6 +336,73 @@ def test_write_arguments_as_asyncio(loop):
     run(loop, main())
 
 
+def defining_class(obj, name):
+    """The class whose method ``name`` a call ``obj.name()`` runs: the one a
+    Python method's argument errors name (its ``__qualname__``)."""
+    return next(c for c in type(obj).__mro__ if name in vars(c)).__qualname__
+
+
+def test_transport_method_argument_errors_as_asyncio(loop):
+    """Every transport method, called with arguments that do not fit its
+    signature, raises the TypeError of a Python method: "Class.name() takes
+    ...", naming the class that defines the method (never an internal
+    class), with CPython's counts (self included); nothing else happens."""
+
+    async def main():
+        tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))
+        try:
+            takes_1 = "takes 1 positional argument but 2 were given"
+            for call, name, error in (
+                (lambda: tr.close(1), "close", takes_1),
+                (lambda: tr.close(x=1), "close", "got an unexpected keyword argument 'x'"),
+                (lambda: tr.abort(1, 2), "abort", "takes 1 positional argument but 3 were given"),
+                (lambda: tr.write_eof(1), "write_eof", takes_1),
+                (lambda: tr.can_write_eof(1), "can_write_eof", takes_1),
+                (lambda: tr.get_write_buffer_limits(1), "get_write_buffer_limits", takes_1),
+                (
+                    lambda: tr.set_write_buffer_limits(1, 2, 3),
+                    "set_write_buffer_limits",
+                    "takes from 1 to 3 positional arguments but 4 were given",
+                ),
+                (
+                    lambda: tr.set_write_buffer_limits(1, high=2),
+                    "set_write_buffer_limits",
+                    "got multiple values for argument 'high'",
+                ),
+                (
+                    lambda: tr.set_write_buffer_limits(x=2),
+                    "set_write_buffer_limits",
+                    "got an unexpected keyword argument 'x'",
+                ),
+                (lambda: tr.get_protocol(1), "get_protocol", takes_1),
+                (lambda: tr.set_protocol(), "set_protocol", "missing 1 required positional argument: 'protocol'"),
+                (lambda: tr.set_protocol(pr, pr), "set_protocol", "takes 2 positional arguments but 3 were given"),
+                (lambda: tr.set_protocol(pr, protocol=pr), "set_protocol", "got multiple values for argument 'protocol'"),
+                (lambda: tr._force_close(), "_force_close", "missing 1 required positional argument: 'exc'"),
+                (lambda: tr.get_extra_info(), "get_extra_info", "missing 1 required positional argument: 'name'"),
+                (lambda: tr.is_closing(x=1), "is_closing", "got an unexpected keyword argument 'x'"),
+                (lambda: tr.pause_reading(x=1), "pause_reading", "got an unexpected keyword argument 'x'"),
+                (lambda: tr.get_write_buffer_size(1), "get_write_buffer_size", takes_1),
+                (lambda: tr.write(b"a", data=b"b"), "write", "got multiple values for argument 'data'"),
+                (lambda: tr.write(stuff=b"a"), "write", "got an unexpected keyword argument 'stuff'"),
+                (lambda: tr.writelines([], x=1), "writelines", "got an unexpected keyword argument 'x'"),
+            ):
+                with pytest.raises(TypeError) as ei:
+                    call()
+                assert str(ei.value) == f"{defining_class(tr, name)}.{name}() {error}"
+            assert tr.is_reading() and not tr.is_closing() and tr.get_protocol() is pr
+            assert tr.get_write_buffer_limits() == (16384, 65536)
+            tr.write(b"still open")
+            tr.write_eof()
+            assert await peer_read_until_eof(loop, peer) == b"still open"
+            tr.close()
+            await pr.lost
+        finally:
+            peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof(loop):
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))

@@ -210,6 +210,35 @@ def test_sendto_argument_checks_and_messages(loop):
     run(loop, main())
 
 
+def test_datagram_method_argument_errors_as_asyncio(loop):
+    """The datagram transport's methods, called with arguments that do not
+    fit, raise a Python method's TypeError naming the class that defines
+    the method (as test_tcp's test of the stream transport)."""
+
+    def defining_class(obj, name):
+        return next(c for c in type(obj).__mro__ if name in vars(c)).__qualname__
+
+    async def main():
+        tr, pr = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        for call, name, error in (
+            (lambda: tr.sendto(), "sendto", "missing 1 required positional argument: 'data'"),
+            (lambda: tr.sendto(addr=None), "sendto", "missing 1 required positional argument: 'data'"),
+            (lambda: tr.sendto(b"x", None, 3), "sendto", "takes from 2 to 3 positional arguments but 4 were given"),
+            (lambda: tr.sendto(b"x", x=1), "sendto", "got an unexpected keyword argument 'x'"),
+            (lambda: tr.close(1), "close", "takes 1 positional argument but 2 were given"),
+            (lambda: tr.abort(x=1), "abort", "got an unexpected keyword argument 'x'"),
+            (lambda: tr.set_protocol(), "set_protocol", "missing 1 required positional argument: 'protocol'"),
+        ):
+            with pytest.raises(TypeError) as ei:
+                call()
+            assert str(ei.value) == f"{defining_class(tr, name)}.{name}() {error}"
+        assert not tr.is_closing()
+        tr.close()
+        await pr.done
+
+    run(loop, main())
+
+
 def test_icmp_port_unreachable_goes_to_error_received(loop):
     async def main():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -8,7 +8,7 @@ use std::ffi::CStr;
 use std::ptr;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString, PyType};
@@ -54,8 +54,17 @@ unsafe fn core_of(slf: *mut ffi::PyObject, core_name: &Bound<'_, PyString>) -> *
     unsafe { ffi::PyObject_GetAttr(slf, core_name.as_ptr()) }
 }
 
+/// A transport method as Python sees it: its name and its parameters after
+/// `self`, as in its text signature (`"data, addr=None"`).
+struct Signature {
+    name: &'static str,
+    params: &'static str,
+}
+
 /// `getattr(slf, "_core").<name>(*args, **kwargs)`, the arguments as CPython
-/// passes them to a `METH_FASTCALL | METH_KEYWORDS` function.
+/// passes them to a `METH_FASTCALL | METH_KEYWORDS` function. Arguments that
+/// do not fit `sig` raise the `TypeError` of a Python method (the core's
+/// own names the core's class and counts without `self`).
 ///
 /// # Safety
 ///
@@ -70,6 +79,7 @@ unsafe fn forward(
     kwnames: *mut ffi::PyObject,
     core_name: &Bound<'_, PyString>,
     name: &Bound<'_, PyString>,
+    sig: &Signature,
 ) -> *mut ffi::PyObject {
     // SAFETY: the caller's contract.
     let core = unsafe { core_of(slf, core_name) };
@@ -77,7 +87,27 @@ unsafe fn forward(
         return ptr::null_mut();
     }
     // SAFETY: `core` is a new reference, the rest the caller's contract.
-    unsafe { call_core(core, args, nargs, kwnames, name) }
+    let r = unsafe { call_core(core, args, nargs, kwnames, name) };
+    if r.is_null() {
+        let py = name.py();
+        // The core's methods take the same parameters (a few with more
+        // defaults), so a call that does not fit `sig` failed in the core's
+        // argument parsing, before doing anything: only the text changes.
+        let e = PyErr::fetch(py);
+        if e.is_instance_of::<PyTypeError>(py) {
+            // SAFETY: `slf` is live and `kwnames` a tuple or NULL (the
+            // caller's contract); new references are taken for the `Bound`s.
+            let (slf, kwnames) = unsafe {
+                (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr_or_opt(py, kwnames))
+            };
+            if let Some(fitted) = argument_error(&slf, sig, nargs as usize, kwnames.as_ref()) {
+                fitted.restore(py);
+                return ptr::null_mut();
+            }
+        }
+        e.restore(py);
+    }
+    r
 }
 
 /// `core.<name>(*args, **kwargs)`, then release `core`.
@@ -128,9 +158,9 @@ unsafe fn call_core(
 /// A transport method called with `arity` positional arguments (0 or 1)
 /// and no keywords on an instance whose `_core` is exactly a `StreamCore`:
 /// `direct` calls the core's Rust method (no method lookup, no argument
-/// parsing); any other call goes the generic way, to the core's method
-/// `name`. `direct` gets the argument (`None` for none) and returns a new
-/// reference.
+/// parsing); any other call goes the generic way (`forward`), to the core's
+/// method `name`. `direct` gets the argument (`None` for none) and returns
+/// a new reference.
 ///
 /// # Safety
 ///
@@ -142,20 +172,14 @@ unsafe fn forward_direct(
     kwnames: *mut ffi::PyObject,
     name: &Bound<'_, PyString>,
     arity: ffi::Py_ssize_t,
-    param: &str,
+    sig: &Signature,
     direct: impl for<'py> FnOnce(&StreamCore, &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
     let py = name.py();
     let core_name = pyo3::intern!(py, "_core");
-    if nargs != arity && kwnames.is_null() {
-        // SAFETY: `slf` is the live instance the method was called on.
-        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-        arity_error(&slf, name, arity, nargs, param).restore(py);
-        return ptr::null_mut();
-    }
     if nargs != arity || !kwnames.is_null() {
         // SAFETY: the arguments are CPython's (see `forward`).
-        return unsafe { forward(slf, args, nargs, kwnames, core_name, name) };
+        return unsafe { forward(slf, args, nargs, kwnames, core_name, name, sig) };
     }
     // SAFETY: as above.
     let core = unsafe { core_of(slf, core_name) };
@@ -183,19 +207,75 @@ unsafe fn forward_direct(
     super::ffi_return(py, r, "a transport method")
 }
 
-/// The `TypeError` a Python method `def name(self[, param])` raises when
-/// called with `nargs` positional arguments (asyncio's transports are such
-/// methods), naming the instance's class.
-fn arity_error(slf: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, arity: ffi::Py_ssize_t, nargs: ffi::Py_ssize_t, param: &str) -> PyErr {
-    let class = slf.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-    let msg = if nargs < arity {
-        format!("{class}.{name}() missing 1 required positional argument: '{param}'")
-    } else {
-        let takes = arity + 1;
-        let plural = if takes == 1 { "argument" } else { "arguments" };
-        format!("{class}.{name}() takes {takes} positional {plural} but {} were given", nargs + 1)
+/// The `TypeError` a Python method `def <sig.name>(self, <sig.params>)` of
+/// `slf`'s class raises when called with `nargs` positional arguments and
+/// the keywords named in `kwnames`, or `None` if they fit. As CPython, it
+/// names the class that defines the method (the first in the MRO).
+fn argument_error(
+    slf: &Bound<'_, PyAny>,
+    sig: &Signature,
+    nargs: usize,
+    kwnames: Option<&Bound<'_, PyAny>>,
+) -> Option<PyErr> {
+    let keywords: Vec<String> = match kwnames {
+        Some(names) => names.try_iter().ok()?.map(|n| Ok(n?.to_string())).collect::<PyResult<_>>().ok()?,
+        None => Vec::new(),
     };
-    pyo3::exceptions::PyTypeError::new_err(msg)
+    let message = mismatch(sig.params, nargs, &keywords)?;
+    let tp = slf.get_type();
+    let dict = pyo3::intern!(slf.py(), "__dict__");
+    let owner = tp.mro().iter().find(|c| c.getattr(dict).and_then(|d| d.contains(sig.name)).unwrap_or(false));
+    let class = match owner.as_ref().map(|c| c.cast::<PyType>()) {
+        Some(Ok(c)) => c.qualname(),
+        _ => tp.qualname(),
+    };
+    let class = class.map(|c| c.to_string()).unwrap_or_default();
+    Some(PyTypeError::new_err(format!("{class}.{}() {message}", sig.name)))
+}
+
+/// What CPython says of a call of a Python function whose parameters are
+/// `self` then `params` (its text signature: names, `=None` on those with a
+/// default, which come last) with `nargs` positional arguments besides
+/// `self` and the keyword arguments `keywords`; `None` if they fit. As
+/// CPython, keywords are checked first, then the number of positional
+/// arguments, then what is missing; counts include `self`.
+fn mismatch(params: &str, nargs: usize, keywords: &[String]) -> Option<String> {
+    let params: Vec<(&str, bool)> = params
+        .split(", ")
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or((p, false), |(name, _)| (name, true)))
+        .collect();
+    let mut given: Vec<bool> = (0..params.len()).map(|i| i < nargs).collect();
+    for kw in keywords {
+        match params.iter().position(|(name, _)| name == kw) {
+            None => return Some(format!("got an unexpected keyword argument '{kw}'")),
+            Some(i) if given[i] => return Some(format!("got multiple values for argument '{kw}'")),
+            Some(i) => given[i] = true,
+        }
+    }
+    let (most, defaults) = (params.len() + 1, params.iter().filter(|(_, default)| *default).count());
+    if nargs + 1 > most {
+        let takes = match defaults {
+            0 if most == 1 => "1 positional argument".to_string(),
+            0 => format!("{most} positional arguments"),
+            _ => format!("from {} to {most} positional arguments", most - defaults),
+        };
+        return Some(format!("takes {takes} but {} were given", nargs + 1));
+    }
+    let missing: Vec<String> = params
+        .iter()
+        .zip(&given)
+        .filter(|((_, default), given)| !default && !**given)
+        .map(|((name, _), _)| format!("'{name}'"))
+        .collect();
+    let names = match missing.as_slice() {
+        [] => return None,
+        [one] => one.clone(),
+        [first, second] => format!("{first} and {second}"),
+        [rest @ .., last] => format!("{}, and {last}", rest.join(", ")),
+    };
+    let plural = if missing.len() == 1 { "" } else { "s" };
+    Some(format!("missing {} required positional argument{plural}: {names}", missing.len()))
 }
 
 /// `None`, for the direct calls of methods that return nothing.
@@ -233,8 +313,8 @@ macro_rules! direct_forwarders {
         $(
             method_fn!($attr, |py, slf, args, nargs, kwnames| {
                 let name = pyo3::intern!(py, stringify!($attr));
-                let param = concat!("" $(, $param)?);
-                forward_direct(slf, args, nargs, kwnames, name, $arity, param, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
+                let sig = Signature { name: stringify!($attr), params: concat!("" $(, $param)?) };
+                forward_direct(slf, args, nargs, kwnames, name, $arity, &sig, |$core: &StreamCore, $arg: &Bound<'_, PyAny>| $body)
             });
         )*
     };
@@ -342,7 +422,8 @@ macro_rules! forwarders {
         $(
             method_fn!($attr, |py, slf, args, nargs, kwnames| {
                 let core_name = pyo3::intern!(py, "_core");
-                forward(slf, args, nargs, kwnames, core_name, pyo3::intern!(py, stringify!($target)))
+                let sig = Signature { name: stringify!($attr), params: concat!("" $(, $params)?) };
+                forward(slf, args, nargs, kwnames, core_name, pyo3::intern!(py, stringify!($target)), &sig)
             });
         )*
 
