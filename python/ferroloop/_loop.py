@@ -229,25 +229,40 @@ class Loop(base_events.BaseEventLoop):
 
     # ----- running ---------------------------------------------------------
 
-    def run_forever(self):
-        self._check_closed()
-        self._check_running()
-        self._set_coroutine_origin_tracking(self._debug)
-        old_agen_hooks = sys.get_asyncgen_hooks()
-        try:
-            self._thread_id = threading.get_ident()
-            sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook,
-                finalizer=self._asyncgen_finalizer_hook,
-            )
-            events._set_running_loop(self)
-            self._core.run_forever()
-        finally:
-            self._stopping = False
-            self._thread_id = None
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
+    if hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+        # Python 3.13+: asyncio's run_forever() with the engine as its loop,
+        # between the set-up and clean-up hooks that subclasses override
+        # (gh-110771). The set-up is outside the try, as in later 3.13
+        # releases (gh-130145: a failed set-up, such as on a loop already
+        # running, must not clean up the running loop's state).
+        def run_forever(self):
+            self._run_forever_setup()
+            try:
+                self._core.run_forever()
+            finally:
+                self._run_forever_cleanup()
+
+    else:
+
+        def run_forever(self):
+            self._check_closed()
+            self._check_running()
+            self._set_coroutine_origin_tracking(self._debug)
+            old_agen_hooks = sys.get_asyncgen_hooks()
+            try:
+                self._thread_id = threading.get_ident()
+                sys.set_asyncgen_hooks(
+                    firstiter=self._asyncgen_firstiter_hook,
+                    finalizer=self._asyncgen_finalizer_hook,
+                )
+                events._set_running_loop(self)
+                self._core.run_forever()
+            finally:
+                self._stopping = False
+                self._thread_id = None
+                events._set_running_loop(None)
+                self._set_coroutine_origin_tracking(False)
+                sys.set_asyncgen_hooks(*old_agen_hooks)
 
     def _run_once(self):
         self._core.run_once()

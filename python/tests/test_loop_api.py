@@ -526,6 +526,56 @@ def test_run_forever_while_running_and_close_while_running(loop):
     assert not loop.is_closed()
 
 
+@pytest.mark.skipif(
+    not hasattr(asyncio.BaseEventLoop, "_run_forever_setup"), reason="the run_forever() hooks of Python 3.13"
+)
+def test_run_forever_calls_the_setup_and_cleanup_hooks(flavor):
+    """Python 3.13 split run_forever() into ``_run_forever_setup()``, the
+    loop, and ``_run_forever_cleanup()`` (gh-110771), for subclasses that
+    run another event loop in between (GUI toolkits) or add to the set-up:
+    run_forever() calls the hooks around the loop, run_until_complete() too,
+    and the cleanup even when the run ends with an exception."""
+    events = []
+
+    class Loop(flavor.loop_class):
+        def _run_forever_setup(self):
+            events.append(("setup", self.is_running()))
+            super()._run_forever_setup()
+            events.append(("set up", self.is_running(), asyncio._get_running_loop() is self))
+
+        def _run_forever_cleanup(self):
+            events.append(("cleanup", self.is_running()))
+            super()._run_forever_cleanup()
+            events.append(("cleaned up", self.is_running(), asyncio._get_running_loop()))
+
+    lp = Loop()
+    try:
+        lp.call_soon(lambda: events.append("callback"))
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        assert events == [
+            ("setup", False),
+            ("set up", True, True),
+            "callback",
+            ("cleanup", True),
+            ("cleaned up", False, None),
+        ]
+        del events[:]
+
+        def boom():
+            raise KeyboardInterrupt
+
+        lp.call_soon(boom)
+        with pytest.raises(KeyboardInterrupt):
+            lp.run_forever()
+        assert events == [("setup", False), ("set up", True, True), ("cleanup", True), ("cleaned up", False, None)]
+        del events[:]
+        assert lp.run_until_complete(asyncio.sleep(0, "done")) == "done"
+        assert events[0] == ("setup", False) and events[-1] == ("cleaned up", False, None)
+    finally:
+        lp.close()
+
+
 def test_close(loop):
     assert not loop.is_closed()
     loop.close()
