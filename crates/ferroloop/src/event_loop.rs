@@ -765,7 +765,9 @@ impl EventLoop {
 
     fn drain_remote(&self) {
         let shared = &self.inner.remote;
-        if !shared.notified.swap(false, Ordering::AcqRel) {
+        // A plain load first: the swap is a locked instruction, and nearly
+        // every iteration finds nothing sent from other threads.
+        if !shared.notified.load(Ordering::Acquire) || !shared.notified.swap(false, Ordering::AcqRel) {
             return;
         }
         let tasks = std::mem::take(&mut *shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
