@@ -125,6 +125,42 @@ def test_read_pipe_data_eof_lost(loop):
     assert pipe.closed, "the transport closes the pipe object after connection_lost"
 
 
+def test_read_pipe_large_and_small_writes_arrive_in_order(loop):
+    """A read pipe's reads switch between the loop's buffer (small) and a bytes of their own (large): the
+    bytes come in order, and each chunk delivered stays as it was."""
+    r, w = os.pipe()
+    pipe = open(r, "rb", buffering=0)
+    pattern = bytes(range(251)) * 2000
+    writes = [pattern[:70_000], b"x", pattern[:200_000], pattern[5:105], pattern[:40_000]]
+
+    async def main():
+        t, p = await loop.connect_read_pipe(lambda: PipeRecorder(loop), pipe)
+        kept = []
+        orig = p.data_received
+
+        def data_received(data):
+            kept.append((data, bytes(bytearray(data))))
+            orig(data)
+
+        p.data_received = data_received
+        for chunk in writes:
+            await loop.run_in_executor(None, _write_all, w, chunk)
+            await asyncio.sleep(0.01)
+        os.close(w)
+        assert await p.done is None
+        return p, kept
+
+    p, kept = run(loop, main())
+    assert bytes(p.data) == b"".join(writes)
+    assert all(d == snap for d, snap in kept)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def test_read_pipe_data_received_exception_is_reported_and_reading_goes_on(loop):
     # asyncio's read pipe transport calls data_received unguarded: the
     # exception reaches the exception handler as a callback's, the pipe

@@ -1388,6 +1388,56 @@ def test_buffered_protocol_buffer_updated_error(loop):
     assert [c["message"] for c in calls] == ["Fatal error: protocol.buffer_updated() call failed."]
 
 
+def _mixed_stream():
+    """Bytes in writes of changing sizes: large ones (read straight into the bytes a protocol gets) between
+    small ones (copied out of the loop's buffer), so that reads switch between the two ways."""
+    pattern = bytes(range(251)) * 4000  # period 251: an offset error shows
+    sizes = [200_000, 100, 70_000, 5, 300_000, 33_000, 1, 120 * 1024 + 7, 40_000, 2_000]
+    chunks, off = [], 0
+    for n in sizes:
+        chunks.append(pattern[off % 251: off % 251 + n])
+        off += n
+    return chunks
+
+
+def test_large_reads_reach_data_received_intact_and_kept_chunks_stay_as_they_were(loop):
+    """Every chunk data_received gets is a bytes object of its own: kept ones never change afterwards, and
+    together they are the stream, whatever the sizes of the reads."""
+    chunks = _mixed_stream()
+    expected = b"".join(chunks)
+
+    class Keep(asyncio.Protocol):
+        def __init__(self):
+            self.kept = []
+            self.snapshots = []
+            self.lost = loop.create_future()
+
+        def data_received(self, data):
+            assert type(data) is bytes
+            self.kept.append(data)
+            self.snapshots.append(bytes(bytearray(data)))  # a copy made at delivery
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        tr, pr, peer = await connect(loop, Keep)
+        try:
+            for c in chunks:
+                await loop.sock_sendall(peer, c)
+                await asyncio.sleep(0.01)
+            peer.shutdown(socket.SHUT_WR)
+            assert await pr.lost is None
+            return pr
+        finally:
+            peer.close()
+
+    pr = run(loop, main())
+    assert b"".join(pr.kept) == expected
+    assert pr.kept == pr.snapshots
+    assert max(len(k) for k in pr.kept) > 32 * 1024
+
+
 # ----------------------------------------------------------------------------- contextvars
 
 

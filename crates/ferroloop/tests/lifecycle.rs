@@ -727,6 +727,86 @@ fn buffered_protocol_with_small_and_odd_buffers() {
     run_buffered(vec![1, 7, 1000, 4096, 65537, 3], 17);
 }
 
+/// A plain protocol that lends its own buffer for every other read
+/// (`plain_read_buffer`), the rest going through `data_received`.
+struct SometimesOwn {
+    own: Vec<std::mem::MaybeUninit<u8>>,
+    reads: usize,
+    lent: bool,
+    got: Shared<Vec<u8>>,
+    /// (read into the protocol's own buffer?, bytes) per read.
+    log: Shared<Vec<(bool, usize)>>,
+    events: Shared<Vec<String>>,
+}
+
+impl Protocol for SometimesOwn {
+    fn data_received(&mut self, data: &[u8]) {
+        assert!(!self.lent, "data_received while the own buffer is lent");
+        self.got.borrow_mut().extend_from_slice(data);
+        self.log.borrow_mut().push((false, data.len()));
+    }
+    fn plain_read_buffer(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
+        assert!(!self.lent, "plain_read_buffer while the last one was neither filled nor returned");
+        self.reads += 1;
+        if self.reads % 2 == 0 {
+            return None;
+        }
+        self.lent = true;
+        Some(&mut self.own[..])
+    }
+    fn buffer_updated(&mut self, nbytes: usize) {
+        assert!(self.lent, "buffer_updated without a buffer lent");
+        self.lent = false;
+        // SAFETY: every byte of `own` was initialised when it was made
+        // (0xAA), and the read wrote bytes over the first `nbytes`.
+        let filled: Vec<u8> = self.own[..nbytes].iter().map(|b| unsafe { b.assume_init() }).collect();
+        self.got.borrow_mut().extend_from_slice(&filled);
+        self.log.borrow_mut().push((true, nbytes));
+    }
+    fn buffer_unused(&mut self) {
+        assert!(self.lent, "buffer_unused without a buffer lent");
+        self.lent = false;
+    }
+    fn eof_received(&mut self) -> bool {
+        assert!(!self.lent);
+        self.events.borrow_mut().push("eof".into());
+        false
+    }
+    fn connection_lost(&mut self, _exc: Option<Error>) {
+        assert!(!self.lent);
+        self.events.borrow_mut().push("lost".into());
+    }
+}
+
+#[test]
+fn a_plain_protocol_may_lend_its_own_buffer_read_by_read() {
+    let lp = EventLoop::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let proto = SometimesOwn {
+        own: vec![std::mem::MaybeUninit::new(0xAA); 3000],
+        reads: 0,
+        lent: false,
+        got: got.clone(),
+        log: log.clone(),
+        events: events.clone(),
+    };
+    let f = lp.create_connection(move || proto, "127.0.0.1", listener.local_addr().unwrap().port(), Default::default());
+    let (_t, _p) = complete(&lp, &f, 10.0).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    let payload = pattern(200_000, 23);
+    let writer = spawn_writer(peer, payload.clone());
+    must(&lp, 20.0, "lost", || events.borrow().last().map(|s| s == "lost").unwrap_or(false));
+    writer.join().unwrap().unwrap();
+    assert_bytes_eq(&got.borrow(), &payload, "reads into both buffers");
+    let log = log.borrow();
+    assert!(log.iter().any(|(own, _)| *own) && log.iter().any(|(own, _)| !*own), "{log:?}");
+    assert!(log.iter().all(|&(own, n)| !own || n <= 3000), "{log:?}");
+    assert_eq!(*events.borrow(), ["eof", "lost"]);
+}
+
 #[test]
 fn get_buffer_returning_an_empty_buffer_is_fatal() {
     // asyncio: RuntimeError('get_buffer() returned an empty buffer'), reported

@@ -206,6 +206,73 @@ impl Drop for WritableBuffer {
     }
 }
 
+/// A `bytes` object filled in place by a read: made with `len` bytes of
+/// storage, lent to the engine as not-yet-initialised memory, then cut to
+/// the length read and handed on ([`FillBytes::finish`]), so that a large
+/// read lands in the object the protocol gets without a copy (asyncio's
+/// `recv` does the same). Nothing else sees the object before `finish`:
+/// writing into it and resizing it are sound.
+pub struct FillBytes {
+    obj: std::ptr::NonNull<ffi::PyObject>,
+    len: usize,
+}
+
+impl FillBytes {
+    /// A `bytes` of `len` bytes, not initialised.
+    pub fn new(py: Python<'_>, len: usize) -> pyo3::PyResult<Self> {
+        // SAFETY: the GIL is held (the `Python` token); a NULL source asks
+        // for `len` bytes of storage, not initialised.
+        let p = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t) };
+        std::ptr::NonNull::new(p).map(|obj| FillBytes { obj, len }).ok_or_else(|| pyo3::PyErr::fetch(py))
+    }
+
+    /// The storage, for a read to fill.
+    pub fn storage(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        // SAFETY: `obj` is a live `bytes` object of `len` bytes that only
+        // `self` references (made in `new`, never shared before `finish`),
+        // so its storage may be written through this exclusive borrow of
+        // `self`; reading it as `MaybeUninit` asks nothing of its contents.
+        // No GIL is needed to compute the address of a live object's data.
+        unsafe {
+            let data = ffi::PyBytes_AS_STRING(self.obj.as_ptr()).cast_mut();
+            std::slice::from_raw_parts_mut(data.cast(), self.len)
+        }
+    }
+
+    /// The object cut to its first `n` bytes (`n` at most its length), which
+    /// a read has filled.
+    pub fn finish<'py>(self, py: Python<'py>, n: usize) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::types::PyBytes>> {
+        assert!(n <= self.len, "FillBytes::finish({n}) beyond {} bytes", self.len);
+        let (mut p, len) = (self.obj.as_ptr(), self.len);
+        std::mem::forget(self);
+        if n < len {
+            // SAFETY: the GIL is held; `p` is a `bytes` object with a single
+            // reference, ours (never shared), as `_PyBytes_Resize` requires.
+            // On failure it releases the object and sets `p` to NULL.
+            if unsafe { _PyBytes_Resize(&mut p, n as ffi::Py_ssize_t) } != 0 {
+                return Err(pyo3::PyErr::fetch(py));
+            }
+        }
+        // SAFETY: `p` is a new (owned) reference to a `bytes` object whose
+        // first `n` bytes the caller's read filled.
+        Ok(unsafe { pyo3::Bound::from_owned_ptr(py, p).cast_into_unchecked() })
+    }
+}
+
+extern "C" {
+    /// CPython's `_PyBytes_Resize` (exported by every CPython 3 the binding
+    /// supports; PyO3 declares it for itself only).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> std::os::raw::c_int;
+}
+
+impl Drop for FillBytes {
+    fn drop(&mut self) {
+        // SAFETY: `obj` is the reference `new` made; dropping it needs the
+        // GIL, which `attach` holds.
+        Python::attach(|_py| unsafe { ffi::Py_DECREF(self.obj.as_ptr()) });
+    }
+}
+
 /// Whether `obj` is a `contextvars.Context` (a final type: no subclasses).
 pub fn is_context(obj: &pyo3::Bound<'_, pyo3::PyAny>) -> bool {
     // SAFETY: the GIL is held (we have a `Bound`); PyContext_CheckExact only
