@@ -1058,8 +1058,8 @@ def paired_tables(L, out, pcells, present):
     L.append("Each round runs every server once, one after the other; the ratio of two servers' CPU per message in "
              "the same round cancels the machine's slow drift between rounds (not the noise of single runs). "
              "Median over the rounds [lowest, highest round]: a goal within that range of 1.00 is not decided by "
-             "the run. Against the best of several loops: in each round the highest of the ratios against each of "
-             "them (at or below 1.00 means at or below all of them).")
+             "the run. Against the best of several loops: the highest of the paired medians against each of them, "
+             "with the loop it is against (at or below 1.00 means at or below all of them).")
     L.append("")
     L.append("| ferroloop against | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
     L.append("|---|" + "---|" * len(pcells))
@@ -1071,24 +1071,23 @@ def paired_tables(L, out, pcells, present):
                 pr = (rat.get(cid, {}).get(key) or {}).get(rkeys[0])
             else:
                 pr = worst_of(out, cid, key, rkeys)
-            cells_txt.append(f"{pr['median']:.2f} [{pr['min']:.2f}, {pr['max']:.2f}]" if pr else "—")
+            vs = f" {pr['against']}" if pr and pr.get("against") else ""
+            cells_txt.append(f"{pr['median']:.2f} [{pr['min']:.2f}, {pr['max']:.2f}]{vs}" if pr else "—")
         L.append(f"| {label} | " + " | ".join(cells_txt) + " |")
     L.append("")
 
 
 def worst_of(out: dict, cell_id: str, key: str, rkeys: list[str]) -> dict | None:
-    """Per round, the highest ratio of `key` against several peers (those with a run in that round)."""
-    servers = out["cells"].get(cell_id, {}).get("servers", {})
-    mine = round_cpu(servers.get(key))
-    peers = [round_cpu(servers.get(f"py:{rk.removeprefix('paired_vs_')}/{key.split('/')[-1]}")) for rk in rkeys]
-    per_round = []
-    for rnd, v in sorted(mine.items()):
-        vals = [v / p[rnd] for p in peers if rnd in p]
-        if vals:
-            per_round.append(max(vals))
-    if not per_round:
+    """The paired ratio of `key` against the peer it fares worst against: the highest of its paired medians
+    against each of several peers, with that peer's lowest and highest round. (The median over rounds of each
+    round's highest ratio would be biased upwards: with noisy rounds, the highest of three ratios exceeds
+    each of them on most rounds even when the loops are equal.)"""
+    peer = out.get("ratios", {}).get(cell_id, {}).get(key) or {}
+    found = [(pr, rk) for rk in rkeys if (pr := peer.get(rk))]
+    if not found:
         return None
-    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+    pr, rk = max(found, key=lambda x: x[0]["median"])
+    return dict(pr, against=rk.removeprefix("paired_vs_"))
 
 
 def tls_table(L, out, tcells):
