@@ -698,22 +698,22 @@ impl StreamInner {
     }
 
     fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let sock = self.sock.borrow();
-            let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::WouldBlock.into()) };
-            match s.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        self.read_retrying(|s| s.read(buf))
     }
 
     /// [`StreamInner::sock_read`] into memory that need not be initialised.
     fn sock_read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        self.read_retrying(|s| s.read_uninit(buf))
+    }
+
+    /// One read of the socket by `read`, again if a signal interrupted it;
+    /// "would block" once the socket is gone.
+    #[inline(always)]
+    fn read_retrying(&self, mut read: impl FnMut(&Sock) -> io::Result<usize>) -> io::Result<usize> {
         loop {
             let sock = self.sock.borrow();
             let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::WouldBlock.into()) };
-            match s.read_uninit(buf) {
+            match read(s) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
