@@ -898,8 +898,9 @@ def paired_ratio(out: dict, cell_id: str, key: str, base_key: str) -> dict | Non
     per_round = [a[k] / b[k] for k in sorted(a) if k in b]
     if not per_round:
         return None
-    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round),
-            "rounds": [round(x, 3) for x in per_round]}
+    q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else (per_round[0],) * 3
+    return {"median": statistics.median(per_round), "q1": q1, "q3": q3, "min": min(per_round),
+            "max": max(per_round), "rounds": [round(x, 3) for x in per_round]}
 
 
 def compute_ratios(out: dict) -> dict:
@@ -1037,7 +1038,7 @@ def rounds_text(cells: list[dict]) -> str:
 
 
 def paired_tables(L, out, pcells, present):
-    """The goals' ratios, paired by round: median over rounds, and the lowest and highest round."""
+    """The goals' ratios, paired by round: median over rounds, and the middle half of the rounds."""
     rat = out.get("ratios", {})
     rows = []  # (label, server key, ratio key(s))
     for s in present:
@@ -1057,8 +1058,9 @@ def paired_tables(L, out, pcells, present):
     L.append("")
     L.append("Each round runs every server once, one after the other; the ratio of two servers' CPU per message in "
              "the same round cancels the machine's slow drift between rounds (not the noise of single runs). "
-             "Median over the rounds [lowest, highest round]: a goal within that range of 1.00 is not decided by "
-             "the run. Against the best of several loops: the highest of the paired medians against each of them, "
+             "Median over the rounds [first, third quartile of the rounds; lowest and highest in the JSON]: the "
+             "quartiles say how far single rounds stray, the median of 15 rounds is far steadier than that (from "
+             "one full run to the next it moves by up to about 0.05). Against the best of several loops: the highest of the paired medians against each of them, "
              "with the loop it is against (at or below 1.00 means at or below all of them).")
     L.append("")
     L.append("| ferroloop against | " + " | ".join(c["cell"]["label"] for c in pcells) + " |")
@@ -1072,14 +1074,15 @@ def paired_tables(L, out, pcells, present):
             else:
                 pr = worst_of(out, cid, key, rkeys)
             vs = f" {pr['against']}" if pr and pr.get("against") else ""
-            cells_txt.append(f"{pr['median']:.2f} [{pr['min']:.2f}, {pr['max']:.2f}]{vs}" if pr else "—")
+            lo, hi = pr.get("q1", pr.get("min")) if pr else None, pr.get("q3", pr.get("max")) if pr else None
+            cells_txt.append(f"{pr['median']:.2f} [{lo:.2f}, {hi:.2f}]{vs}" if pr else "—")
         L.append(f"| {label} | " + " | ".join(cells_txt) + " |")
     L.append("")
 
 
 def worst_of(out: dict, cell_id: str, key: str, rkeys: list[str]) -> dict | None:
     """The paired ratio of `key` against the peer it fares worst against: the highest of its paired medians
-    against each of several peers, with that peer's lowest and highest round. (The median over rounds of each
+    against each of several peers, with that peer's spread of rounds. (The median over rounds of each
     round's highest ratio would be biased upwards: with noisy rounds, the highest of three ratios exceeds
     each of them on most rounds even when the loops are equal.)"""
     peer = out.get("ratios", {}).get(cell_id, {}).get(key) or {}
