@@ -72,31 +72,17 @@ pub trait Protocol: 'static {
     }
 
     /// Buffered protocols: `nbytes` bytes were written at the start of the
-    /// buffer returned by the last [`Protocol::get_buffer`] (or
-    /// [`Protocol::plain_read_buffer`]).
+    /// buffer returned by the last [`Protocol::get_buffer`].
     fn buffer_updated(&mut self, nbytes: usize) {
         let _ = nbytes;
     }
 
-    /// Buffered protocols: the read that asked [`Protocol::get_buffer`] (or
-    /// [`Protocol::plain_read_buffer`]) for a buffer wrote nothing into it
-    /// (no data was waiting, the stream ended, or the read failed;
-    /// `eof_received` or the error's handling follows). The buffer is the
-    /// protocol's again, as after [`Protocol::buffer_updated`]. The default
-    /// does nothing.
+    /// Buffered protocols: the read that asked [`Protocol::get_buffer`] for
+    /// a buffer wrote nothing into it (no data was waiting, the stream
+    /// ended, or the read failed; `eof_received` or the error's handling
+    /// follows). The buffer is the protocol's again, as after
+    /// [`Protocol::buffer_updated`]. The default does nothing.
     fn buffer_unused(&mut self) {}
-
-    /// Plain protocols, asked at each socket read: a buffer of the protocol's
-    /// own to read into this time instead of the transport's, the bytes then
-    /// announced by [`Protocol::buffer_updated`] (or
-    /// [`Protocol::buffer_unused`]) instead of `data_received`. For a
-    /// protocol that hands the bytes on in a container of its own and would
-    /// otherwise copy them there (the Python face's `bytes`, for large
-    /// reads). The buffer need not be initialised; what `buffer_updated`
-    /// counts is. The default, `None`, reads into the transport's buffer.
-    fn plain_read_buffer(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
-        None
-    }
 }
 
 /// How a transport holds its protocol: shared, so that the program can keep

@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
 use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
-use crate::sys::{BufferSlot, FillBytes, GilBound, HeldContext, LentBuffer, WritableBuffer};
+use crate::sys::{BufferSlot, GilBound, HeldContext, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
 /// The engine's handshake callback for a Python TLS transport: calls
@@ -136,52 +136,13 @@ pub(crate) struct PyProtocolAdapter {
     /// `buffer_updated` or `buffer_unused` (asyncio runs the pair in one
     /// handle: one entry of the context).
     held: HeldContext,
-    /// A plain protocol's last read was large: the next one goes straight
-    /// into a `bytes` object (`plain_read_buffer`), which `data_received`
-    /// then gets without a copy.
-    large_reads: bool,
-    /// The `bytes` object lent for the read under way.
-    lent: Option<FillBytes>,
 }
 
-/// A plain protocol's read of at least this many bytes makes the next read
-/// go straight into a `bytes` object: below it, copying out of the loop's
-/// buffer is cheaper than making a `bytes` of [`FILL_SIZE`] and cutting it.
-const LARGE_READ: usize = 32 * 1024;
-
-/// The size of a `bytes` object a read fills in place. Below glibc's
-/// default mmap threshold (128 KiB) with room for the object's header: a
-/// larger request is served by `mmap`, and the object, cut to the length
-/// read, by `mremap` and `munmap`, with fresh pages to fault in at every
-/// read (asyncio's 256 KiB `recv` buffers run into this: 3-4x the CPU per
-/// 64 KiB message until the process happens to free a large mmapped block).
-const FILL_SIZE: usize = 120 * 1024;
-
 impl PyProtocolAdapter {
-    /// `data_received(bytes)`, and what asyncio does when it fails.
-    fn deliver(&self, py: Python<'_>, bytes: PyResult<Bound<'_, PyBytes>>) {
-        let r = bytes.and_then(|b| self.call(py, intern!(py, "data_received"), &[b.into_any()]));
-        if let Err(e) = r {
-            if self.shared.read_pipe.get() {
-                self.shared.callback_error(py, e, "_UnixReadPipeTransport._read_ready()", &self.proto);
-            } else {
-                self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
-            }
-        }
-    }
-
     fn new(py: Python<'_>, shared: Rc<Shared>, proto: Py<PyAny>) -> PyResult<Self> {
         let asyncio = py.import(intern!(py, "asyncio"))?;
         let buffered = proto.bind(py).is_instance(&asyncio.getattr(intern!(py, "BufferedProtocol"))?)?;
-        Ok(PyProtocolAdapter {
-            shared,
-            proto,
-            buffered,
-            buf: None,
-            held: HeldContext::default(),
-            large_reads: false,
-            lent: None,
-        })
+        Ok(PyProtocolAdapter { shared, proto, buffered, buf: None, held: HeldContext::default() })
     }
 
     /// `proto.name(*args)` in the transport's context; the method is looked
@@ -206,10 +167,16 @@ impl Protocol for PyProtocolAdapter {
     }
 
     fn data_received(&mut self, data: &[u8]) {
-        self.large_reads = data.len() >= LARGE_READ;
         Python::attach(|py| {
             let bytes = PyBytes::new(py, data);
-            self.deliver(py, Ok(bytes));
+            let r = self.call(py, intern!(py, "data_received"), &[bytes.into_any()]);
+            if let Err(e) = r {
+                if self.shared.read_pipe.get() {
+                    self.shared.callback_error(py, e, "_UnixReadPipeTransport._read_ready()", &self.proto);
+                } else {
+                    self.shared.fatal(py, e, "Fatal error: protocol.data_received() call failed.", &self.proto);
+                }
+            }
         })
     }
 
@@ -332,22 +299,7 @@ impl Protocol for PyProtocolAdapter {
         }
     }
 
-    fn plain_read_buffer(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
-        if self.buffered || !self.large_reads {
-            return None;
-        }
-        if self.lent.is_none() {
-            // Out of memory: read into the loop's buffer instead.
-            self.lent = Python::attach(|py| FillBytes::new(py, FILL_SIZE)).ok();
-        }
-        self.lent.as_mut().map(|b| b.storage())
-    }
-
     fn buffer_unused(&mut self) {
-        // A plain protocol's `bytes` (no data came): let it go.
-        if self.lent.take().is_some() {
-            return;
-        }
         // As asyncio's `recv_into`, which lets go of the buffer when it
         // returns: the protocol may resize its bytearray from here on.
         Python::attach(|py| {
@@ -359,11 +311,6 @@ impl Protocol for PyProtocolAdapter {
     }
 
     fn buffer_updated(&mut self, nbytes: usize) {
-        if let Some(lent) = self.lent.take() {
-            // A plain protocol's read into a `bytes`: hand it on as it is.
-            self.large_reads = nbytes >= LARGE_READ;
-            return Python::attach(|py| self.deliver(py, lent.finish(py, nbytes)));
-        }
         Python::attach(|py| {
             if let Some(b) = self.buf.as_mut() {
                 b.release_in(py);

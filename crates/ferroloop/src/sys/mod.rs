@@ -32,21 +32,6 @@ pub fn monotonic_resolution() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// `read(2)` into memory that need not be initialised (a socket, pipe or
-/// FIFO descriptor); the first `n` bytes of `buf` are initialised when it
-/// returns `Ok(n)`.
-pub fn read_uninit(fd: RawFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole
-    // call (an exclusive borrow); the kernel writes at most that many, and
-    // never reads them, so their being uninitialised does not matter.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// A socket object on a descriptor the caller keeps owning. It is wrapped in
 /// `ManuallyDrop` so that dropping it never closes `fd`: whoever unwraps it
 /// takes on the duty of never letting it close the descriptor (the stream

@@ -153,17 +153,6 @@ impl Sock {
         }
     }
 
-    /// `read` into memory that need not be initialised (see
-    /// [`Protocol::plain_read_buffer`]).
-    fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        let fd = match self {
-            Sock::Tcp(s) => s.as_raw_fd(),
-            Sock::Unix(s) => s.as_raw_fd(),
-            Sock::Pipe(s) => s.fd(),
-        };
-        crate::sys::read_uninit(fd, buf)
-    }
-
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => (&*s).write(buf),
@@ -645,7 +634,20 @@ impl StreamInner {
             }
             let cap = buf.len();
             let r = self.sock_read(buf);
-            Some(lent_read_done(p, r, cap))
+            Some(match r {
+                Ok(0) => {
+                    p.buffer_unused();
+                    ReadOutcome::Eof
+                }
+                Ok(n) => {
+                    p.buffer_updated(n);
+                    ReadOutcome::Data { drained: n < cap }
+                }
+                Err(e) => {
+                    p.buffer_unused();
+                    ReadOutcome::from_err(e)
+                }
+            })
         });
         match buffered {
             None => ReadOutcome::Failed,
@@ -678,42 +680,23 @@ impl StreamInner {
     fn read_plain(self: &Rc<Self>) -> ReadOutcome {
         let mut rb = self.lp.take_read_buf();
         let buf = rb.bytes();
-        let outcome = self.with_protocol("data_received", |p| {
-            if let Some(own) = p.plain_read_buffer().filter(|b| !b.is_empty()) {
-                let cap = own.len();
-                let r = self.sock_read_uninit(own);
-                return lent_read_done(p, r, cap);
+        let outcome = self.with_protocol("data_received", |p| match self.sock_read(buf) {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => {
+                p.data_received(&buf[..n]);
+                ReadOutcome::Data { drained: n < buf.len() }
             }
-            match self.sock_read(buf) {
-                Ok(0) => ReadOutcome::Eof,
-                Ok(n) => {
-                    p.data_received(&buf[..n]);
-                    ReadOutcome::Data { drained: n < buf.len() }
-                }
-                Err(e) => ReadOutcome::from_err(e),
-            }
+            Err(e) => ReadOutcome::from_err(e),
         });
         self.lp.put_read_buf(rb);
         outcome.unwrap_or(ReadOutcome::Failed)
     }
 
     fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_retrying(|s| s.read(buf))
-    }
-
-    /// [`StreamInner::sock_read`] into memory that need not be initialised.
-    fn sock_read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        self.read_retrying(|s| s.read_uninit(buf))
-    }
-
-    /// One read of the socket by `read`, again if a signal interrupted it;
-    /// "would block" once the socket is gone.
-    #[inline(always)]
-    fn read_retrying(&self, mut read: impl FnMut(&Sock) -> io::Result<usize>) -> io::Result<usize> {
         loop {
             let sock = self.sock.borrow();
             let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::WouldBlock.into()) };
-            match read(s) {
+            match s.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -1191,25 +1174,6 @@ impl LifecycleHost for StreamInner {
             self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
         }
         self.release();
-    }
-}
-
-/// Tell the protocol how a read into the buffer it lent (`cap` bytes) went:
-/// `buffer_updated` with what was read, else `buffer_unused`.
-fn lent_read_done(p: &mut dyn Protocol, r: io::Result<usize>, cap: usize) -> ReadOutcome {
-    match r {
-        Ok(0) => {
-            p.buffer_unused();
-            ReadOutcome::Eof
-        }
-        Ok(n) => {
-            p.buffer_updated(n);
-            ReadOutcome::Data { drained: n < cap }
-        }
-        Err(e) => {
-            p.buffer_unused();
-            ReadOutcome::from_err(e)
-        }
     }
 }
 
