@@ -530,7 +530,6 @@ class LoadgenSession:
 
     def __init__(self, server: Server, args: list[str], timeout: float = 180.0):
         self.server = server
-        self.timeout = timeout
         cmd = ["taskset", "-c", LOADGEN_CPU, str(LOADGEN)] + server.endpoint_args() + args
         cmd += ["--commands", "--server-pid", str(server.pid), "--timeout", str(int(timeout - 10))]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
