@@ -13,7 +13,6 @@ import contextvars
 import errno
 import logging
 import os
-import re
 import socket
 import struct
 
@@ -290,9 +289,9 @@ def test_transport_methods_have_asyncios_signatures(loop):
 
 
 def test_write_arguments_as_asyncio(loop):
-    """write() takes its data positionally or as ``data=``; any other
-    arguments, and data that is not bytes-like, raise asyncio's TypeError
-    without writing anything."""
+    """write() takes its data positionally or as ``data=``; data that is not
+    bytes-like raises asyncio's TypeError without writing anything (other
+    arguments: test_transport_method_argument_errors_as_asyncio)."""
 
     async def main():
         tr, pr, peer = await connect(loop, lambda: LogProtocol(loop))
@@ -301,27 +300,6 @@ def test_write_arguments_as_asyncio(loop):
             tr.write(data=b"keyword ")
             tr.write(bytearray(b"bytearray "))
             tr.write(memoryview(b"memoryview"))
-            for bad_call in (
-                lambda: tr.write(),
-                lambda: tr.write(b"a", b"b"),
-                lambda: tr.write(b"a", data=b"b"),
-                lambda: tr.write(stuff=b"a"),
-            ):
-                with pytest.raises(TypeError):
-                    bad_call()
-            # The messages of Python methods; the class asyncio names is the
-            # one defining the method (for write(), the transport's own).
-            cls = re.escape(type(tr).__name__)
-            for bad_call, message in (
-                (lambda: tr.write(), rf"{cls}\.write\(\) missing 1 required positional argument: 'data'"),
-                (lambda: tr.write(b"a", b"b"), rf"{cls}\.write\(\) takes 2 positional arguments but 3 were given"),
-                (lambda: tr.writelines(), r"\w+\.writelines\(\) missing 1 required positional argument: 'list_of_data'"),
-                (lambda: tr.is_closing(1), r"\w+\.is_closing\(\) takes 1 positional argument but 2 were given"),
-                (lambda: tr.pause_reading(1, 2), r"\w+\.pause_reading\(\) takes 1 positional argument but 3 were given"),
-            ):
-                with pytest.raises(TypeError) as ei:
-                    bad_call()
-                assert re.fullmatch(message, str(ei.value)), str(ei.value)
             for bad in ("text", 42, None, [b"list"]):
                 with pytest.raises(TypeError) as ei:
                     tr.write(bad)
@@ -383,9 +361,14 @@ def test_transport_method_argument_errors_as_asyncio(loop):
                 (lambda: tr.is_closing(x=1), "is_closing", "got an unexpected keyword argument 'x'"),
                 (lambda: tr.pause_reading(x=1), "pause_reading", "got an unexpected keyword argument 'x'"),
                 (lambda: tr.get_write_buffer_size(1), "get_write_buffer_size", takes_1),
+                (lambda: tr.write(), "write", "missing 1 required positional argument: 'data'"),
+                (lambda: tr.write(b"a", b"b"), "write", "takes 2 positional arguments but 3 were given"),
                 (lambda: tr.write(b"a", data=b"b"), "write", "got multiple values for argument 'data'"),
                 (lambda: tr.write(stuff=b"a"), "write", "got an unexpected keyword argument 'stuff'"),
+                (lambda: tr.writelines(), "writelines", "missing 1 required positional argument: 'list_of_data'"),
                 (lambda: tr.writelines([], x=1), "writelines", "got an unexpected keyword argument 'x'"),
+                (lambda: tr.is_closing(1), "is_closing", takes_1),
+                (lambda: tr.pause_reading(1, 2), "pause_reading", "takes 1 positional argument but 3 were given"),
             ):
                 with pytest.raises(TypeError) as ei:
                     call()
