@@ -228,6 +228,7 @@ def test_datagram_method_argument_errors_as_asyncio(loop):
             (lambda: tr.close(1), "close", "takes 1 positional argument but 2 were given"),
             (lambda: tr.abort(x=1), "abort", "got an unexpected keyword argument 'x'"),
             (lambda: tr.set_protocol(), "set_protocol", "missing 1 required positional argument: 'protocol'"),
+            (lambda: tr._force_close(), "_force_close", "missing 1 required positional argument: 'exc'"),
         ):
             with pytest.raises(TypeError) as ei:
                 call()

@@ -477,8 +477,7 @@ impl DatagramCore {
         self.t().close_socket();
     }
 
-    /// asyncio's `_force_close(exc)`: close at once with `exc`.
-    #[pyo3(signature = (exc=None))]
+    /// asyncio's `_force_close(exc)`: close at once with `exc` (`None`: no error).
     fn force_close(&self, py: Python<'_>, exc: Option<Py<PyAny>>) {
         match exc {
             Some(e) if !e.is_none(py) => self.t().abort_with_error(external(PyErr::from_value(e.into_bound(py)))),
