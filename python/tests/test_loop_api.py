@@ -103,6 +103,10 @@ def test_call_soon_before_due_timer_scheduled_in_same_callback(loop):
 
 
 def test_io_callbacks_before_due_timers(loop):
+    """asyncio polls before each batch of ready callbacks and runs that
+    poll's I/O callbacks after them: I/O a callback makes ready is handled
+    after what that callback scheduled, and before what those schedule in
+    turn. (uvloop runs ready callbacks before its poll: I/O first there.)"""
     r, w = socket.socketpair()
     r.setblocking(False)
     order = []
@@ -112,7 +116,11 @@ def test_io_callbacks_before_due_timers(loop):
         def schedule():
             w.send(b"x")
             loop.call_later(0, order.append, "later(0)")
-            loop.call_soon(order.append, "soon")
+            loop.call_soon(soon)
+
+        def soon():
+            order.append("soon")
+            loop.call_soon(order.append, "soon2")
 
         loop.call_soon(schedule)
         loop.call_later(0.05, loop.stop)
@@ -121,7 +129,7 @@ def test_io_callbacks_before_due_timers(loop):
     finally:
         r.close()
         w.close()
-    assert order == ["soon", "io", "later(0)"]
+    assert order == ["soon", "io", "later(0)", "soon2"]
 
 
 def test_due_timer_scheduled_with_stop_waits_for_next_run(loop):
