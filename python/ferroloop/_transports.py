@@ -20,7 +20,7 @@ from asyncio import base_events, constants, transports, trsock
 
 from . import _ferroloop
 
-# asyncio 3.12 changed Server._attach()/_detach() to take the transport.
+# asyncio 3.13 changed Server._attach()/_detach() to take the transport (3.11 and 3.12: no argument).
 _SERVER_ATTACH_TAKES_TRANSPORT = "transport" in inspect.signature(base_events.Server._attach).parameters
 
 # The core's methods every stream transport forwards to: C-level method
@@ -451,7 +451,7 @@ class TLSTransport(StreamTransport):
         )
         self._sock_obj, transport._sock_obj = transport._sock_obj, None
         self._server, transport._server = transport._server, None
-        clients = getattr(self._server, "_clients", None)  # asyncio 3.12+: the server's live transports
+        clients = getattr(self._server, "_clients", None)  # asyncio 3.13+: the server's live transports
         if clients is not None:
             clients.discard(transport)
             clients.add(self)
