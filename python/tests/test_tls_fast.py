@@ -29,6 +29,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import weakref
 
@@ -982,6 +983,49 @@ def test_start_tls_upgrade_both_sides(flavor, certs):
         tls.close()
         assert await cp.lost is None
         await close_all(server)
+
+    isolated(flavor, main)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="Server.close_clients()/abort_clients() are new in 3.13")
+@pytest.mark.parametrize("method", ["close_clients", "abort_clients"])
+def test_server_close_clients_reaches_a_connection_upgraded_by_start_tls(flavor, certs, method):
+    """3.13's Server.close_clients()/abort_clients() end every connection the
+    server accepted, one upgraded by start_tls (its transport replaced)
+    included; then wait_closed() returns."""
+
+    async def main(loop):
+        sctx, cctx = server_context(flavor, certs), client_context(flavor, certs)
+        upgraded, handler_done = loop.create_future(), loop.create_future()
+
+        async def handler(reader, writer):
+            try:
+                assert await reader.readline() == b"STARTTLS\n"
+                writer.write(b"OK\n")
+                await writer.drain()
+                await writer.start_tls(sctx)
+                upgraded.set_result(None)
+                await reader.read()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                handler_done.set_result(None)
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"OK\n"
+        await writer.start_tls(cctx, server_hostname="localhost")
+        await upgraded
+        server.close()
+        getattr(server, method)()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        await asyncio.wait_for(handler_done, 5)
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except (ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
 
     isolated(flavor, main)
 
