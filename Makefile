@@ -4,6 +4,9 @@
 #   make test         every test: cargo's, then pytest's (once python/tests exists)
 #   make deps         Debian packages the tests use, and the .venv for the Python side
 #   make conformance  CPython's test_asyncio against ferroloop (once the Python face has it)
+#   make test-versions the Python face on CPython 3.12 and 3.13 too, those installed here
+#                     (on PATH or under pyenv): pytest, then test_asyncio of that version
+#                     against its stock asyncio; not part of `make test` (CI has only 3.11)
 #   make clean        remove build products (distclean: the .venv too)
 #
 # Needs only cargo and CPython 3.11 with pip; `deps` installs the rest.
@@ -29,7 +32,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The stamp's name carries a checksum of the package list: editing the list reinstalls.
 VENV_STAMP := $(VENV)/.stamp-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python test-conformance \
+.PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python test-conformance test-versions \
         conformance doc clean distclean
 
 # ---------------------------------------------------------------------------- deps
@@ -119,6 +122,24 @@ test-python:
 test-conformance: develop
 	$(PY) python/conformance/run.py --check
 
+# Each version gets its own .venv-X.Y; a version not installed is skipped (said so).
+PY_VERSIONS ?= 3.12 3.13
+
+test-versions:
+	@for v in $(PY_VERSIONS); do \
+	  py=""; \
+	  for c in "$$(command -v python$$v || true)" $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v*/bin/python$$v; do \
+	    if [ -n "$$c" ] && [ -x "$$c" ] && "$$c" -c pass 2>/dev/null; then py="$$c"; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then echo "test-versions: no python$$v here: skipped"; continue; fi; \
+	  venv=.venv-$$v; echo "test-versions: $$("$$py" -V) ($$py) in $$venv"; \
+	  [ -x $$venv/bin/python ] || "$$py" -m venv $$venv; \
+	  $$venv/bin/python -m pip install -q $(PY_PACKAGES); \
+	  VIRTUAL_ENV=$(CURDIR)/$$venv PATH="$(CURDIR)/$$venv/bin:$$PATH" $$venv/bin/maturin develop --release -q; \
+	  $$venv/bin/python -m pytest $(PYTEST_FLAGS) -q python/tests; \
+	  $$venv/bin/python python/conformance/run.py --compare; \
+	done
+
 conformance:
 	@if [ -f python/conformance/run.py ]; then \
 	  $(MAKE) --no-print-directory develop; \
@@ -136,7 +157,7 @@ clean:
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-*
 
 # ---------------------------------------------------------------------------- bench
 

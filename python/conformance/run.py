@@ -17,6 +17,10 @@ budget, restart after a crash or hang, the culprit marked ``hang``/``crash``).
     run.py --update-baseline  run, then write baseline.json (ferroloop passes)
     run.py --report           print, from the last results, the tests stock
                               asyncio passes and ferroloop does not
+    run.py --compare          both sides, nothing saved; exit 1 if ferroloop
+                              fails a test stock asyncio passes (for other
+                              Python versions, whose test sets differ from
+                              the baseline's: `make test-versions`)
     run.py --files test_streams,test_server --side ferroloop -v
     run.py --side ferroloop --tests 'test_ssl.TestSSL.test_create_server_ssl_1'
                               a few tests (ids or globs); printed, not saved
@@ -57,6 +61,13 @@ RESULTS_DIR = os.path.join(HERE, "results")
 PACKAGE = "test.test_asyncio."
 
 SIDES = ("stock", "ferroloop")
+
+# Differences from stock asyncio that are ferroloop's design, not bugs
+# (REPORT.md): `run.py --compare` does not fail on them.
+BY_DESIGN = {
+    "test_subprocess.GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher":
+        "children are watched by the engine's pidfd watcher; asyncio's deprecated child watchers are not consulted",
+}
 
 # Several files define the same mixin once per selector class; the loop under
 # test has no selector, so only one variant runs (on both sides, so that the
@@ -816,6 +827,44 @@ def write_baseline(ferro, names=None):
     print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests (flaky.txt left out)")
 
 
+def do_compare(opts, specs):
+    """Both sides on this interpreter, nothing saved: 1 if ferroloop fails a
+    test that stock asyncio passes, unless by design (BY_DESIGN). Failures
+    and errors are retried once: a pass on the retry is reported as flaky,
+    not counted."""
+    t0 = time.monotonic()
+    print(f"conformance --compare on Python {sys.version.split()[0]}: "
+          f"{', '.join(s.name for s in specs)} ({opts.jobs} jobs)", flush=True)
+    results = run_side_files(specs, list(SIDES), opts, only=None, tag=".compare")
+    print_table(results, specs)
+    regs = [tid for tid, _ in regressions(results)]
+    known = [t for t in regs if t in BY_DESIGN]
+    lost = [t for t in regs if t not in BY_DESIGN]
+    got = {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
+    again = [t for t in lost if got.get(t, {}).get("outcome") in ("fail", "error")]
+    if again:
+        print(f"retrying {len(again)} failed test(s) once", flush=True)
+        retry = run_side_files(specs, ["ferroloop"], opts, only=set(again), tag=".compare-retry")
+        got2 = {tid: t for res in retry["ferroloop"].values() for tid, t in res["tests"].items()}
+        passed = {t for t in again if got2.get(t, {}).get("outcome") == "pass"}
+        for t in sorted(passed):
+            print(f"FLAKY (failed, then passed on retry): {t}")
+        lost = [t for t in lost if t not in passed]
+    for t in known:
+        print(f"by design: {t} ({BY_DESIGN[t]})")
+    elapsed = time.monotonic() - t0
+    if lost:
+        print(f"\n{len(lost)} test(s) stock asyncio passes and ferroloop does not:")
+        for t in lost:
+            r = got.get(t, {})
+            print(f"  {r.get('outcome', 'missing'):8} {t}\n           {key_line(r.get('detail', ''))}")
+        print(f"conformance --compare: FAILED ({elapsed:.0f} s)")
+        return 1
+    n = sum(1 for res in results["ferroloop"].values() for t in res["tests"].values() if t["outcome"] == "pass")
+    print(f"conformance --compare: OK, {n} tests pass on ferroloop, no difference but by design ({elapsed:.0f} s)")
+    return 0
+
+
 def do_check(opts, specs):
     try:
         baseline = set(read_baseline())
@@ -867,6 +916,8 @@ def main(argv=None):
     p.add_argument("--check", action="store_true", help="ferroloop only, baseline tests only; non-zero if one fails")
     p.add_argument("--update-baseline", action="store_true", help="write baseline.json from this run's ferroloop passes")
     p.add_argument("--report", action="store_true", help="print the differences from the last saved results, run nothing")
+    p.add_argument("--compare", action="store_true",
+                   help="both sides, nothing saved; non-zero if ferroloop fails a test stock passes (not by design)")
     p.add_argument("--side", choices=("both",) + SIDES, default="both")
     p.add_argument("--files", help="comma-separated subset of: " + ",".join(f.name for f in FILES))
     p.add_argument("--tests", help="comma-separated test ids or globs (e.g. 'test_ssl.*.test_create_server_ssl_1')")
@@ -908,6 +959,8 @@ def main(argv=None):
 
     if opts.check:
         return do_check(opts, specs)
+    if opts.compare:
+        return do_compare(opts, specs)
 
     sides = list(SIDES) if opts.side == "both" else [opts.side]
     if opts.update_baseline and "ferroloop" not in sides:
