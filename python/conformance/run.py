@@ -827,11 +827,26 @@ def write_baseline(ferro, names=None):
     print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests (flaky.txt left out)")
 
 
+def retry_once(specs, opts, got, lost, tag):
+    """One retry of the tests of ``lost`` that failed or errored in ``got``
+    (not of hangs and crashes), in fresh processes: a test that passes on the
+    retry is reported as flaky, not as a regression. Returns the rest."""
+    again = [t for t in lost if got.get(t, {}).get("outcome") in ("fail", "error")]
+    if not again:
+        return lost
+    print(f"retrying {len(again)} failed test(s) once", flush=True)
+    retry = run_side_files(specs, ["ferroloop"], opts, only=set(again), tag=tag)
+    got2 = {tid: t for res in retry["ferroloop"].values() for tid, t in res["tests"].items()}
+    flaky = {t for t in again if got2.get(t, {}).get("outcome") == "pass"}
+    for t in sorted(flaky):
+        print(f"FLAKY (failed, then passed on retry): {t}")
+    return [t for t in lost if t not in flaky]
+
+
 def do_compare(opts, specs):
     """Both sides on this interpreter, nothing saved: 1 if ferroloop fails a
-    test that stock asyncio passes, unless by design (BY_DESIGN). Failures
-    and errors are retried once: a pass on the retry is reported as flaky,
-    not counted."""
+    test that stock asyncio passes, unless by design (BY_DESIGN) or flaky
+    (passes when retried once)."""
     t0 = time.monotonic()
     print(f"conformance --compare on Python {sys.version.split()[0]}: "
           f"{', '.join(s.name for s in specs)} ({opts.jobs} jobs)", flush=True)
@@ -841,15 +856,7 @@ def do_compare(opts, specs):
     known = [t for t in regs if t in BY_DESIGN]
     lost = [t for t in regs if t not in BY_DESIGN]
     got = {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
-    again = [t for t in lost if got.get(t, {}).get("outcome") in ("fail", "error")]
-    if again:
-        print(f"retrying {len(again)} failed test(s) once", flush=True)
-        retry = run_side_files(specs, ["ferroloop"], opts, only=set(again), tag=".compare-retry")
-        got2 = {tid: t for res in retry["ferroloop"].values() for tid, t in res["tests"].items()}
-        passed = {t for t in again if got2.get(t, {}).get("outcome") == "pass"}
-        for t in sorted(passed):
-            print(f"FLAKY (failed, then passed on retry): {t}")
-        lost = [t for t in lost if t not in passed]
+    lost = retry_once(specs, opts, got, lost, tag=".compare-retry")
     for t in known:
         print(f"by design: {t} ({BY_DESIGN[t]})")
     elapsed = time.monotonic() - t0
@@ -878,19 +885,7 @@ def do_check(opts, specs):
     results = run_side_files(specs, ["ferroloop"], opts, only=baseline, tag=".check")
     got = {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
     lost = sorted(t for t in baseline if got.get(t, {}).get("outcome") != "pass")
-    flaky = []
-    again = [t for t in lost if got.get(t, {}).get("outcome") in ("fail", "error")]
-    if again:
-        # One retry of the failures and errors (not of hangs and crashes), in
-        # fresh processes: a test that passes on the retry is reported as
-        # flaky, not as a regression.
-        print(f"retrying {len(again)} failed test(s) once", flush=True)
-        retry = run_side_files(specs, ["ferroloop"], opts, only=set(again), tag=".retry")
-        got2 = {tid: t for res in retry["ferroloop"].values() for tid, t in res["tests"].items()}
-        flaky = [t for t in again if got2.get(t, {}).get("outcome") == "pass"]
-        lost = [t for t in lost if t not in flaky]
-    for t in flaky:
-        print(f"FLAKY (failed, then passed on retry): {t}")
+    lost = retry_once(specs, opts, got, lost, tag=".retry")
     if lost:
         print(f"\n{len(lost)} baseline test(s) no longer pass on ferroloop:")
         for t in lost:
