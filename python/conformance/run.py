@@ -827,6 +827,11 @@ def write_baseline(ferro, names=None):
     print(f"wrote {os.path.relpath(BASELINE_PATH)}: {len(passing)} passing tests (flaky.txt left out)")
 
 
+def ferroloop_tests(results):
+    """The ferroloop side's tests of ``results``, all files: {test id: result}."""
+    return {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
+
+
 def retry_once(specs, opts, got, lost, tag):
     """One retry of the tests of ``lost`` that failed or errored in ``got``
     (not of hangs and crashes), in fresh processes: a test that passes on the
@@ -836,7 +841,7 @@ def retry_once(specs, opts, got, lost, tag):
         return lost
     print(f"retrying {len(again)} failed test(s) once", flush=True)
     retry = run_side_files(specs, ["ferroloop"], opts, only=set(again), tag=tag)
-    got2 = {tid: t for res in retry["ferroloop"].values() for tid, t in res["tests"].items()}
+    got2 = ferroloop_tests(retry)
     flaky = {t for t in again if got2.get(t, {}).get("outcome") == "pass"}
     for t in sorted(flaky):
         print(f"FLAKY (failed, then passed on retry): {t}")
@@ -855,7 +860,7 @@ def do_compare(opts, specs):
     regs = [tid for tid, _ in regressions(results)]
     known = [t for t in regs if t in BY_DESIGN]
     lost = [t for t in regs if t not in BY_DESIGN]
-    got = {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
+    got = ferroloop_tests(results)
     lost = retry_once(specs, opts, got, lost, tag=".compare-retry")
     for t in known:
         print(f"by design: {t} ({BY_DESIGN[t]})")
@@ -867,7 +872,7 @@ def do_compare(opts, specs):
             print(f"  {r.get('outcome', 'missing'):8} {t}\n           {key_line(r.get('detail', ''))}")
         print(f"conformance --compare: FAILED ({elapsed:.0f} s)")
         return 1
-    n = sum(1 for res in results["ferroloop"].values() for t in res["tests"].values() if t["outcome"] == "pass")
+    n = sum(1 for t in got.values() if t["outcome"] == "pass")
     print(f"conformance --compare: OK, {n} tests pass on ferroloop, no difference but by design ({elapsed:.0f} s)")
     return 0
 
@@ -883,7 +888,7 @@ def do_check(opts, specs):
     t0 = time.monotonic()
     print(f"conformance --check: {len(baseline)} baseline tests on ferroloop ({opts.jobs} jobs)", flush=True)
     results = run_side_files(specs, ["ferroloop"], opts, only=baseline, tag=".check")
-    got = {tid: t for res in results["ferroloop"].values() for tid, t in res["tests"].items()}
+    got = ferroloop_tests(results)
     lost = sorted(t for t in baseline if got.get(t, {}).get("outcome") != "pass")
     lost = retry_once(specs, opts, got, lost, tag=".retry")
     if lost:
