@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod child;
 pub mod error;
 pub mod event_loop;
@@ -57,6 +58,7 @@ pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, LentBytes, S
 pub use transport::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 /// The rustls crate this engine's TLS transport is built on (for its configuration types).
 pub use rustls;
+pub use accept::{Accepted, Acceptor, Listener};
 pub use child::ChildWatcher;
 pub use transport::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,

@@ -7,26 +7,22 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
-use mio::{Interest, Token};
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
+use crate::accept::{AcceptEvent, Acceptor, ListenSock, Listener};
 use crate::error::{Error, Result};
-use crate::event_loop::{panic_message, EventLoop, ExceptionContext, IoSource, Readiness};
+use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
 use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::resolve::{resolve_all, Family};
 use crate::transport::stream::{Address, Sock, StreamInner};
 use crate::transport::Transport;
-
-/// After `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM`, accepting pauses this long (asyncio's `ACCEPT_RETRY_DELAY`).
-const ACCEPT_RETRY_DELAY: f64 = 1.0;
 
 /// Where a server listens (asyncio's `host=` argument).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,144 +82,10 @@ impl Default for ServerOptions {
 
 type Factory = Rc<dyn Fn() -> ProtocolRef>;
 
-enum ListenSock {
-    Tcp(mio::net::TcpListener),
-    Unix(mio::net::UnixListener),
-}
-
-impl ListenSock {
-    /// A listening TCP socket handed over, made non-blocking.
-    fn tcp(l: std::net::TcpListener) -> io::Result<ListenSock> {
-        l.set_nonblocking(true)?;
-        Ok(ListenSock::Tcp(mio::net::TcpListener::from_std(l)))
-    }
-
-    /// A listening Unix socket handed over, made non-blocking.
-    fn unix(l: std::os::unix::net::UnixListener) -> io::Result<ListenSock> {
-        l.set_nonblocking(true)?;
-        Ok(ListenSock::Unix(mio::net::UnixListener::from_std(l)))
-    }
-
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            ListenSock::Tcp(s) => s,
-            ListenSock::Unix(s) => s,
-        }
-    }
-
-    fn accept(&self) -> io::Result<Sock> {
-        match self {
-            ListenSock::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                let _ = s.set_nodelay(true);
-                Ok(Sock::Tcp(s))
-            }
-            ListenSock::Unix(l) => l.accept().map(|(s, _)| Sock::Unix(s)),
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        match self {
-            ListenSock::Tcp(s) => s.as_raw_fd(),
-            ListenSock::Unix(s) => s.as_raw_fd(),
-        }
-    }
-
-    fn address(&self) -> Option<Address> {
-        match self {
-            ListenSock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
-            ListenSock::Unix(s) => s
-                .local_addr()
-                .ok()
-                .map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
-        }
-    }
-}
-
-struct Listener {
-    server: Weak<ServerInner>,
-    sock: RefCell<Option<ListenSock>>,
-    token: Cell<Option<Token>>,
-}
-
-impl Listener {
-    fn start(self: &Rc<Self>, lp: &EventLoop) -> Result<()> {
-        if self.token.get().is_some() {
-            return Ok(());
-        }
-        let mut sock = self.sock.borrow_mut();
-        let Some(s) = sock.as_mut() else { return Ok(()) };
-        let token = lp.register(s.source(), Interest::READABLE, self.clone())?;
-        self.token.set(Some(token));
-        drop(sock);
-        // Connections may already wait in the backlog: accept them too.
-        let me = self.clone();
-        let lp2 = lp.clone();
-        lp.schedule(Box::new(move || me.accept_ready(&lp2)));
-        Ok(())
-    }
-
-    fn stop(&self, lp: &EventLoop) {
-        if let Some(token) = self.token.take() {
-            if let Some(s) = self.sock.borrow_mut().as_mut() {
-                lp.deregister(s.source(), token);
-            }
-        }
-    }
-
-    fn accept_ready(self: &Rc<Self>, lp: &EventLoop) {
-        let Some(server) = self.server.upgrade() else { return };
-        if self.token.get().is_none() {
-            return;
-        }
-        for _ in 0..server.backlog.max(1) {
-            let accepted = match self.sock.borrow().as_ref() {
-                Some(s) => s.accept(),
-                None => return,
-            };
-            match accepted {
-                Ok(sock) => server.spawn_client(sock),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let code = e.raw_os_error().unwrap_or(0);
-                    if [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&code) {
-                        lp.call_exception_handler(ExceptionContext {
-                            message: "socket.accept() out of system resource".into(),
-                            error: Some(Error::Io(e)),
-                        });
-                        self.stop(lp);
-                        let me = self.clone();
-                        let lp2 = lp.clone();
-                        let _ = lp.call_later(ACCEPT_RETRY_DELAY, move || {
-                            if me.server.upgrade().map(|s| s.serving.get()).unwrap_or(false) {
-                                let _ = me.start(&lp2);
-                            }
-                        });
-                        return;
-                    }
-                    // ECONNABORTED and friends: the peer gave up; try the next one.
-                }
-            }
-        }
-        // Backlog budget used: continue next iteration (mio is edge-triggered).
-        let me = self.clone();
-        let lp2 = lp.clone();
-        lp.schedule(Box::new(move || me.accept_ready(&lp2)));
-    }
-}
-
-impl IoSource for Listener {
-    fn on_ready(self: Rc<Self>, lp: &EventLoop, _ready: Readiness) {
-        self.accept_ready(lp);
-    }
-}
-
 pub(crate) struct ServerInner {
     lp: EventLoop,
     factory: Factory,
-    listeners: RefCell<Vec<Rc<Listener>>>,
-    backlog: i32,
+    listeners: RefCell<Vec<Acceptor>>,
     tls: Option<crate::transport::TlsServerOptions>,
     serving: Cell<bool>,
     closed: Cell<bool>,
@@ -348,7 +210,8 @@ impl Server {
             .listeners
             .borrow()
             .iter()
-            .filter_map(|l| l.sock.borrow().as_ref().map(|s| ServerSocket { fd: s.fd(), address: s.address() }))
+            .filter(|l| l.fd() >= 0)
+            .map(|l| ServerSocket { fd: l.fd(), address: l.address() })
             .collect()
     }
 
@@ -372,7 +235,7 @@ impl Server {
         }
         let listeners = self.inner.listeners.borrow().clone();
         for l in listeners {
-            l.start(&self.inner.lp)?;
+            l.start()?;
         }
         Ok(())
     }
@@ -386,9 +249,7 @@ impl Server {
         self.inner.serving.set(false);
         let listeners = std::mem::take(&mut *self.inner.listeners.borrow_mut());
         for l in listeners {
-            l.stop(&self.inner.lp);
-            let s = l.sock.borrow_mut().take();
-            drop(s);
+            l.close();
         }
         let hooks = std::mem::take(&mut *self.inner.close_hooks.borrow_mut());
         for hook in hooks {
@@ -484,16 +345,30 @@ fn make_factory<P: Protocol, F: Fn() -> P + 'static>(factory: F) -> Factory {
 
 impl EventLoop {
     fn new_server(&self, factory: Factory, socks: Vec<ListenSock>, opts: &ServerOptions) -> Result<Server> {
+        let backlog = usize::try_from(opts.backlog).unwrap_or(1);
         let inner = Rc::new_cyclic(|weak: &Weak<ServerInner>| ServerInner {
             lp: self.clone(),
             factory,
             listeners: RefCell::new(
                 socks
                     .into_iter()
-                    .map(|s| Rc::new(Listener { server: weak.clone(), sock: RefCell::new(Some(s)), token: Cell::new(None) }))
+                    .map(|s| {
+                        let server = weak.clone();
+                        let lp = self.clone();
+                        Acceptor::from_listen_sock(self, s, backlog, Rc::new(move |ev: AcceptEvent| match ev {
+                            Ok(conn) => {
+                                if let Some(server) = server.upgrade() {
+                                    server.spawn_client(conn.into_sock());
+                                }
+                            }
+                            Err(e) => lp.call_exception_handler(ExceptionContext {
+                                message: "socket.accept() out of system resource".into(),
+                                error: Some(Error::Io(e)),
+                            }),
+                        }))
+                    })
                     .collect(),
             ),
-            backlog: opts.backlog,
             tls: opts.tls.clone(),
             serving: Cell::new(false),
             closed: Cell::new(false),
@@ -569,7 +444,7 @@ impl EventLoop {
         P: Protocol,
         F: Fn() -> P + 'static,
     {
-        self.serve_listener(factory, &opts, || ListenSock::tcp(listener))
+        self.serve_listener(factory, &opts, Listener::Tcp(listener))
     }
 
     /// Serve on a listening Unix socket.
@@ -583,7 +458,7 @@ impl EventLoop {
         P: Protocol,
         F: Fn() -> P + 'static,
     {
-        self.serve_listener(factory, &opts, || ListenSock::unix(listener))
+        self.serve_listener(factory, &opts, Listener::Unix(listener))
     }
 
     /// Serve on the listening socket `listen` makes, unless the loop is closed.
@@ -591,14 +466,14 @@ impl EventLoop {
         &self,
         factory: F,
         opts: &ServerOptions,
-        listen: impl FnOnce() -> io::Result<ListenSock>,
+        listener: Listener,
     ) -> Result<Server>
     where
         P: Protocol,
         F: Fn() -> P + 'static,
     {
         self.check_closed()?;
-        let sock = listen()?;
+        let sock = listener.into_listen_sock()?;
         self.new_server(make_factory(factory), vec![sock], opts)
     }
 }
