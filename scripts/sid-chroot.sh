@@ -66,14 +66,6 @@ mount_all() {
     done
 }
 
-umount_all() {
-    local d
-    for d in "$ROOT_DIR" "${RUSTUP_HOME:-$HOME/.rustup}" "${CARGO_HOME:-$HOME/.cargo}" dev/pts dev sys proc; do
-        case $d in /*) d=$CHROOT$d ;; *) d=$CHROOT/$d ;; esac
-        if mounted "$d"; then umount "$d" || umount -l "$d"; fi
-    done
-}
-
 copy_host_config() {
     mkdir -p "$CHROOT/etc/ssl/certs"
     cp -f /etc/resolv.conf "$CHROOT/etc/resolv.conf" 2>/dev/null || true
@@ -116,12 +108,8 @@ ensure() {
     else
         log "installing into the existing chroot: $pkgs"
         copy_host_config
-        trap umount_all EXIT
-        mount_all
-        chroot "$CHROOT" env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]%-y}" update >&2 || true
-        chroot "$CHROOT" env DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" $pkgs >&2
-        umount_all
-        trap - EXIT
+        SID_IN_NS=1 unshare --mount --propagation private "$0" _run_ns / \
+            bash -c "apt-get ${APT_OPTS[*]} update || true; DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install $pkgs" >&2
     fi
     copy_host_config
     echo "$pkgs" >"$stamp"
@@ -131,10 +119,17 @@ ensure() {
 run_in() {
     [ -x "$CHROOT/usr/bin/apt-get" ] || { log "no chroot at $CHROOT (run: $0 ensure)"; exit 1; }
     copy_host_config
-    trap umount_all EXIT
+    # A mount namespace of its own: the bind mounts exist only for this
+    # command and vanish with it (two runs at once do not unmount each
+    # other's /proc, and nothing is left mounted after a kill).
+    SID_IN_NS=1 exec unshare --mount --propagation private "$0" _run_ns "$PWD" "$@"
+}
+
+run_ns() {
+    local dir=$1
+    shift
     mount_all
-    local rc=0
-    chroot "$CHROOT" env -i HOME="$HOME" PATH="${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/bin:/usr/bin:/bin" \
+    exec chroot "$CHROOT" env -i HOME="$HOME" PATH="${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/bin:/usr/bin:/bin" \
         ${RUSTUP_HOME:+RUSTUP_HOME=$RUSTUP_HOME} ${CARGO_HOME:+CARGO_HOME=$CARGO_HOME} \
         RUSTUP_AUTO_INSTALL=0 TERM=dumb LANG=C.UTF-8 \
         PIP_CERT=/usr/local/share/host-ca/ca-certificates.crt \
@@ -143,15 +138,13 @@ run_in() {
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
         ${PIP_INDEX_URL:+PIP_INDEX_URL=$PIP_INDEX_URL} ${PIP_EXTRA_INDEX_URL:+PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL} \
         ${CI:+CI=$CI} \
-        bash -c 'cd "$0" && exec "$@"' "$PWD" "$@" || rc=$?
-    umount_all
-    trap - EXIT
-    return $rc
+        bash -c 'cd "$0" && exec "$@"' "$dir" "$@"
 }
 
 case "${1:-}" in
     ensure) ensure ;;
     run) shift; run_in "$@" ;;
+    _run_ns) shift; [ -n "${SID_IN_NS:-}" ] || exit 2; run_ns "$@" ;;
     python) [ -x "$CHROOT/usr/bin/python$2" ] && echo present ;;
     mirror) mirror ;;
     *) echo "usage: $0 ensure | run CMD... | python X.Y" >&2; exit 2 ;;
