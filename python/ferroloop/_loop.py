@@ -27,12 +27,17 @@ import warnings
 
 from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
-from . import _ferroloop
+from . import _connect, _ferroloop, _server
+from ._resolve import check_ssl_socket, ensure_resolved
+from ._server import check_tls_side
 from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport, socket_kind
 
 TLSContext = _ferroloop.TLSContext
 
 _monotonic = time.monotonic
+
+# create_unix_server's cleanup_socket, when not given (3.13 added it).
+_CLEANUP_DEFAULT = object()
 
 __all__ = ("Loop",)
 
@@ -54,28 +59,10 @@ def _sighandler_noop(signum, frame):
     """Dummy signal handler: the wakeup fd does the work."""
 
 
-def _check_tls_side(context, server_side):
-    if context.server_side != bool(server_side):
-        side = "a server" if context.server_side else "a client"
-        raise ValueError(f"{context!r} is {side} context; server_side={server_side!r} was asked for")
-
-
-# The host of the last accepted peer: connections from one host share one
-# string (an idle connection then holds only its port and the tuple).
-_last_peer_host = None
-
-
-def _shared_peername(addr):
-    """``addr``, an accepted peer's address, with its host the same object
-    as the previous peer's when they are equal."""
-    global _last_peer_host
-    if type(addr) is tuple and addr:
-        host = addr[0]
-        if host != _last_peer_host:
-            _last_peer_host = host
-        elif host is not _last_peer_host:
-            addr = (_last_peer_host, *addr[1:])
-    return addr
+def _format_handle(handle):
+    """A slow callback as debug mode logs it: its task's repr for a task step."""
+    owner = getattr(handle._callback, "__self__", None)
+    return repr(owner) if isinstance(owner, asyncio.Task) else str(handle)
 
 
 class _TimerHandle(events.TimerHandle):
@@ -108,11 +95,6 @@ class Loop(base_events.BaseEventLoop):
         self._readers = {}
         self._writers = {}
         self._signal_handlers = {}
-        # Python 3.13's create_unix_server (cleanup_socket=True) records its
-        # listening sockets here (socket -> the path's inode), for
-        # _stop_serving to unlink the path; stdlib's
-        # _UnixSelectorEventLoop.__init__ makes this dict.
-        self._unix_server_sockets = {}
         self._sig_rsock = None
         self._sig_wsock = None
 
@@ -215,7 +197,7 @@ class Loop(base_events.BaseEventLoop):
             dt = self.time() - t0
             if dt >= self.slow_callback_duration:
                 base_events.logger.warning(
-                    "Executing %s took %.3f seconds", base_events._format_handle(handle), dt
+                    "Executing %s took %.3f seconds", _format_handle(handle), dt
                 )
         finally:
             self._current_handle = None
@@ -370,7 +352,7 @@ class Loop(base_events.BaseEventLoop):
     # ----- low-level socket operations --------------------------------------
 
     def _check_sock(self, sock):
-        base_events._check_ssl_socket(sock)
+        check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
@@ -445,10 +427,8 @@ class Loop(base_events.BaseEventLoop):
 
     async def sock_connect(self, sock, address):
         self._check_sock(sock)
-        if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
-            resolved = await self._ensure_resolved(
-                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
-            )
+        if sock.family == socket.AF_INET or sock.family == getattr(socket, "AF_INET6", None):
+            resolved = await ensure_resolved(self, address, family=sock.family, type=sock.type, proto=sock.proto)
             _, _, _, _, address = resolved[0]
         started = [False]
 
@@ -546,10 +526,12 @@ class Loop(base_events.BaseEventLoop):
 
     # ----- transports ---------------------------------------------------------
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
-        return StreamTransport(self, sock, protocol, waiter, extra, server)
+    def _socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None, context=None):
+        """The engine's stream transport on connected ``sock``; the protocol's
+        callbacks run in ``context`` (a ``contextvars.Context``)."""
+        return StreamTransport(self, sock, protocol, waiter, extra, server, context)
 
-    def _make_ssl_transport(
+    def _ssl_transport(
         self,
         rawsock,
         protocol,
@@ -562,10 +544,14 @@ class Loop(base_events.BaseEventLoop):
         server=None,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
+        """A TLS transport on connected ``rawsock``: the engine's (rustls)
+        with a ``ferroloop.TLSContext``, else asyncio's SSLProtocol over the
+        engine's stream transport."""
         if isinstance(sslcontext, TLSContext):
             # The fast path: the engine's TLS transport (rustls).
-            _check_tls_side(sslcontext, server_side)
+            check_tls_side(sslcontext, server_side)
             return TLSTransport(
                 self,
                 rawsock,
@@ -577,6 +563,7 @@ class Loop(base_events.BaseEventLoop):
                 server_hostname,
                 ssl_handshake_timeout,
                 ssl_shutdown_timeout,
+                run_context=context,
             )
         # With an ssl.SSLContext, TLS is asyncio's own SSLProtocol (a
         # BufferedProtocol) over the engine's stream transport.
@@ -590,8 +577,15 @@ class Loop(base_events.BaseEventLoop):
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        StreamTransport(self, rawsock, ssl_protocol, None, extra, server)
+        StreamTransport(self, rawsock, ssl_protocol, None, extra, server, context)
         return ssl_protocol._app_transport
+
+    # Named as asyncio's, so that a subclass (or a test) that replaces them
+    # is used for the connections ferroloop makes; nothing in asyncio calls
+    # them on this loop any more.
+    _socket_transport._ferroloop_default = _ssl_transport._ferroloop_default = True
+    _make_socket_transport = _socket_transport
+    _make_ssl_transport = _ssl_transport
 
     async def start_tls(
         self,
@@ -618,7 +612,7 @@ class Loop(base_events.BaseEventLoop):
             )
         if type(transport) is not StreamTransport:
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
-        _check_tls_side(sslcontext, server_side)
+        check_tls_side(sslcontext, server_side)
         waiter = self.create_future()
         tls_transport = TLSTransport._upgrade(
             transport, protocol, sslcontext, waiter, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout
@@ -680,184 +674,58 @@ class Loop(base_events.BaseEventLoop):
         # pipes delivered meanwhile is handled first.
         self.call_soon(self.call_soon, transp._process_exited, returncode)
 
-    # ----- servers ------------------------------------------------------------
+    # ----- servers and connections ---------------------------------------------
+    # ferroloop's own (_server.py, _connect.py): asyncio's versions reach the
+    # loop's private hooks, whose signatures change between releases.
 
-    def _start_serving(
-        self,
-        protocol_factory,
-        sock,
-        sslcontext=None,
-        server=None,
-        backlog=100,
-        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
-    ):
-        if isinstance(sslcontext, TLSContext):
-            _check_tls_side(sslcontext, True)
-        self._add_reader(
-            sock.fileno(),
-            self._accept_connection,
-            protocol_factory,
-            sock,
-            sslcontext,
-            server,
-            backlog,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-        )
+    async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
+                            flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
+                            reuse_port=None, keep_alive=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                            start_serving=True):
+        if keep_alive is not None:
+            _connect.unexpected_keyword("create_server", "keep_alive", (3, 13))
+        return await _server.create_server(
+            self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog, ssl=ssl,
+            reuse_address=reuse_address, reuse_port=reuse_port, keep_alive=keep_alive,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+            start_serving=start_serving)
 
-    def _stop_serving(self, sock):
-        # A Unix socket of create_unix_server(cleanup_socket=True) (3.13):
-        # its path is unlinked, if it is still that socket's, as asyncio does.
-        path = sock.getsockname() if sock in self._unix_server_sockets else None
-        self._remove_reader(sock.fileno())
-        sock.close()
-        if path is not None:
-            prev_ino = self._unix_server_sockets.pop(sock)
-            try:
-                if os.stat(path).st_ino == prev_ino:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                base_events.logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+    async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
+                                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True,
+                                 cleanup_socket=_CLEANUP_DEFAULT):
+        if cleanup_socket is not _CLEANUP_DEFAULT:
+            _connect.unexpected_keyword("create_unix_server", "cleanup_socket", (3, 13))
+        else:
+            # 3.13 added cleanup_socket (default True); before, the path stayed.
+            cleanup_socket = sys.version_info >= (3, 13)
+        return await _server.create_unix_server(
+            self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+            start_serving=start_serving, cleanup_socket=cleanup_socket)
 
-    def _accept_connection(
-        self,
-        protocol_factory,
-        sock,
-        sslcontext=None,
-        server=None,
-        backlog=100,
-        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
-    ):
-        # Several connections may wait: accept up to `backlog` per readiness.
-        kind = None
-        for _ in range(backlog):
-            try:
-                conn, addr = sock.accept()
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.call_exception_handler(
-                        {
-                            "message": "socket.accept() out of system resource",
-                            "exception": exc,
-                            "socket": trsock.TransportSocket(sock),
-                        }
-                    )
-                    self._remove_reader(sock.fileno())
-                    self.call_later(
-                        constants.ACCEPT_RETRY_DELAY,
-                        self._start_serving,
-                        protocol_factory,
-                        sock,
-                        sslcontext,
-                        server,
-                        backlog,
-                        ssl_handshake_timeout,
-                        ssl_shutdown_timeout,
-                    )
-                    return
-                raise
-            extra = {"peername": _shared_peername(addr)}
-            if isinstance(sslcontext, TLSContext):
-                # The fast path needs no task: the handshake is the engine's.
-                protocol = transport = None
-                try:
-                    protocol = protocol_factory()
-                    transport = TLSTransport(
-                        self, conn, protocol, sslcontext, None, extra, server, None,
-                        ssl_handshake_timeout, ssl_shutdown_timeout,
-                    )
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    conn.close()
-                    self._report_accept_error(exc, protocol, transport)
-                    continue
-                if transport.__class__ is TLSTransport:
-                    if kind is None:
-                        kind = socket_kind(sock)
-                    transport._keep_fd_only(kind)
-                continue
-            if sslcontext:
-                self.create_task(
-                    self._accept_tls(
-                        protocol_factory, conn, extra, sslcontext, server,
-                        ssl_handshake_timeout, ssl_shutdown_timeout,
-                    )
-                )
-                continue
-            protocol = transport = None
-            try:
-                protocol = protocol_factory()
-                transport = self._make_socket_transport(conn, protocol, extra=extra, server=server)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                conn.close()
-                self._report_accept_error(exc, protocol, transport)
-                continue
-            # Nothing else holds the accepted socket's object (unless a
-            # subclass makes its own transports): the transport keeps the
-            # descriptor and makes the object again if asked.
-            own_transport = type(self)._make_socket_transport is Loop._make_socket_transport
-            if own_transport and transport.__class__ is StreamTransport:
-                if kind is None:
-                    kind = socket_kind(sock)
-                transport._keep_fd_only(kind)
+    async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0, proto=0,
+                                flags=0, sock=None, local_addr=None, server_hostname=None,
+                                ssl_handshake_timeout=None, ssl_shutdown_timeout=None, happy_eyeballs_delay=None,
+                                interleave=None, all_errors=False):
+        if all_errors:
+            _connect.unexpected_keyword("create_connection", "all_errors", (3, 12))
+        return await _connect.create_connection(
+            self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
+            local_addr=local_addr, server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout, happy_eyeballs_delay=happy_eyeballs_delay,
+            interleave=interleave, all_errors=all_errors)
 
-    async def _accept_tls(
-        self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
-    ):
-        protocol = transport = None
-        try:
-            protocol = protocol_factory()
-            waiter = self.create_future()
-            transport = self._make_ssl_transport(
-                conn,
-                protocol,
-                sslcontext,
-                waiter=waiter,
-                server_side=True,
-                extra=extra,
-                server=server,
-                ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout,
-            )
-            try:
-                await waiter
-            except BaseException:
-                transport.close()
-                raise
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report_accept_error(exc, protocol, transport)
+    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
+                                     server_hostname=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        return await _connect.create_unix_connection(
+            self, protocol_factory, path, ssl=ssl, sock=sock, server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
 
-    def _report_accept_error(self, exc, protocol, transport):
-        # asyncio reports these only in debug mode.
-        if self._debug:
-            context = {
-                "message": "Error on transport creation for incoming connection",
-                "exception": exc,
-            }
-            if protocol is not None:
-                context["protocol"] = protocol
-            if transport is not None:
-                context["transport"] = transport
-            self.call_exception_handler(context)
-
-    # Unix stream sockets: asyncio's argument handling (stdlib), on our transports.
-    from asyncio.unix_events import _UnixSelectorEventLoop as _unix
-
-    create_unix_connection = _unix.create_unix_connection
-    create_unix_server = _unix.create_unix_server
-    del _unix
+    async def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None, ssl_handshake_timeout=None,
+                                      ssl_shutdown_timeout=None):
+        return await _connect.connect_accepted_socket(
+            self, protocol_factory, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     # ----- signals ------------------------------------------------------------
 

@@ -10,18 +10,14 @@ transport holds nothing per method.
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import stat
 import warnings
 
-from asyncio import base_events, constants, transports, trsock
+from asyncio import constants, transports, trsock
 
 from . import _ferroloop
-
-# asyncio 3.13 changed Server._attach()/_detach() to take the transport (3.11 and 3.12: no argument).
-_SERVER_ATTACH_TAKES_TRANSPORT = "transport" in inspect.signature(base_events.Server._attach).parameters
 
 # The core's methods every stream transport forwards to: C-level method
 # descriptors of the class (``_ferroloop.core_method``), so a call runs no
@@ -190,7 +186,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
     # the transport let go of the socket.
     __slots__ = ("_core", "_sock_obj", "_sock_fd", "_server", "__dict__", "__weakref__")
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, run_context=None):
         # Flow control lives in the engine: _FlowControlMixin.__init__ is not called.
         self._extra = {} if extra is None else extra
         self._loop = loop
@@ -206,24 +202,47 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
         # As asyncio: attached to the server before the socket is polled
         # (a closed server refuses, and nothing may be polled then).
         if server is not None:
-            if _SERVER_ATTACH_TAKES_TRANSPORT:
-                server._attach(self)
-            else:
-                server._attach()
+            server._attach(self)
         try:
-            self._core = self._make_core(loop, protocol, waiter)
+            self._core = self._make_core(loop, protocol, waiter, run_context)
         except BaseException:
             self._server = None
             if server is not None:
-                if _SERVER_ATTACH_TAKES_TRANSPORT:
-                    server._detach(self)
-                else:
-                    server._detach()
+                server._detach(self)
             raise
         loop._transports[self._sock_fd] = self
 
-    def _make_core(self, loop, protocol, waiter):
-        return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter)
+    @classmethod
+    def _accepted(cls, loop, fd, kind, protocol, extra, server, run_context):
+        """The transport of a connection the engine accepted for ``server``:
+        on descriptor ``fd`` (now the transport's), with no socket object
+        until one is asked for (``kind`` makes it)."""
+        self = cls.__new__(cls)
+        self._extra = extra
+        self._loop = loop
+        self._sock_obj = kind
+        self._sock_fd = fd
+        self._server = None
+        try:
+            # As asyncio: a closed server refuses (AssertionError), before
+            # anything is polled.
+            server._attach(self)
+            self._server = server
+            self._core = _ferroloop.StreamCore(loop._core, loop, self, fd, protocol, None, None, None, None, None,
+                                               run_context)
+        except BaseException:
+            # The caller closes the descriptor; the finalizer must not.
+            self._sock_obj = None
+            if self._server is not None:
+                self._server = None
+                server._detach(self)
+            raise
+        loop._transports[fd] = self
+        return self
+
+    def _make_core(self, loop, protocol, waiter, run_context):
+        return _ferroloop.StreamCore(loop._core, loop, self, self._sock_fd, protocol, waiter, None, None, None, None,
+                                     run_context)
 
     @property
     def _sock(self):
@@ -264,10 +283,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
             sock.close()
         server, self._server = self._server, None
         if server is not None:
-            if _SERVER_ATTACH_TAKES_TRANSPORT:
-                server._detach(self)
-            else:
-                server._detach()
+            server._detach(self)
 
     _empty_waiter = None
 
@@ -422,16 +438,18 @@ class TLSTransport(StreamTransport):
         server_hostname=None,
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
+        run_context=None,
     ):
         self._tls = (context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
         self._tls_waiter = waiter
-        StreamTransport.__init__(self, loop, sock, protocol, None, extra, server)
+        StreamTransport.__init__(self, loop, sock, protocol, None, extra, server, run_context)
         self._extra["sslcontext"] = context
 
-    def _make_core(self, loop, protocol, waiter):
+    def _make_core(self, loop, protocol, waiter, run_context):
         context, server_hostname, hs_timeout, sd_timeout = self._tls
         return _ferroloop.StreamCore(
-            loop._core, loop, self, self._sock_fd, protocol, None, context, server_hostname, hs_timeout, sd_timeout
+            loop._core, loop, self, self._sock_fd, protocol, None, context, server_hostname, hs_timeout, sd_timeout,
+            run_context,
         )
 
     @classmethod
@@ -451,10 +469,10 @@ class TLSTransport(StreamTransport):
         )
         self._sock_obj, transport._sock_obj = transport._sock_obj, None
         self._server, transport._server = transport._server, None
-        clients = getattr(self._server, "_clients", None)  # asyncio 3.13+: the server's live transports
-        if clients is not None:
-            clients.discard(transport)
-            clients.add(self)
+        if self._server is not None:
+            # The server's live transports: the TLS one replaces the plain one.
+            self._server._clients.discard(transport)
+            self._server._clients.add(self)
         self._loop._transports[self._sock_fd] = self
         return self
 

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod errors;
 mod event_loop;
 mod handle;
+mod server;
 mod sys;
 mod tls;
 mod transport;
@@ -19,6 +20,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::RemoteCore>()?;
     m.add_class::<event_loop::TimerRef>()?;
     m.add_class::<handle::FastHandle>()?;
+    m.add_class::<server::AcceptorCore>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::udp::DatagramCore>()?;
     m.add_class::<tls::TlsContext>()?;

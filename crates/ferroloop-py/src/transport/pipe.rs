@@ -32,7 +32,7 @@ pub fn pipe_core(
 ) -> PyResult<StreamCore> {
     let lp = core.engine()?.clone();
     let pipe = crate::sys::dup_fd(fd).map_err(|e| io_to_pyerr(&e))?;
-    let core = StreamCore::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| {
+    let core = StreamCore::build(py, &lp, loop_obj, transport, protocol, waiter, None, move |lp, proto| {
         if write {
             lp.create_write_pipe_transport(pipe, proto)
         } else {

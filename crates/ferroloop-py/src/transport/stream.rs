@@ -349,9 +349,15 @@ impl StreamCore {
         transport: Py<PyAny>,
         protocol: Py<PyAny>,
         waiter: Option<Py<PyAny>>,
+        context: Option<Py<PyAny>>,
         make: impl FnOnce(&EventLoop, ProtocolRef) -> ferroloop::Result<Transport>,
     ) -> PyResult<Self> {
-        let context = py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind();
+        // The protocol's callbacks run in `context` (asyncio 3.15 passes the
+        // transport one), else in a copy of the current one.
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => py.import(intern!(py, "contextvars"))?.call_method0(intern!(py, "copy_context"))?.unbind(),
+        };
         let shared = Rc::new(Shared {
             lp: lp.clone(),
             loop_obj: RefCell::new(Some(loop_obj)),
@@ -430,10 +436,11 @@ impl StreamCore {
     /// transport: `protocol.connection_made` follows the handshake, then
     /// `transport._tls_done(None)`; a failed handshake calls
     /// `transport._tls_done(exc)` instead, once the engine left the poll
-    /// (the protocol hears nothing).
+    /// (the protocol hears nothing). The protocol's callbacks run in
+    /// `context` (a `contextvars.Context`; default: a copy of the current).
     #[new]
     #[pyo3(signature = (core, loop_obj, transport, fd, protocol, waiter=None, tls=None, server_hostname=None,
-                        ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
+                        ssl_handshake_timeout=None, ssl_shutdown_timeout=None, context=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -447,18 +454,19 @@ impl StreamCore {
         server_hostname: Option<String>,
         ssl_handshake_timeout: Option<f64>,
         ssl_shutdown_timeout: Option<f64>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
         let Some(tls) = tls else {
             let stream = crate::sys::borrow_stream_socket(fd).map_err(|e| io_to_pyerr(&e))?;
-            return Self::build(py, &lp, loop_obj, transport, protocol, waiter, move |lp, proto| {
+            return Self::build(py, &lp, loop_obj, transport, protocol, waiter, context, move |lp, proto| {
                 lp.create_transport(stream, proto)
             });
         };
         let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
         let stream = crate::sys::borrow_stream_socket(fd).map_err(|e| io_to_pyerr(&e))?;
         let done = tls_done_callback(transport.clone_ref(py));
-        Self::build(py, &lp, loop_obj, transport, protocol, None, move |lp, proto| {
+        Self::build(py, &lp, loop_obj, transport, protocol, None, context, move |lp, proto| {
             lp.create_tls_transport(stream, proto, opts, done)
         })
     }

@@ -129,7 +129,7 @@ impl Shared {
 /// An engine address as Python's `recvfrom` returns it: `(host, port)`,
 /// `(host, port, flowinfo, scope_id)`, a path `str`, an abstract name as
 /// `bytes` (leading NUL), `None` for an unnamed Unix socket.
-fn address_to_py(py: Python<'_>, a: &Address) -> PyResult<Py<PyAny>> {
+pub(crate) fn address_to_py(py: Python<'_>, a: &Address) -> PyResult<Py<PyAny>> {
     Ok(match a {
         Address::Inet(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port()).into_pyobject(py)?.into_any().unbind(),
         Address::Inet(SocketAddr::V6(v6)) => {
