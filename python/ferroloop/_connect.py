@@ -27,12 +27,6 @@ from ._resolve import check_ssl_socket, ensure_resolved, interleave_addrinfos
 _CLOSE_SOCKET_ON_FAILURE = sys.version_info >= (3, 15)
 
 
-def unexpected_keyword(func, name, since):
-    """The TypeError of a keyword argument this Python's asyncio lacks."""
-    if sys.version_info < since:
-        raise TypeError(f"{func}() got an unexpected keyword argument {name!r}")
-
-
 def _context_kwarg(make, run_context):
     """``context=`` for ferroloop's own transport makers, and for a
     replacement where asyncio passes it too (3.15+); none otherwise (a
@@ -181,6 +175,7 @@ async def create_connection(loop, protocol_factory, host=None, port=None, *, ssl
                 (lambda addr_info=addr_info: _connect_sock(loop, errors, addr_info, laddr_infos)
                  for addr_info in infos),
                 happy_eyeballs_delay,
+                loop=loop,
             ))[0]
         if sock is None:
             _raise_connect_errors(errors, all_errors)

@@ -36,9 +36,6 @@ TLSContext = _ferroloop.TLSContext
 
 _monotonic = time.monotonic
 
-# create_unix_server's cleanup_socket, when not given (3.13 added it).
-_CLEANUP_DEFAULT = object()
-
 __all__ = ("Loop",)
 
 
@@ -678,42 +675,71 @@ class Loop(base_events.BaseEventLoop):
     # ferroloop's own (_server.py, _connect.py): asyncio's versions reach the
     # loop's private hooks, whose signatures change between releases.
 
-    async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
-                            flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
-                            reuse_port=None, keep_alive=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
-                            start_serving=True):
-        if keep_alive is not None:
-            _connect.unexpected_keyword("create_server", "keep_alive", (3, 13))
-        return await _server.create_server(
-            self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog, ssl=ssl,
-            reuse_address=reuse_address, reuse_port=reuse_port, keep_alive=keep_alive,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-            start_serving=start_serving)
+    # Each version's signature: a keyword argument that version's asyncio
+    # lacks is a TypeError at the call, as there.
+    if sys.version_info >= (3, 13):
 
-    async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
-                                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True,
-                                 cleanup_socket=_CLEANUP_DEFAULT):
-        if cleanup_socket is not _CLEANUP_DEFAULT:
-            _connect.unexpected_keyword("create_unix_server", "cleanup_socket", (3, 13))
-        else:
-            # 3.13 added cleanup_socket (default True); before, the path stayed.
-            cleanup_socket = sys.version_info >= (3, 13)
-        return await _server.create_unix_server(
-            self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-            start_serving=start_serving, cleanup_socket=cleanup_socket)
+        async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
+                                flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
+                                reuse_port=None, keep_alive=None, ssl_handshake_timeout=None,
+                                ssl_shutdown_timeout=None, start_serving=True):
+            return await _server.create_server(
+                self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog,
+                ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port, keep_alive=keep_alive,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                start_serving=start_serving)
 
-    async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0, proto=0,
-                                flags=0, sock=None, local_addr=None, server_hostname=None,
-                                ssl_handshake_timeout=None, ssl_shutdown_timeout=None, happy_eyeballs_delay=None,
-                                interleave=None, all_errors=False):
-        if all_errors:
-            _connect.unexpected_keyword("create_connection", "all_errors", (3, 12))
-        return await _connect.create_connection(
-            self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
-            local_addr=local_addr, server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout, happy_eyeballs_delay=happy_eyeballs_delay,
-            interleave=interleave, all_errors=all_errors)
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
+                                     ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True,
+                                     cleanup_socket=True):
+            return await _server.create_unix_server(
+                self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                start_serving=start_serving, cleanup_socket=cleanup_socket)
+
+    else:
+
+        async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
+                                flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
+                                reuse_port=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                                start_serving=True):
+            return await _server.create_server(
+                self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog,
+                ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                start_serving=start_serving)
+
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
+                                     ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True):
+            # Before 3.13 the socket file stays after close.
+            return await _server.create_unix_server(
+                self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                start_serving=start_serving, cleanup_socket=False)
+
+    if sys.version_info >= (3, 12):
+
+        async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0,
+                                    proto=0, flags=0, sock=None, local_addr=None, server_hostname=None,
+                                    ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                                    happy_eyeballs_delay=None, interleave=None, all_errors=False):
+            return await _connect.create_connection(
+                self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
+                local_addr=local_addr, server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave, all_errors=all_errors)
+
+    else:
+
+        async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0,
+                                    proto=0, flags=0, sock=None, local_addr=None, server_hostname=None,
+                                    ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                                    happy_eyeballs_delay=None, interleave=None):
+            return await _connect.create_connection(
+                self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
+                local_addr=local_addr, server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
 
     async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
                                      server_hostname=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):

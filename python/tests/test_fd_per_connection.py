@@ -309,9 +309,10 @@ def test_subclass_transport_factory_keeps_the_accepted_socket(flavor):
     kept = []
 
     class L(flavor.loop_class):
-        def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        # **kwargs: asyncio 3.15 passes context= too.
+        def _make_socket_transport(self, sock, protocol, waiter=None, **kwargs):
             kept.append(sock)
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            return super()._make_socket_transport(sock, protocol, waiter, **kwargs)
 
     loop = L()
     made = []

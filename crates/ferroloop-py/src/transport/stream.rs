@@ -418,11 +418,19 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
         let b = data.py().get_type::<PyBytes>().call1((data,))?;
         return Ok(f(b.cast::<PyBytes>()?.as_bytes()));
     }
+    let what = if bytes_types_named(data.py()) { "a bytes, bytearray, or memoryview object" } else { "a bytes-like object" };
     Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
+        "data argument must be {what}, not {:?}",
         data.get_type().name()?.to_string()
     )
     .replace('"', "'")))
+}
+
+/// Whether this Python's asyncio names the three accepted types in a stream
+/// transport's write() TypeError (reworded in 3.13.9 and 3.14.1, gh-138703).
+fn bytes_types_named(py: Python<'_>) -> bool {
+    let v = py.version_info();
+    v >= (3, 14, 1) || (v >= (3, 13, 9) && v < (3, 14))
 }
 
 #[pymethods]
