@@ -222,7 +222,7 @@ class Server(base_events.Server):
         for sock in self._sockets:
             sock.listen(self._backlog)
             acceptor = _ferroloop.AcceptorCore(
-                core, sock.fileno(), sock.family == socket.AF_UNIX, max(self._backlog, 0) + 1,
+                core, sock.fileno(), max(self._backlog, 0) + 1,
                 lambda fd, peer, local, sock=sock: self._accepted(fd, peer, local, sock),
                 lambda exc, sock=sock: self._accept_failed(exc, sock),
             )

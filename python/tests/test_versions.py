@@ -148,3 +148,75 @@ def test_server_is_asyncio_server(loop):
     finally:
         server.close()
         run(loop, server.wait_closed())
+
+
+def test_accept_out_of_file_descriptors_pauses_then_recovers(flavor):
+    """EMFILE on accept: the exception handler gets asyncio's context
+    (message, exception, socket), accepting pauses (asyncio's one second),
+    then what waited in the backlog is accepted. In a forked child: the
+    descriptor limit is process-wide."""
+    from conftest import run_isolated
+    import errno
+    import resource
+    import time
+
+    def body(loop):
+        reports = []
+        made = []
+        loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.append(transport)
+
+        async def main():
+            # Listening already (asyncio listens only once serving starts).
+            listener = socket.create_server(("127.0.0.1", 0))
+            server = await loop.create_server(P, sock=listener, start_serving=False)
+            addr = listener.getsockname()
+            clients = [socket.create_connection(addr) for _ in range(3)]
+            saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+            fillers = []
+            try:
+                # Every descriptor number below the soft limit taken.
+                while True:
+                    try:
+                        fillers.append(os.open("/dev/null", os.O_RDONLY))
+                    except OSError as exc:
+                        assert exc.errno == errno.EMFILE
+                        break
+                    if len(fillers) > 100000:
+                        raise AssertionError("no descriptor limit")
+                    if len(fillers) == 1:
+                        resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[0] + 64, saved[1]))
+                await server.start_serving()
+                deadline = time.monotonic() + 5
+                while not reports and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            finally:
+                for fd in fillers:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+            freed = time.monotonic()
+            assert reports, "no report of the accept failure"
+            ctx = reports[0]
+            assert ctx["message"] == "socket.accept() out of system resource"
+            assert isinstance(ctx["exception"], OSError) and ctx["exception"].errno == errno.EMFILE
+            assert ctx["socket"].getsockname() == addr
+            await asyncio.sleep(0.3)
+            assert made == [], "accepted again before the retry delay"
+            deadline = time.monotonic() + 5
+            while len(made) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert len(made) == 3
+            assert time.monotonic() - freed >= 0.5
+            for t in made:
+                t.close()
+            for c in clients:
+                c.close()
+            server.close()
+            await server.wait_closed()
+
+        loop.run_until_complete(main())
+
+    run_isolated(flavor, body)

@@ -7,12 +7,12 @@
 
 use std::os::fd::IntoRawFd;
 
-use ferroloop::{Acceptor, Address, Listener};
+use ferroloop::{Acceptor, Address};
 use pyo3::prelude::*;
 
 use crate::errors::io_to_pyerr;
 use crate::event_loop::LoopCore;
-use crate::sys::{dup_fd, GilBound};
+use crate::sys::{borrow_listener, GilBound};
 use crate::transport::udp::address_to_py;
 
 /// An address as `socket.accept()` gives it (an unnamed Unix peer is `''`).
@@ -24,7 +24,9 @@ fn accepted_address(py: Python<'_>, a: Option<Address>) -> PyResult<Py<PyAny>> {
     }
 }
 
-/// The accept loop on a copy of a listening socket's descriptor.
+/// The accept loop on a Python server's listening socket (its descriptor
+/// borrowed: the Python socket object keeps it, and closes it after
+/// `close()` here).
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct AcceptorCore {
     acceptor: GilBound<Acceptor>,
@@ -32,22 +34,20 @@ pub struct AcceptorCore {
 
 #[pymethods]
 impl AcceptorCore {
-    /// Accept on a duplicate of `fd` (a listening stream socket, Unix if
-    /// `unix`): `on_accept(fd, peername, sockname)` per connection,
-    /// `on_error(exc)` for an out-of-resource error. Nothing is accepted
-    /// before `start()`; the duplicate closes on `close()`.
+    /// Accept on `fd` (a listening stream socket, which must stay open until
+    /// `close()` returned): `on_accept(fd, peername, sockname)` per
+    /// connection, `on_error(exc)` for an out-of-resource error. Nothing is
+    /// accepted before `start()`.
     #[new]
     fn new(
         core: PyRef<'_, LoopCore>,
         fd: i32,
-        unix: bool,
         backlog: usize,
         on_accept: Py<PyAny>,
         on_error: Py<PyAny>,
     ) -> PyResult<Self> {
         let lp = core.engine()?.clone();
-        let owned = dup_fd(fd).map_err(|e| io_to_pyerr(&e))?;
-        let listener = if unix { Listener::Unix(owned.into()) } else { Listener::Tcp(owned.into()) };
+        let listener = borrow_listener(fd).map_err(|e| io_to_pyerr(&e))?;
         let acceptor = Acceptor::new(&lp, listener, backlog, move |event| {
             Python::attach(|py| {
                 let r = match event {
@@ -73,12 +73,12 @@ impl AcceptorCore {
         self.acceptor.get().start().map_err(crate::errors::to_pyerr)
     }
 
-    /// Stop accepting; the descriptor stays open.
+    /// Stop accepting (connections wait in the backlog).
     fn stop(&self) {
         self.acceptor.get().stop()
     }
 
-    /// Stop accepting and close the duplicate descriptor.
+    /// Stop accepting and let go of the descriptor (which stays open).
     fn close(&self) {
         self.acceptor.get().close()
     }

@@ -30,42 +30,66 @@ use crate::transport::stream::{Address, Sock};
 /// (asyncio's `ACCEPT_RETRY_DELAY`).
 pub const ACCEPT_RETRY_DELAY: f64 = 1.0;
 
-/// A listening socket an [`Acceptor`] accepts on.
-pub(crate) enum ListenSock {
+/// A listening socket an [`Acceptor`] accepts on; a borrowed one is never
+/// closed here (its owner closes it, after the acceptor let go of it).
+pub(crate) struct ListenSock {
+    sock: Option<ListenKind>,
+    owned: bool,
+}
+
+enum ListenKind {
     Tcp(mio::net::TcpListener),
     Unix(mio::net::UnixListener),
 }
 
+impl Drop for ListenSock {
+    fn drop(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            if !self.owned {
+                std::mem::forget(sock); // the owner's descriptor stays open
+            }
+        }
+    }
+}
+
 impl ListenSock {
+    pub(crate) fn tcp(l: mio::net::TcpListener) -> Self {
+        ListenSock { sock: Some(ListenKind::Tcp(l)), owned: true }
+    }
+
+    fn kind(&self) -> &ListenKind {
+        self.sock.as_ref().expect("present until dropped")
+    }
+
     fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            ListenSock::Tcp(s) => s,
-            ListenSock::Unix(s) => s,
+        match self.sock.as_mut().expect("present until dropped") {
+            ListenKind::Tcp(s) => s,
+            ListenKind::Unix(s) => s,
         }
     }
 
     fn accept(&self) -> io::Result<Conn> {
-        match self {
-            ListenSock::Tcp(l) => {
+        match self.kind() {
+            ListenKind::Tcp(l) => {
                 let (s, _) = l.accept()?;
                 let _ = s.set_nodelay(true);
                 Ok(Conn::Tcp(s))
             }
-            ListenSock::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            ListenKind::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
         }
     }
 
     pub(crate) fn fd(&self) -> RawFd {
-        match self {
-            ListenSock::Tcp(s) => s.as_raw_fd(),
-            ListenSock::Unix(s) => s.as_raw_fd(),
+        match self.kind() {
+            ListenKind::Tcp(s) => s.as_raw_fd(),
+            ListenKind::Unix(s) => s.as_raw_fd(),
         }
     }
 
     pub(crate) fn address(&self) -> Option<Address> {
-        match self {
-            ListenSock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
-            ListenSock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
+        match self.kind() {
+            ListenKind::Tcp(s) => s.local_addr().ok().map(Address::Inet),
+            ListenKind::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
         }
     }
 }
@@ -77,18 +101,56 @@ pub enum Listener {
     Tcp(std::net::TcpListener),
     /// A listening Unix stream socket.
     Unix(std::os::unix::net::UnixListener),
+    /// A listening socket of either family on a descriptor its owner keeps
+    /// and closes (see [`Listener::borrow_raw`]).
+    Borrowed(BorrowedListener),
+}
+
+/// A listening socket on a borrowed descriptor, made by [`Listener::borrow_raw`].
+#[derive(Debug)]
+pub struct BorrowedListener {
+    /// Never dropped: that would close the owner's descriptor.
+    sock: std::mem::ManuallyDrop<socket2::Socket>,
 }
 
 impl Listener {
+    /// A listener on descriptor `fd`, which stays its owner's: the acceptor
+    /// made on it never closes it (asyncio's loops serve the application's
+    /// socket object the same way, adding no descriptor of their own).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be a listening stream socket that stays open until the
+    /// acceptor let go of it ([`Acceptor::close`] returned, or the acceptor
+    /// was stopped and dropped); closing it earlier would let the acceptor
+    /// accept on whatever descriptor reuses the number.
+    pub unsafe fn borrow_raw(fd: RawFd) -> io::Result<Listener> {
+        Ok(Listener::Borrowed(BorrowedListener { sock: crate::sys::borrow_socket(fd)? }))
+    }
+
     pub(crate) fn into_listen_sock(self) -> io::Result<ListenSock> {
         Ok(match self {
             Listener::Tcp(l) => {
                 l.set_nonblocking(true)?;
-                ListenSock::Tcp(mio::net::TcpListener::from_std(l))
+                ListenSock::tcp(mio::net::TcpListener::from_std(l))
             }
             Listener::Unix(l) => {
                 l.set_nonblocking(true)?;
-                ListenSock::Unix(mio::net::UnixListener::from_std(l))
+                ListenSock { sock: Some(ListenKind::Unix(mio::net::UnixListener::from_std(l))), owned: true }
+            }
+            Listener::Borrowed(b) => {
+                // Everything that can fail happens on the ManuallyDrop; once
+                // unwrapped, the ListenSock forgets the socket instead of
+                // dropping it.
+                let unix = b.sock.local_addr()?.family() == libc::AF_UNIX as libc::sa_family_t;
+                b.sock.set_nonblocking(true)?;
+                let sock = std::mem::ManuallyDrop::into_inner(b.sock);
+                let kind = if unix {
+                    ListenKind::Unix(mio::net::UnixListener::from_std(sock.into()))
+                } else {
+                    ListenKind::Tcp(mio::net::TcpListener::from_std(sock.into()))
+                };
+                ListenSock { sock: Some(kind), owned: false }
             }
         })
     }

@@ -418,7 +418,7 @@ impl EventLoop {
             let mut socks = Vec::new();
             for a in &addrs {
                 match bind_tcp(*a, &opts) {
-                    Ok(l) => socks.push(ListenSock::Tcp(l)),
+                    Ok(l) => socks.push(ListenSock::tcp(l)),
                     // `::` can be missing on hosts without IPv6; asyncio skips it too.
                     Err(Error::Io(e)) | Err(Error::Bind { source: e, .. })
                         if a.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}

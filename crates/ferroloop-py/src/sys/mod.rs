@@ -325,6 +325,16 @@ impl<T> GilBound<T> {
     }
 }
 
+/// The engine's listener on the Python server's listening socket `fd`, borrowed.
+pub fn borrow_listener(fd: std::os::fd::RawFd) -> std::io::Result<ferroloop::Listener> {
+    // SAFETY: `fd` is the listening socket of a Python `Server`, which keeps
+    // its socket object (so the descriptor) open until `Server.close()`; that
+    // closes the acceptor first (`AcceptorCore.close`: out of the poll, never
+    // accepted on again) and only then the socket. The acceptor's finalizer
+    // closes it too, should the server be dropped without `close()`.
+    unsafe { ferroloop::Listener::borrow_raw(fd) }
+}
+
 /// Duplicate descriptor `fd` (close-on-exec); the copy is owned by the caller.
 pub fn dup_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
