@@ -27,7 +27,7 @@ import warnings
 
 from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
 
-from . import _connect, _ferroloop, _server
+from . import _connect, _endpoints, _ferroloop, _server
 from ._resolve import check_ssl_socket, ensure_resolved
 from ._server import check_tls_side
 from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport, socket_kind
@@ -740,6 +740,18 @@ class Loop(base_events.BaseEventLoop):
                 local_addr=local_addr, server_hostname=server_hostname,
                 ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
                 happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
+
+    async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None, *, family=0,
+                                       proto=0, flags=0, reuse_port=None, allow_broadcast=None, sock=None):
+        return await _endpoints.create_datagram_endpoint(
+            self, protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
+            reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock)
+
+    async def connect_read_pipe(self, protocol_factory, pipe):
+        return await _endpoints.connect_pipe(self, self._make_read_pipe_transport, protocol_factory, pipe, "Read")
+
+    async def connect_write_pipe(self, protocol_factory, pipe):
+        return await _endpoints.connect_pipe(self, self._make_write_pipe_transport, protocol_factory, pipe, "Write")
 
     async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
                                      server_hostname=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):

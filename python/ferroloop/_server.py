@@ -396,7 +396,7 @@ def _bind_all(loop, infos, reuse_address, reuse_port, keep_alive):
             if reuse_address:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
             if reuse_port and af in (socket.AF_INET, socket.AF_INET6):
-                _set_reuse_port(sock)
+                set_reuse_port(sock)
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
             if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
@@ -424,7 +424,7 @@ def _bind_all(loop, infos, reuse_address, reuse_port, keep_alive):
     return sockets
 
 
-def _set_reuse_port(sock):
+def set_reuse_port(sock):
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("reuse_port not supported by socket module")
     try:
