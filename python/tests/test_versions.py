@@ -220,3 +220,22 @@ def test_accept_out_of_file_descriptors_pauses_then_recovers(flavor):
         loop.run_until_complete(main())
 
     run_isolated(flavor, body)
+
+
+def test_datagram_endpoint_socket_types(loop):
+    """sock= of create_datagram_endpoint: a stream socket is refused on
+    every version; a SOCK_SEQPACKET one is taken from 3.13 (before: only
+    SOCK_DGRAM, 'A UDP Socket was expected')."""
+    stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with stream, pytest.raises(ValueError, match="expected"):
+        loop.run_until_complete(loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=stream))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        coro = loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=a)
+        if sys.version_info < (3, 13):
+            with pytest.raises(ValueError, match="A UDP Socket was expected"):
+                loop.run_until_complete(coro)
+        else:
+            transport, _ = loop.run_until_complete(coro)
+            transport.close()
+            run(loop, asyncio.sleep(0))
