@@ -34,6 +34,9 @@ from ._transports import StreamTransport, TLSTransport, socket_kind
 # connection runs (protocol factory and callbacks) in a copy of it. Before,
 # in a copy of the context current when the server started serving.
 _SERVER_CONTEXT_AT_CREATION = sys.version_info >= (3, 15)
+# 3.11's Server.wait_closed() returned at once once the server was closed,
+# connections or not (3.12.1 waits for the connections too).
+_WAIT_CLOSED_RETURNS_ONCE_CLOSED = sys.version_info < (3, 12)
 
 
 def check_tls_side(context, server_side):
@@ -56,6 +59,7 @@ class Server(base_events.Server):
         # The live transports (asyncio 3.13's close_clients/abort_clients);
         # a transport leaves in its _finish(), after connection_lost.
         self._clients = set()
+        self._anonymous = 0
         self._waiters = []
         self._protocol_factory = protocol_factory
         self._backlog = backlog
@@ -83,13 +87,21 @@ class Server(base_events.Server):
 
     # ----- connections ----------------------------------------------------
 
-    def _attach(self, transport):
+    # asyncio 3.13+ passes the transport; 3.11 and 3.12 call these without
+    # one (a count of connections), which code and tests of those versions do.
+    def _attach(self, transport=None):
         assert self._sockets is not None
-        self._clients.add(transport)
+        if transport is None:
+            self._anonymous += 1
+        else:
+            self._clients.add(transport)
 
-    def _detach(self, transport):
-        self._clients.discard(transport)
-        if not self._clients and self._sockets is None:
+    def _detach(self, transport=None):
+        if transport is None:
+            self._anonymous -= 1
+        else:
+            self._clients.discard(transport)
+        if not self._clients and not self._anonymous and self._sockets is None:
             self._wakeup()
 
     def _wakeup(self):
@@ -259,7 +271,7 @@ class Server(base_events.Server):
         if fut is not None and not fut.done():
             fut.cancel()
             self._serving_forever_fut = None
-        if not self._clients:
+        if not self._clients and not self._anonymous:
             self._wakeup()
 
     def close_clients(self):
@@ -296,8 +308,9 @@ class Server(base_events.Server):
             self._serving_forever_fut = None
 
     async def wait_closed(self):
-        """Wait until the server is closed and all its connections are gone."""
-        if self._waiters is None:
+        """Wait until the server is closed and all its connections are gone
+        (3.12.1+; on 3.11, as there, return at once once the server is closed)."""
+        if self._waiters is None or (_WAIT_CLOSED_RETURNS_ONCE_CLOSED and self._sockets is None):
             return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)

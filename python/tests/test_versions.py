@@ -239,3 +239,30 @@ def test_datagram_endpoint_socket_types(loop):
             transport, _ = loop.run_until_complete(coro)
             transport.close()
             run(loop, asyncio.sleep(0))
+
+
+def test_wait_closed_with_a_connection_left(loop):
+    """Server.wait_closed() after close() with a connection still open: it
+    waits for the connection from 3.12.1, returns at once on 3.11."""
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    async def main():
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        try:
+            while not made:
+                await asyncio.sleep(0.005)
+            server.close()
+            waiter = asyncio.ensure_future(server.wait_closed())
+            await asyncio.sleep(0.05)
+            assert waiter.done() == (sys.version_info < (3, 12))
+            made[0].close()
+            await asyncio.wait_for(waiter, 5)
+        finally:
+            client.close()
+
+    run(loop, main())
