@@ -34,6 +34,11 @@ TLSContext = _ferroloop.TLSContext
 
 _monotonic = time.monotonic
 
+# Python 3.14+: call_soon_threadsafe's handle holds a lock while it runs, so
+# that cancel() and cancelled() from another thread wait for a callback that
+# has started (asyncio's events._ThreadSafeHandle).
+_ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", events.Handle)
+
 __all__ = ("Loop",)
 
 
@@ -169,7 +174,7 @@ class Loop(base_events.BaseEventLoop):
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle = events.Handle(callback, args, self, context)
+        handle = _ThreadSafeHandle(callback, args, self, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
         # Engine calls are serialised by the GIL, so another thread may append
