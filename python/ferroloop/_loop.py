@@ -39,6 +39,9 @@ _monotonic = time.monotonic
 # has started (asyncio's events._ThreadSafeHandle).
 _ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", events.Handle)
 
+# asyncio's own check, without 3.14's deprecation of the public name.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
+
 __all__ = ("Loop",)
 
 
@@ -893,7 +896,7 @@ class Loop(base_events.BaseEventLoop):
 
     def add_signal_handler(self, sig, callback, *args):
         """Run ``callback(*args)`` on the loop when signal ``sig`` arrives."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
