@@ -42,6 +42,10 @@ _ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", events.Handle)
 # asyncio's own check, without 3.14's deprecation of the public name.
 _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
 
+# Python 3.14+: asyncio's unix loop owns its child watcher (loop._watcher),
+# asyncio's child watcher API having gone.
+_LOOP_HAS_WATCHER = hasattr(unix_events, "_ThreadedChildWatcher")
+
 __all__ = ("Loop",)
 
 
@@ -123,6 +127,15 @@ class Loop(base_events.BaseEventLoop):
         self._unix_server_sockets = {}
         self._sig_rsock = None
         self._sig_wsock = None
+        if _LOOP_HAS_WATCHER:
+            # Python 3.14+: the loop owns its child watcher, chosen as
+            # asyncio's unix loop chooses it. A pidfd watcher stands for the
+            # engine's own (a pidfd in the poll, see _make_subprocess_transport);
+            # where pidfds cannot be used, asyncio's threaded watcher runs.
+            if unix_events.can_use_pidfd():
+                self._watcher = unix_events._PidfdChildWatcher()
+            else:
+                self._watcher = unix_events._ThreadedChildWatcher()
 
     def __repr__(self):
         return (
@@ -656,13 +669,18 @@ class Loop(base_events.BaseEventLoop):
         # connect_read_pipe/connect_write_pipe, i.e. the engine's pipe
         # transports); the child's exit comes from the engine's watcher (a
         # pidfd in the loop's poll), not from asyncio's child watcher: no
-        # thread, no SIGCHLD handler, any thread may run the loop.
+        # thread, no SIGCHLD handler, any thread may run the loop. (3.14+
+        # where pidfds cannot be used: the loop's own asyncio watcher.)
         waiter = self.create_future()
         transp = unix_events._UnixSubprocessTransport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
         )
         try:
-            self._core.watch_child(transp.get_pid(), functools.partial(self._child_exited, transp))
+            watcher = self._watcher if _LOOP_HAS_WATCHER else None
+            if watcher is None or isinstance(watcher, unix_events._PidfdChildWatcher):
+                self._core.watch_child(transp.get_pid(), functools.partial(self._child_exited, transp))
+            else:
+                watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
             await waiter
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -671,6 +689,11 @@ class Loop(base_events.BaseEventLoop):
             await transp._wait()
             raise
         return transp
+
+    def _child_watcher_callback(self, pid, returncode, transp):
+        # asyncio's threaded child watcher (3.14+) reaps on the loop's thread
+        # and publishes at once.
+        transp._process_exited(returncode)
 
     def _child_exited(self, transp, returncode):
         """The engine reaped ``transp``'s child (``returncode`` None: reaped
