@@ -46,6 +46,13 @@ _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.is
 # asyncio's child watcher API having gone.
 _LOOP_HAS_WATCHER = hasattr(unix_events, "_ThreadedChildWatcher")
 
+# Whether asyncio's native sock_sendfile leaves the file at the end of what it
+# sent even when it sent nothing (newer 3.13 releases, 3.14+): its helper then takes no
+# total_sent argument.
+_SENDFILE_ALWAYS_SEEKS = (
+    unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos.__code__.co_argcount == 3
+)
+
 __all__ = ("Loop",)
 
 
@@ -523,6 +530,12 @@ class Loop(base_events.BaseEventLoop):
         fd = sock.fileno()
         state = {"offset": offset, "total": 0}
 
+        def update_filepos():
+            # As asyncio's: the file's position ends where sending stopped
+            # (after a partial send, an error or a cancellation too).
+            if _SENDFILE_ALWAYS_SEEKS or state["total"] > 0:
+                os.lseek(fileno, state["offset"], os.SEEK_SET)
+
         def attempt(fut):
             while True:
                 remaining = (count - state["total"]) if count else blocksize
@@ -540,15 +553,13 @@ class Loop(base_events.BaseEventLoop):
                     break  # EOF
                 state["offset"] += sent
                 state["total"] += sent
-            if state["total"] > 0:
-                file.seek(offset + state["total"])
+            update_filepos()
             fut.set_result(state["total"])
 
         try:
             return await self._wait_io(sock, True, attempt)
         except BaseException:
-            if state["total"] > 0:
-                file.seek(offset + state["total"])
+            update_filepos()
             raise
 
     async def _sendfile_native(self, transp, file, offset, count):
