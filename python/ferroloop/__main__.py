@@ -2,11 +2,16 @@
 
     python -m ferroloop script.py [args...]
 
-Installs :class:`ferroloop.EventLoopPolicy`, so that ``asyncio.run``,
+Installs ferroloop's event loop policy, so that ``asyncio.run``,
 ``asyncio.new_event_loop`` and ``asyncio.get_event_loop`` use ferroloop,
-then runs the script as ``__main__``.
+then runs the script as ``__main__``. On Python 3.14+, where
+``asyncio.get_event_loop()`` no longer makes a loop when none is set, a new
+ferroloop loop is set as the current one first (closed after the script if
+still open); the policy is installed without asyncio's deprecation warning
+(the script did not ask for a policy).
 """
 
+import asyncio
 import runpy
 import sys
 
@@ -17,9 +22,17 @@ def main() -> None:
     if len(sys.argv) < 2:
         print("usage: python -m ferroloop script.py [args...]", file=sys.stderr)
         raise SystemExit(2)
-    ferroloop.install()
+    ferroloop._install()
+    loop = None
+    if ferroloop._POLICY_DEPRECATED:
+        loop = ferroloop.new_event_loop()
+        asyncio.set_event_loop(loop)
     sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()
 
 
 if __name__ == "__main__":
