@@ -72,6 +72,20 @@ class Flavor:
         return f"<Flavor {self.name}>"
 
 
+# How a script runs with stock asyncio as its loop. From 3.14 on,
+# asyncio.get_event_loop() makes no loop when none is set, so that the spec's
+# examples (which call it at top level) cannot run as they are: the stock
+# side then sets a new loop as current first, as `python -m ferroloop` does.
+_STOCK_BOOTSTRAP = (
+    "import asyncio, runpy, sys; loop = asyncio.new_event_loop(); asyncio.set_event_loop(loop); "
+    "sys.argv = sys.argv[1:]\n"
+    "try: runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "finally:\n"
+    "    if not loop.is_running() and not loop.is_closed(): loop.close()"
+)
+_STOCK_RUNNER = [sys.executable] if sys.version_info < (3, 14) else [sys.executable, "-c", _STOCK_BOOTSTRAP]
+
+
 def _stock_new_event_loop():
     # The default policy, whatever a previous test installed.
     set_event_loop_policy(None)
@@ -85,7 +99,7 @@ FLAVORS = {
         asyncio.run,
         _STOCK_POLICY,
         asyncio.SelectorEventLoop,
-        [sys.executable],
+        _STOCK_RUNNER,
     ),
     "ferroloop": Flavor(
         "ferroloop",
