@@ -200,6 +200,9 @@ class Loop(base_events.BaseEventLoop):
         handle = _ThreadSafeHandle(callback, args, self, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
+        if _ThreadSafeHandle is not events.Handle and handle._source_traceback:
+            # And _ThreadSafeHandle.__init__'s frame (asyncio drops it too).
+            del handle._source_traceback[-1]
         # Engine calls are serialised by the GIL, so another thread may append
         # to the ready queue directly: FIFO order with call_soon, as asyncio.
         self._core.call_soon(handle)

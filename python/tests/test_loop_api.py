@@ -449,6 +449,13 @@ def test_call_soon_threadsafe_context(loop):
     assert run(loop, fut) == "ctx"
 
 
+def test_call_soon_threadsafe_source_traceback_ends_at_the_caller(loop):
+    loop.set_debug(True)
+    handle = loop.call_soon_threadsafe(print); line = sys._getframe().f_lineno  # noqa: E702
+    handle.cancel()
+    assert handle._source_traceback[-1][:3] == (__file__, line, "test_call_soon_threadsafe_source_traceback_ends_at_the_caller")
+
+
 @pytest.mark.skipif(sys.version_info < (3, 14), reason="events._ThreadSafeHandle is 3.14+")
 def test_call_soon_threadsafe_handle_locks_while_running(loop):
     """3.14+: call_soon_threadsafe returns an events._ThreadSafeHandle, whose
