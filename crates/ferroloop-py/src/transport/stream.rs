@@ -412,11 +412,25 @@ fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
         let b = data.py().get_type::<PyBytes>().call1((data,))?;
         return Ok(f(b.cast::<PyBytes>()?.as_bytes()));
     }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
-    )
-    .replace('"', "'")))
+    Err(stock_type_error(data).unwrap_or_else(|| {
+        PyTypeError::new_err(
+            format!("data argument must be a bytes-like object, not {:?}", data.get_type().name().map(|n| n.to_string()).unwrap_or_default())
+                .replace('"', "'"),
+        )
+    }))
+}
+
+/// The `TypeError` this Python's asyncio raises for `data` (its wording
+/// changed in 3.13 patch releases): its socket transport's `write()` checks
+/// the type before anything else, so it is called on a bare instance.
+fn stock_type_error(data: &Bound<'_, PyAny>) -> Option<PyErr> {
+    let py = data.py();
+    let cls = py.import(intern!(py, "asyncio.selector_events")).ok()?.getattr(intern!(py, "_SelectorSocketTransport")).ok()?;
+    let bare = py.import(intern!(py, "builtins")).ok()?.getattr(intern!(py, "object")).ok()?.call_method1(intern!(py, "__new__"), (&cls,)).ok()?;
+    match cls.getattr(intern!(py, "write")).ok()?.call1((bare, data)) {
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => Some(e),
+        _ => None,
+    }
 }
 
 #[pymethods]
