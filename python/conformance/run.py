@@ -226,7 +226,8 @@ def child_install_ferroloop():
     # asyncio.set_event_loop_policy(None) (every file's tearDownModule, some
     # tests) falls back to DefaultEventLoopPolicy: its factory too.
     asyncio.unix_events._UnixDefaultEventLoopPolicy._loop_factory = FerroloopSelectorEventLoop
-    asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+    # ferroloop's install without its 3.14+ deprecation warning (nor asyncio's).
+    ferroloop._install()
     return FerroloopSelectorEventLoop
 
 

@@ -36,6 +36,25 @@ TLSContext = _ferroloop.TLSContext
 
 _monotonic = time.monotonic
 
+# Python 3.14+: call_soon_threadsafe's handle holds a lock while it runs, so
+# that cancel() and cancelled() from another thread wait for a callback that
+# has started (asyncio's events._ThreadSafeHandle).
+_ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", events.Handle)
+
+# asyncio's own check, without 3.14's deprecation of the public name.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
+
+# Python 3.14+: asyncio's unix loop owns its child watcher (loop._watcher),
+# asyncio's child watcher API having gone.
+_LOOP_HAS_WATCHER = hasattr(unix_events, "_ThreadedChildWatcher")
+
+# Whether asyncio's native sock_sendfile leaves the file at the end of what it
+# sent even when it sent nothing (newer 3.13 releases, 3.14+): its helper then takes no
+# total_sent argument.
+_SENDFILE_ALWAYS_SEEKS = (
+    unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos.__code__.co_argcount == 3
+)
+
 __all__ = ("Loop",)
 
 
@@ -94,6 +113,15 @@ class Loop(base_events.BaseEventLoop):
         self._signal_handlers = {}
         self._sig_rsock = None
         self._sig_wsock = None
+        if _LOOP_HAS_WATCHER:
+            # Python 3.14+: the loop owns its child watcher, chosen as
+            # asyncio's unix loop chooses it. A pidfd watcher stands for the
+            # engine's own (a pidfd in the poll, see _make_subprocess_transport);
+            # where pidfds cannot be used, asyncio's threaded watcher runs.
+            if unix_events.can_use_pidfd():
+                self._watcher = unix_events._PidfdChildWatcher()
+            else:
+                self._watcher = unix_events._ThreadedChildWatcher()
 
     def __repr__(self):
         return (
@@ -148,8 +176,11 @@ class Loop(base_events.BaseEventLoop):
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle = events.Handle(callback, args, self, context)
+        handle = _ThreadSafeHandle(callback, args, self, context)
         if handle._source_traceback:
+            del handle._source_traceback[-1]
+        if _ThreadSafeHandle is not events.Handle and handle._source_traceback:
+            # And _ThreadSafeHandle.__init__'s frame (asyncio drops it too).
             del handle._source_traceback[-1]
         # Engine calls are serialised by the GIL, so another thread may append
         # to the ready queue directly: FIFO order with call_soon, as asyncio.
@@ -479,6 +510,12 @@ class Loop(base_events.BaseEventLoop):
         fd = sock.fileno()
         state = {"offset": offset, "total": 0}
 
+        def update_filepos():
+            # As asyncio's: the file's position ends where sending stopped
+            # (after a partial send, an error or a cancellation too).
+            if _SENDFILE_ALWAYS_SEEKS or state["total"] > 0:
+                os.lseek(fileno, state["offset"], os.SEEK_SET)
+
         def attempt(fut):
             while True:
                 remaining = (count - state["total"]) if count else blocksize
@@ -496,15 +533,13 @@ class Loop(base_events.BaseEventLoop):
                     break  # EOF
                 state["offset"] += sent
                 state["total"] += sent
-            if state["total"] > 0:
-                file.seek(offset + state["total"])
+            update_filepos()
             fut.set_result(state["total"])
 
         try:
             return await self._wait_io(sock, True, attempt)
         except BaseException:
-            if state["total"] > 0:
-                file.seek(offset + state["total"])
+            update_filepos()
             raise
 
     async def _sendfile_native(self, transp, file, offset, count):
@@ -639,13 +674,18 @@ class Loop(base_events.BaseEventLoop):
         # connect_read_pipe/connect_write_pipe, i.e. the engine's pipe
         # transports); the child's exit comes from the engine's watcher (a
         # pidfd in the loop's poll), not from asyncio's child watcher: no
-        # thread, no SIGCHLD handler, any thread may run the loop.
+        # thread, no SIGCHLD handler, any thread may run the loop. (3.14+
+        # where pidfds cannot be used: the loop's own asyncio watcher.)
         waiter = self.create_future()
         transp = unix_events._UnixSubprocessTransport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
         )
         try:
-            self._core.watch_child(transp.get_pid(), functools.partial(self._child_exited, transp))
+            watcher = self._watcher if _LOOP_HAS_WATCHER else None
+            if watcher is None or isinstance(watcher, unix_events._PidfdChildWatcher):
+                self._core.watch_child(transp.get_pid(), functools.partial(self._child_exited, transp))
+            else:
+                watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
             await waiter
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -654,6 +694,11 @@ class Loop(base_events.BaseEventLoop):
             await transp._wait()
             raise
         return transp
+
+    def _child_watcher_callback(self, pid, returncode, transp):
+        # asyncio's threaded child watcher (3.14+) reaps on the loop's thread
+        # and publishes at once.
+        transp._process_exited(returncode)
 
     def _child_exited(self, transp, returncode):
         """The engine reaped ``transp``'s child (``returncode`` None: reaped
@@ -794,7 +839,7 @@ class Loop(base_events.BaseEventLoop):
 
     def add_signal_handler(self, sig, callback, *args):
         """Run ``callback(*args)`` on the loop when signal ``sig`` arrives."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()

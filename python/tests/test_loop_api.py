@@ -449,6 +449,43 @@ def test_call_soon_threadsafe_context(loop):
     assert run(loop, fut) == "ctx"
 
 
+def test_call_soon_threadsafe_source_traceback_ends_at_the_caller(loop):
+    loop.set_debug(True)
+    handle = loop.call_soon_threadsafe(print); line = sys._getframe().f_lineno  # noqa: E702
+    handle.cancel()
+    assert handle._source_traceback[-1][:3] == (__file__, line, "test_call_soon_threadsafe_source_traceback_ends_at_the_caller")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="events._ThreadSafeHandle is 3.14+")
+def test_call_soon_threadsafe_handle_locks_while_running(loop):
+    """3.14+: call_soon_threadsafe returns an events._ThreadSafeHandle, whose
+    cancel() from another thread waits for a callback already running."""
+    from asyncio import events
+
+    started, finished = threading.Event(), threading.Event()
+    seen = []
+
+    def callback():
+        started.set()
+        time.sleep(0.2)
+        finished.set()
+
+    def other_thread():
+        handle = loop.call_soon_threadsafe(callback)
+        seen.append(isinstance(handle, events._ThreadSafeHandle))
+        started.wait(5)
+        handle.cancel()
+        seen.append(finished.is_set())
+        loop.call_soon_threadsafe(loop.stop)
+
+    th = threading.Thread(target=other_thread)
+    th.start()
+    loop.call_later(10, loop.stop)
+    loop.run_forever()
+    th.join()
+    assert seen == [True, True]
+
+
 # ----------------------------------------------------------------------------- running
 
 

@@ -6,12 +6,14 @@ import asyncio
 import contextvars
 import os
 import subprocess
+import sys
 import textwrap
+import warnings
 
 import pytest
 
 import ferroloop
-from conftest import REPO
+from conftest import REPO, get_event_loop_policy, set_event_loop_policy
 
 
 def test_runner_with_loop_factory(flavor):
@@ -120,7 +122,7 @@ def test_run_rejects_nested_call(flavor):
 def test_install_makes_default(flavor):
     flavor.install()
     try:
-        assert isinstance(asyncio.get_event_loop_policy(), flavor.policy_class)
+        assert isinstance(get_event_loop_policy(), flavor.policy_class)
         lp = asyncio.new_event_loop()
         try:
             assert isinstance(lp, flavor.loop_class)
@@ -132,7 +134,7 @@ def test_install_makes_default(flavor):
 
         assert issubclass(asyncio.run(main()), flavor.loop_class)
     finally:
-        asyncio.set_event_loop_policy(None)
+        set_event_loop_policy(None)
     # The default policy again: a stock loop.
     lp = asyncio.new_event_loop()
     try:
@@ -143,7 +145,8 @@ def test_install_makes_default(flavor):
 
 def test_policy_object(flavor):
     policy = flavor.policy_class()
-    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+    abstract = getattr(asyncio.events, "_AbstractEventLoopPolicy", None) or asyncio.events.AbstractEventLoopPolicy
+    assert isinstance(policy, abstract)
     lp = policy.new_event_loop()
     try:
         assert isinstance(lp, flavor.loop_class)
@@ -155,10 +158,16 @@ def test_policy_object(flavor):
         lp.close()
 
 
-def test_policy_get_event_loop_creates_one_in_main_thread(flavor):
+def test_policy_get_event_loop_in_main_thread(flavor):
+    """Before 3.14 the policy makes a loop for the main thread on demand;
+    from 3.14 on it raises RuntimeError while none is set."""
     policy = flavor.policy_class()
-    asyncio.set_event_loop_policy(policy)
+    set_event_loop_policy(policy)
     try:
+        if sys.version_info >= (3, 14):
+            with pytest.raises(RuntimeError, match="There is no current event loop"):
+                policy.get_event_loop()
+            return
         lp = policy.get_event_loop()
         try:
             assert isinstance(lp, flavor.loop_class)
@@ -167,7 +176,7 @@ def test_policy_get_event_loop_creates_one_in_main_thread(flavor):
             lp.close()
             policy.set_event_loop(None)
     finally:
-        asyncio.set_event_loop_policy(None)
+        set_event_loop_policy(None)
 
 
 def test_ferroloop_module_api(flavor):
@@ -217,3 +226,119 @@ def test_python_dash_m(flavor, tmp_path):
     else:
         assert lines[1] == "_UnixSelectorEventLoop"
     assert lines[2] == "['a', '--b']"
+
+
+# ----------------------------------------------------------------------------- 3.14+: the policy way is deprecated
+
+needs_3_14 = pytest.mark.skipif(sys.version_info < (3, 14), reason="asyncio deprecates policies from 3.14 on")
+
+
+def _deprecations(caught):
+    return [w for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
+@needs_3_14
+def test_install_warns_its_own_deprecation_not_asyncios():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ferroloop.install()
+    try:
+        found = _deprecations(caught)
+        assert len(found) == 1, [str(w.message) for w in found]
+        message = str(found[0].message)
+        assert "ferroloop.install()" in message
+        assert "ferroloop.run" in message and "loop_factory=ferroloop.new_event_loop" in message
+        assert found[0].filename == __file__  # stacklevel: the caller's line
+        # Installed all the same: asyncio.new_event_loop() is ferroloop's.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lp = asyncio.new_event_loop()
+            lp.close()
+            assert asyncio.run(_loop_type()) is ferroloop.Loop
+        assert type(lp) is ferroloop.Loop
+        assert not _deprecations(caught), [str(w.message) for w in caught]
+    finally:
+        set_event_loop_policy(None)
+
+
+@needs_3_14
+def test_event_loop_policy_warns_its_own_deprecation_not_asyncios():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        policy_class = ferroloop.EventLoopPolicy
+        policy = policy_class()
+        lp = policy.new_event_loop()
+        lp.close()
+    found = _deprecations(caught)
+    assert len(found) == 1, [str(w.message) for w in found]
+    message = str(found[0].message)
+    assert "ferroloop.EventLoopPolicy" in message and "ferroloop.run" in message
+    assert found[0].filename == __file__
+    assert type(lp) is ferroloop.Loop
+    # from-import names it too.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from ferroloop import EventLoopPolicy  # noqa: F401
+    found = _deprecations(caught)
+    assert found and all("ferroloop.EventLoopPolicy" in str(w.message) for w in found)
+    assert all(w.filename == __file__ for w in found)
+
+
+async def _loop_type():
+    return type(asyncio.get_running_loop())
+
+
+@pytest.mark.parametrize("code", ["import ferroloop", "import ferroloop; ferroloop.run(asyncio.sleep(0))"])
+def test_import_and_run_warn_nothing(code):
+    """On every version: importing ferroloop and ferroloop.run() set off no
+    warning (asyncio's policy deprecations included)."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", "import asyncio; " + code], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+EXAMPLE_STYLE_SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+
+    async def hello():
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__name__
+
+    # The older style: the current loop, run_until_complete.
+    loop = asyncio.get_event_loop()
+    print(type(loop).__name__, loop.run_until_complete(hello()))
+    # asyncio.run() and asyncio.new_event_loop().
+    print(asyncio.run(hello()))
+    other = asyncio.new_event_loop()
+    print(type(other).__name__)
+    other.close()
+    """
+)
+
+
+def test_python_dash_m_runs_scripts_verbatim_without_warnings(tmp_path):
+    """``python -m ferroloop``: get_event_loop() (which from 3.14 on makes no
+    loop when none is set) answers a ferroloop loop, asyncio.run() and
+    new_event_loop() run on ferroloop; from 3.14 on with no deprecation
+    warning from asyncio nor ferroloop (the script asked for no policy), the
+    loop set as current closed after the script. (Before 3.14 the script's
+    warnings are stock asyncio's: test_examples compares them.)"""
+    script = tmp_path / "script.py"
+    script.write_text(EXAMPLE_STYLE_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    flags = ["-W", "error::DeprecationWarning", "-X", "dev"] if sys.version_info >= (3, 14) else []
+    proc = subprocess.run(
+        [sys.executable, *flags, "-m", "ferroloop", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["Loop Loop", "Loop", "Loop"]
+    if sys.version_info >= (3, 14):
+        # Dev mode shows ResourceWarnings: the loop set as current is closed.
+        assert "unclosed" not in proc.stderr, proc.stderr

@@ -666,3 +666,30 @@ def _recv_exact(sock, n):
             break
         buf += chunk
     return bytes(buf)
+
+
+def test_sock_sendfile_at_eof_file_position(loop, tmp_path):
+    """Nothing left to send from ``offset``: asyncio's native sock_sendfile
+    leaves the file at ``offset`` where its position helper seeks always
+    (newer 3.13 releases, 3.14+), and untouched where it seeks only after
+    sending something."""
+    from asyncio import unix_events
+
+    always_seeks = unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos.__code__.co_argcount == 3
+    payload = b"x" * 1000
+    path = tmp_path / "data.bin"
+    path.write_bytes(payload)
+
+    async def main():
+        a, b = tcp_pair()
+        a.setblocking(False)
+        try:
+            with open(path, "rb") as f:
+                f.seek(123)
+                sent = await loop.sock_sendfile(a, f, len(payload))
+                return sent, f.tell()
+        finally:
+            a.close()
+            b.close()
+
+    assert run(loop, main()) == (0, len(payload) if always_seeks else 123)

@@ -875,6 +875,32 @@ def test_ferroloop_watches_children_without_asyncios_watcher(flavor, loop):
     assert during == threads
 
 
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="the loop owns its child watcher from 3.14")
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "threaded"])
+def test_loop_child_watcher_3_14(flavor, monkeypatch, pidfd):
+    """3.14+: a new loop's ``_watcher`` is asyncio's pidfd watcher where
+    pidfds can be used, else its threaded one, which then waits for the
+    child (a thread per child) and reaps it on the loop's thread."""
+    from asyncio import unix_events
+
+    if pidfd and not unix_events.can_use_pidfd():
+        pytest.skip("no pidfd here")
+    monkeypatch.setattr(unix_events, "can_use_pidfd", lambda: pidfd)
+    lp = flavor.new_event_loop()
+    try:
+        expected = unix_events._PidfdChildWatcher if pidfd else unix_events._ThreadedChildWatcher
+        assert type(lp._watcher) is expected
+
+        async def main():
+            proc = await asyncio.create_subprocess_exec(PY, "-c", "import sys; sys.exit(3)")
+            waiting = pidfd or proc.pid in lp._watcher._threads
+            return waiting, await proc.wait()
+
+        assert lp.run_until_complete(asyncio.wait_for(main(), 20)) == (True, 3)
+    finally:
+        lp.close()
+
+
 def test_ferroloop_reaped_elsewhere_reports_popens_returncode(flavor, loop):
     if not flavor.is_ferroloop:
         pytest.skip("ferroloop's engine watcher")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 import threading
 
@@ -163,3 +165,43 @@ def test_tls_server_against_blocking_ssl_client(flavor, certs):
         assert run(loop, main()) == [b"line %d\n" % i for i in range(5)]
 
     run_isolated(flavor, body, gc_threshold=20)
+
+
+def test_tls_writes_after_peer_reset_raise_connection_reset(flavor, certs):
+    """The peer resets the connection under a TLS stream: writing goes on
+    failing with ConnectionResetError (SSLProtocol hears connection_lost),
+    never hangs. (CPython's test_sslproto test_connection_lost_when_busy
+    checks this over a mock socket.)"""
+
+    def body(loop):
+        sctx, cctx = contexts(certs)
+
+        async def main():
+            aborted = loop.create_future()
+
+            async def handler(reader, writer):
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()  # RST
+                aborted.set_result(None)
+
+            server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=sctx)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx, server_hostname="localhost")
+            await aborted
+            with pytest.raises(ConnectionError):
+                for _ in range(1000):
+                    writer.write(b"x" * 1000)
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+            with pytest.raises(ConnectionResetError):
+                writer.write(b"again")
+                await writer.drain()
+            assert writer.transport.is_closing()
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+        run(loop, main())
+
+    run_isolated(flavor, body)

@@ -390,6 +390,32 @@ def test_sends_after_close_are_dropped_with_asyncios_warning(loop, caplog):
     run(loop, main())
 
 
+def test_unconnected_send_after_close_from_error_received_still_reports(loop):
+    """An error_received() that closes an unconnected transport: the next
+    send is still made (asyncio drops writes after close only with a remote
+    address), its error reaches error_received, and connection_lost follows."""
+
+    class CloseOnError(Proto):
+        def error_received(self, exc):
+            super().error_received(exc)
+            self.transport.close()
+
+    async def main():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        t, p = await loop.create_datagram_endpoint(lambda: CloseOnError(loop), sock=sock)
+        addr = sock.getsockname()
+        oversized = b"\0" * 70000
+        t.sendto(oversized, addr)
+        t.sendto(oversized, addr)
+        assert await asyncio.wait_for(p.done, 5) is None
+        assert [e.errno for e in p.errors] == [errno.EMSGSIZE, errno.EMSGSIZE]
+        assert p.events == ["made", "error", "error", "lost"]
+
+    run(loop, main())
+
+
 def test_close_waits_for_queued_datagrams_abort_drops_them(loop):
     async def main():
         for how in ("close", "abort"):

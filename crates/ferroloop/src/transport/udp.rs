@@ -746,14 +746,22 @@ impl DatagramInner {
             self.st.borrow_mut().enqueue((owned.unwrap_or_else(|| data.to_vec()), dest), false);
             self.maybe_pause();
         };
+        // Once `connection_lost` is scheduled, asyncio drops (and counts) the
+        // writes of a transport with a remote address only; one without still
+        // sends while its socket is open, a failure reaching `error_received`
+        // (an `error_received` that closes the transport does not silence
+        // the next send's error).
+        let late = self.st.borrow().life.conn_lost > 0;
         {
             let mut st = self.st.borrow_mut();
-            if let Some(log) = st.life.drop_write() {
-                if log {
-                    drop(st);
-                    self.lp.warn(SOCKET_SEND_WARNING);
+            if late && (self.remote.is_some() || self.sock.borrow().is_none()) {
+                if let Some(log) = st.life.drop_write() {
+                    if log {
+                        drop(st);
+                        self.lp.warn(SOCKET_SEND_WARNING);
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
             }
             if !st.queue.is_empty() {
                 drop(st);
@@ -765,6 +773,8 @@ impl DatagramInner {
         let sent = self.send_one(owned.as_deref().unwrap_or(data), dest.as_ref());
         match sent {
             Ok(_) => Ok(None),
+            // Nothing more is sent once `connection_lost` is scheduled.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && late => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 queue_it(owned, dest);
                 Ok(None)
