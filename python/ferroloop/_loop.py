@@ -3,12 +3,13 @@
 Scheduling (``call_soon``, timers, ``call_soon_threadsafe``), the run loop,
 file-descriptor watching and stream transports are the engine's
 (``_ferroloop.LoopCore``); this class adapts them to
-``asyncio.AbstractEventLoop``. The high-level coroutines that only combine
-those primitives (``create_connection``'s resolution and Happy Eyeballs,
-``create_server``'s socket set-up, executors, async generators) come from
-``asyncio.base_events.BaseEventLoop``, whose I/O all lands on the hooks below
-(``_make_socket_transport``, ``_start_serving``, ``sock_*``...). Python's
-selector loop is never used.
+``asyncio.AbstractEventLoop``. Servers, connections, datagram endpoints and
+pipes are ferroloop's own (``_network.py`` and the modules it calls), as are
+the ``sock_*`` operations (``_sockops.py``); what only combines public
+primitives (executors, ``run_until_complete``, ``start_tls`` with an
+``ssl.SSLContext``, subprocesses) comes from
+``asyncio.base_events.BaseEventLoop`` (docs/python-versions.md lists the
+private asyncio names still touched). Python's selector loop is never used.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import io
-import os
 import signal
 import socket
 import sys
@@ -25,12 +24,13 @@ import threading
 import time
 import warnings
 
-from asyncio import base_events, constants, coroutines, events, exceptions, sslproto, trsock, unix_events
+from asyncio import base_events, constants, coroutines, events, sslproto, unix_events
 
-from . import _connect, _endpoints, _ferroloop, _server
-from ._resolve import check_ssl_socket, ensure_resolved
+from . import _ferroloop
+from ._network import NetworkMethods
 from ._server import check_tls_side
-from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport, socket_kind
+from ._sockops import SocketOps
+from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport
 
 TLSContext = _ferroloop.TLSContext
 
@@ -47,13 +47,6 @@ _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.is
 # Python 3.14+: asyncio's unix loop owns its child watcher (loop._watcher),
 # asyncio's child watcher API having gone.
 _LOOP_HAS_WATCHER = hasattr(unix_events, "_ThreadedChildWatcher")
-
-# Whether asyncio's native sock_sendfile leaves the file at the end of what it
-# sent even when it sent nothing (newer 3.13 releases, 3.14+): its helper then takes no
-# total_sent argument.
-_SENDFILE_ALWAYS_SEEKS = (
-    unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos.__code__.co_argcount == 3
-)
 
 __all__ = ("Loop",)
 
@@ -93,7 +86,7 @@ class _TimerHandle(events.TimerHandle):
 _TimerHandle.__name__ = _TimerHandle.__qualname__ = "TimerHandle"
 
 
-class Loop(base_events.BaseEventLoop):
+class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
     """An asyncio event loop driven by the ferroloop engine."""
 
     def __init__(self):
@@ -377,185 +370,6 @@ class Loop(base_events.BaseEventLoop):
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
 
-    # ----- low-level socket operations --------------------------------------
-
-    def _check_sock(self, sock):
-        check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-
-    def _wait_io(self, sock, writer, attempt):
-        """Run ``attempt(fut)`` now and, while it raises BlockingIOError,
-        again each time ``sock`` is ready; ``attempt`` completes ``fut``."""
-        fut = self.create_future()
-
-        def step():
-            if fut.done():
-                return True
-            try:
-                attempt(fut)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                fut.set_exception(exc)
-            return True
-
-        if not step():
-            fd = sock.fileno()
-            self._ensure_fd_no_transport(fd)
-            if writer:
-                handle = self._add_writer(fd, step)
-                remove = self._remove_writer
-            else:
-                handle = self._add_reader(fd, step)
-                remove = self._remove_reader
-
-            def done(_fut, fd=fd, handle=handle, remove=remove):
-                if not handle.cancelled():
-                    remove(fd)
-
-            fut.add_done_callback(done)
-        return fut
-
-    async def sock_recv(self, sock, n):
-        self._check_sock(sock)
-        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recv(n)))
-
-    async def sock_recv_into(self, sock, buf):
-        self._check_sock(sock)
-        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recv_into(buf)))
-
-    async def sock_recvfrom(self, sock, bufsize):
-        self._check_sock(sock)
-        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recvfrom(bufsize)))
-
-    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
-        self._check_sock(sock)
-        if not nbytes:
-            nbytes = len(buf)
-        return await self._wait_io(sock, False, lambda fut: fut.set_result(sock.recvfrom_into(buf, nbytes)))
-
-    async def sock_sendall(self, sock, data):
-        self._check_sock(sock)
-        view = memoryview(data)
-        pos = [0]
-
-        def attempt(fut):
-            while pos[0] < len(view):
-                pos[0] += sock.send(view[pos[0]:])
-            fut.set_result(None)
-
-        return await self._wait_io(sock, True, attempt)
-
-    async def sock_sendto(self, sock, data, address):
-        self._check_sock(sock)
-        return await self._wait_io(sock, True, lambda fut: fut.set_result(sock.sendto(data, address)))
-
-    async def sock_connect(self, sock, address):
-        self._check_sock(sock)
-        if sock.family == socket.AF_INET or sock.family == getattr(socket, "AF_INET6", None):
-            resolved = await ensure_resolved(self, address, family=sock.family, type=sock.type, proto=sock.proto)
-            _, _, _, _, address = resolved[0]
-        started = [False]
-
-        def attempt(fut):
-            if not started[0]:
-                started[0] = True
-                sock.connect(address)
-            else:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err != 0:
-                    raise OSError(err, f"Connect call failed {address}")
-            fut.set_result(None)
-
-        fut = self._wait_io(sock, True, attempt)
-        try:
-            return await fut
-        finally:
-            fut = None
-
-    async def sock_accept(self, sock):
-        self._check_sock(sock)
-
-        def attempt(fut):
-            conn, address = sock.accept()
-            conn.setblocking(False)
-            fut.set_result((conn, address))
-
-        return await self._wait_io(sock, False, attempt)
-
-    # ----- sendfile -------------------------------------------------------------
-
-    async def _sock_sendfile_native(self, sock, file, offset, count):
-        """``os.sendfile`` from ``file`` to ``sock``, waiting for writability
-        between chunks (zero-copy; BaseEventLoop.sock_sendfile falls back to
-        read+send when this raises SendfileNotAvailableError)."""
-        try:
-            os.sendfile
-        except AttributeError:
-            raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
-        try:
-            fileno = file.fileno()
-        except (AttributeError, io.UnsupportedOperation) as err:
-            raise exceptions.SendfileNotAvailableError("not a regular file")
-        try:
-            fsize = os.fstat(fileno).st_size
-        except OSError:
-            raise exceptions.SendfileNotAvailableError("not a regular file")
-        blocksize = count if count else fsize
-        if not blocksize:
-            return 0  # empty file
-        fd = sock.fileno()
-        state = {"offset": offset, "total": 0}
-
-        def update_filepos():
-            # As asyncio's: the file's position ends where sending stopped
-            # (after a partial send, an error or a cancellation too).
-            if _SENDFILE_ALWAYS_SEEKS or state["total"] > 0:
-                os.lseek(fileno, state["offset"], os.SEEK_SET)
-
-        def attempt(fut):
-            while True:
-                remaining = (count - state["total"]) if count else blocksize
-                if remaining <= 0:
-                    break
-                try:
-                    sent = os.sendfile(fd, fileno, state["offset"], remaining)
-                except (BlockingIOError, InterruptedError):
-                    raise
-                except OSError as exc:
-                    if state["total"] == 0 and exc.errno in (errno.ENOTSOCK, errno.ENOTCONN, errno.EINVAL) and not isinstance(exc, ConnectionError):
-                        raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
-                    raise
-                if sent == 0:
-                    break  # EOF
-                state["offset"] += sent
-                state["total"] += sent
-            update_filepos()
-            fut.set_result(state["total"])
-
-        try:
-            return await self._wait_io(sock, True, attempt)
-        except BaseException:
-            update_filepos()
-            raise
-
-    async def _sendfile_native(self, transp, file, offset, count):
-        # The transport hands its socket to os.sendfile once its buffer is empty.
-        self._transports.pop(transp._sock_fd, None)
-        resume_reading = transp.is_reading()
-        transp.pause_reading()
-        await transp._make_empty_waiter()
-        try:
-            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
-        finally:
-            transp._reset_empty_waiter()
-            if resume_reading:
-                transp.resume_reading()
-            self._transports[transp._sock_fd] = transp
-
     # ----- transports ---------------------------------------------------------
 
     def _socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None, context=None):
@@ -715,100 +529,6 @@ class Loop(base_events.BaseEventLoop):
         # As asyncio's watcher callback: skip one iteration, so that what the
         # pipes delivered meanwhile is handled first.
         self.call_soon(self.call_soon, transp._process_exited, returncode)
-
-    # ----- servers and connections ---------------------------------------------
-    # ferroloop's own (_server.py, _connect.py): asyncio's versions reach the
-    # loop's private hooks, whose signatures change between releases.
-
-    # Each version's signature: a keyword argument that version's asyncio
-    # lacks is a TypeError at the call, as there.
-    if sys.version_info >= (3, 13):
-
-        async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
-                                flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
-                                reuse_port=None, keep_alive=None, ssl_handshake_timeout=None,
-                                ssl_shutdown_timeout=None, start_serving=True):
-            return await _server.create_server(
-                self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog,
-                ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port, keep_alive=keep_alive,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                start_serving=start_serving)
-
-        async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
-                                     ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True,
-                                     cleanup_socket=True):
-            return await _server.create_unix_server(
-                self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                start_serving=start_serving, cleanup_socket=cleanup_socket)
-
-    else:
-
-        async def create_server(self, protocol_factory, host=None, port=None, *, family=socket.AF_UNSPEC,
-                                flags=socket.AI_PASSIVE, sock=None, backlog=100, ssl=None, reuse_address=None,
-                                reuse_port=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
-                                start_serving=True):
-            return await _server.create_server(
-                self, protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog,
-                ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                start_serving=start_serving)
-
-        async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
-                                     ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True):
-            # Before 3.13 the socket file stays after close.
-            return await _server.create_unix_server(
-                self, protocol_factory, path, sock=sock, backlog=backlog, ssl=ssl,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                start_serving=start_serving, cleanup_socket=False)
-
-    if sys.version_info >= (3, 12):
-
-        async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0,
-                                    proto=0, flags=0, sock=None, local_addr=None, server_hostname=None,
-                                    ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
-                                    happy_eyeballs_delay=None, interleave=None, all_errors=False):
-            return await _connect.create_connection(
-                self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
-                local_addr=local_addr, server_hostname=server_hostname,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave, all_errors=all_errors)
-
-    else:
-
-        async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0,
-                                    proto=0, flags=0, sock=None, local_addr=None, server_hostname=None,
-                                    ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
-                                    happy_eyeballs_delay=None, interleave=None):
-            return await _connect.create_connection(
-                self, protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
-                local_addr=local_addr, server_hostname=server_hostname,
-                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
-
-    async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None, *, family=0,
-                                       proto=0, flags=0, reuse_port=None, allow_broadcast=None, sock=None):
-        return await _endpoints.create_datagram_endpoint(
-            self, protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
-            reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock)
-
-    async def connect_read_pipe(self, protocol_factory, pipe):
-        return await _endpoints.connect_pipe(self, self._make_read_pipe_transport, protocol_factory, pipe, "Read")
-
-    async def connect_write_pipe(self, protocol_factory, pipe):
-        return await _endpoints.connect_pipe(self, self._make_write_pipe_transport, protocol_factory, pipe, "Write")
-
-    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
-                                     server_hostname=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
-        return await _connect.create_unix_connection(
-            self, protocol_factory, path, ssl=ssl, sock=sock, server_hostname=server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
-
-    async def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None, ssl_handshake_timeout=None,
-                                      ssl_shutdown_timeout=None):
-        return await _connect.connect_accepted_socket(
-            self, protocol_factory, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     # ----- signals ------------------------------------------------------------
 

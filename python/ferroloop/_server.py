@@ -23,7 +23,7 @@ import socket
 import stat
 import sys
 
-from asyncio import base_events, constants, events, exceptions, futures, sslproto, tasks, trsock
+from asyncio import base_events, exceptions, tasks, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
