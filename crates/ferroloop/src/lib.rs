@@ -54,7 +54,7 @@ pub use handle::{Handle, RemoteHandle, TimerHandle};
 pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
-pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, LentBytes, StreamSocket, Transport};
+pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, LentBytes, PauseHook, StreamSocket, Transport};
 pub use transport::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 /// The rustls crate this engine's TLS transport is built on (for its configuration types).
 pub use rustls;

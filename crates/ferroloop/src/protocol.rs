@@ -15,6 +15,44 @@
 //! high-water mark, say), the notification is delivered right after the
 //! current method returns; `close()` delivers `connection_lost` from the
 //! ready queue, never from inside the caller.
+//!
+//! # Bounding a producer
+//!
+//! asyncio calls `pause_writing()` from inside `write()`, so a producer
+//! written as "write while not paused" stops as soon as the buffer goes over
+//! the high-water mark. A Rust protocol is borrowed while it writes, so it
+//! hears `pause_writing` only once its method returns; but the transport's
+//! flow state changes inside the `write`, so the same loop is written with
+//! [`Transport::is_writing_paused`]:
+//!
+//! ```no_run
+//! # use ferroloop::{Protocol, Transport};
+//! struct Producer { transport: Option<Transport>, chunk: Vec<u8> }
+//!
+//! impl Protocol for Producer {
+//!     fn connection_made(&mut self, transport: Transport) {
+//!         self.transport = Some(transport);
+//!         self.produce();
+//!     }
+//!     fn resume_writing(&mut self) {
+//!         self.produce();
+//!     }
+//! }
+//!
+//! impl Producer {
+//!     fn produce(&mut self) {
+//!         let t = self.transport.as_ref().unwrap();
+//!         // Stops within one chunk of the high-water mark, whichever method it runs in.
+//!         while !t.is_writing_paused() && !t.is_closing() {
+//!             t.write(&self.chunk).unwrap();
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! A binding whose protocol objects can be re-entered (the Python face)
+//! installs a [`crate::PauseHook`] instead, and calls its protocol's
+//! `pause_writing` from inside the write, as asyncio does.
 
 use std::cell::RefCell;
 use std::rc::Rc;

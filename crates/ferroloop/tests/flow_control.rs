@@ -7,7 +7,9 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::io::Read;
+use std::rc::Rc;
 
 use common::*;
 use ferroloop::{Error, EventLoop};
@@ -265,4 +267,59 @@ fn write_lent_reads_the_bytes_once_and_tells_the_protocol_afterwards() {
     want.extend_from_slice(b"tail");
     drop((lent, tail));
     drain_and_check(&lp, &t, &log, peer, &want);
+}
+
+#[test]
+fn a_producer_inside_data_received_stops_at_the_high_water_mark() {
+    // The Rust pattern for asyncio's "write while not paused": the protocol
+    // cannot be re-entered, so it polls is_writing_paused(), which changes
+    // inside the write that crosses the mark. The peer never reads.
+    let lp = EventLoop::new().unwrap();
+    let rec = Recorder::new();
+    let log = rec.log.clone();
+    let l2 = log.clone();
+    let chunk = vec![7u8; 1 << 20];
+    let rec = rec.on_data(move |t, _| {
+        let mut writes = 0;
+        while !t.is_writing_paused() && writes < 50 {
+            t.write(&chunk).unwrap();
+            writes += 1;
+        }
+        l2.borrow_mut().note(&format!("writes={writes} buffered={}", t.get_write_buffer_size()));
+    });
+    let (t, log, mut peer) = connect_std_peer(&lp, rec);
+    std::io::Write::write_all(&mut peer, b"go").unwrap();
+    must(&lp, 10.0, "pause_writing", || log.borrow().count("pause") == 1);
+    let note = log.borrow().kinds().into_iter().find(|k| k.starts_with("note:writes=")).unwrap();
+    let fields: Vec<usize> = note
+        .trim_start_matches("note:")
+        .split(' ')
+        .map(|f| f.split('=').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(fields[0] < 10, "{note}");
+    assert!(fields[1] <= 64 * 1024 + (1 << 20), "{note}");
+    t.abort();
+    drop(log);
+}
+
+#[test]
+fn a_pause_hook_is_told_inside_the_write() {
+    // What a binding whose protocols can be re-entered installs (the Python
+    // face): the hook runs before write() returns, the protocol is not told.
+    struct Hook(Rc<Cell<usize>>);
+    impl ferroloop::PauseHook for Hook {
+        fn pause_writing(&self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let lp = EventLoop::new().unwrap();
+    let (t, log, _peer) = connect_std_peer(&lp, Recorder::new());
+    let calls = Rc::new(Cell::new(0));
+    assert!(t.set_pause_hook(Some(Rc::new(Hook(calls.clone())))));
+    t.set_write_buffer_limits(Some(1000), None).unwrap();
+    t.write(&vec![1u8; 8 << 20]).unwrap();
+    assert_eq!(calls.get(), 1, "told inside write()");
+    run_for(&lp, 0.1);
+    assert_eq!(log.borrow().count("pause"), 0, "the protocol is not told too");
+    t.abort();
 }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use ferroloop::{Error, EventLoop, Protocol, ProtocolRef, Transport};
+use ferroloop::{Error, EventLoop, PauseHook, Protocol, ProtocolRef, Transport};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
@@ -125,6 +125,23 @@ impl Shared {
     }
 }
 
+
+impl PauseHook for Shared {
+    /// asyncio's `_maybe_pause_protocol`: the current protocol's
+    /// `pause_writing()`, at once, in the caller's context (it runs inside
+    /// `write()`); an exception goes to the loop's exception handler.
+    fn pause_writing(&self) {
+        Python::attach(|py| {
+            let Some(proto) = Self::get(&self.protocol, py) else { return };
+            if let Err(e) = proto.bind(py).call_method0(intern!(py, "pause_writing")) {
+                if is_exit(py, &e) {
+                    return self.lp.interrupt(external(e));
+                }
+                self.report(py, "protocol.pause_writing() failed", Some(&e), Some(&proto));
+            }
+        })
+    }
+}
 
 /// Drives one Python protocol object for the engine.
 pub(crate) struct PyProtocolAdapter {
@@ -371,6 +388,8 @@ impl StreamCore {
         let adapter = PyProtocolAdapter::new(py, shared.clone(), protocol)?;
         let proto: ProtocolRef = Rc::new(RefCell::new(adapter));
         let t = make(lp, proto).map_err(to_pyerr)?;
+        // pause_writing() from inside write(), as asyncio calls it.
+        t.set_pause_hook(Some(shared.clone()));
         *shared.engine.borrow_mut() = Some(t.clone());
         // As asyncio: the waiter completes from the ready queue right after
         // connection_made (both are queued now, in this order).
@@ -498,6 +517,9 @@ impl StreamCore {
         let opts = tls.options(server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)?;
         let (raw, old) = self.inner.get();
         let loop_obj = Shared::get(&old.loop_obj, py).ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
+        // The TLS layer writes into the plain transport now: the old Python
+        // transport's protocol is told nothing more (nor held by the hook).
+        raw.set_pause_hook(None);
         let done = tls_done_callback(transport.clone_ref(py));
         let shared = Rc::new(Shared {
             lp: old.lp.clone(),

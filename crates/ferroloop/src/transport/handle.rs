@@ -278,6 +278,24 @@ impl Transport {
         dispatch!(self, t => t.is_writing_paused())
     }
 
+    /// Have `hook` told of `pause_writing` synchronously, from inside the
+    /// `write` (or `set_write_buffer_limits`) that takes the buffer over the
+    /// high-water mark, instead of the protocol after its current method
+    /// returns (see [`PauseHook`]); `None` restores the default. Returns
+    /// false, and changes nothing, on a TLS transport (whose protocol is
+    /// told from the loop).
+    ///
+    /// [`PauseHook`]: crate::transport::PauseHook
+    pub fn set_pause_hook(&self, hook: Option<Rc<dyn crate::transport::PauseHook>>) -> bool {
+        match &self.repr {
+            Repr::Stream(s) => {
+                s.set_pause_hook(hook);
+                true
+            }
+            Repr::Tls(_) => false,
+        }
+    }
+
     /// Look up extra information by asyncio's key: `peername`, `sockname`,
     /// `socket` for a stream socket; `pipe` (the descriptor) for a pipe; a
     /// TLS transport adds `peercert` ([`ExtraInfo::Bytes`], the DER of the

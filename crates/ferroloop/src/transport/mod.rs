@@ -22,6 +22,7 @@ pub mod unix;
 
 pub use pipe::TransportKind;
 pub use handle::Transport;
+pub use slot::PauseHook;
 pub use stream::{Address, ExtraInfo, LentBytes};
 pub use tls::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 pub use subprocess::{

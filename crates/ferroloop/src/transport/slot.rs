@@ -229,6 +229,20 @@ pub(crate) enum FlowNote {
     ResumeWriting,
 }
 
+/// Told, synchronously, when a write (or new water marks) takes a
+/// transport's buffer over its high-water mark: asyncio calls the protocol's
+/// `pause_writing()` from inside `write()`, so that a producer that writes
+/// "while not paused" stops at once. A Rust protocol cannot be re-entered
+/// while it writes (it is borrowed), so the engine queues `pause_writing`
+/// for it until it returns (it can poll [`crate::Transport::is_writing_paused`]
+/// instead); a binding whose protocol objects can be re-entered installs a
+/// hook with [`crate::Transport::set_pause_hook`] and calls them itself.
+/// `resume_writing` still comes from the loop, as in asyncio.
+pub trait PauseHook {
+    /// The buffer went over the high-water mark: tell the protocol now.
+    fn pause_writing(&self);
+}
+
 /// A transport with write flow control: its [`WriteFlow`] decides when the
 /// protocol is told to pause and resume writing ([`FlowNote`]s, delivered
 /// through [`SlotHost::notify`]).
@@ -255,8 +269,18 @@ where
             flow.should_pause(size)
         };
         if pause {
-            self.notify(FlowNote::PauseWriting.into());
+            match self.pause_hook() {
+                // Synchronously, within the write that crossed the mark.
+                Some(hook) => hook.pause_writing(),
+                None => self.notify(FlowNote::PauseWriting.into()),
+            }
         }
+    }
+
+    /// The hook told of `pause_writing` at once instead of the protocol
+    /// (see [`PauseHook`]); none by default.
+    fn pause_hook(&self) -> Option<Rc<dyn PauseHook>> {
+        None
     }
 
     /// Tell the protocol to resume writing if the queue drained to the low mark.

@@ -24,7 +24,7 @@ use crate::server::ServerInner;
 use crate::transport::buffer::WriteBuffer;
 use crate::transport::pipe::{PipeFd, TransportKind};
 use crate::transport::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
+use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, PauseHook, ProtocolSlot, SlotHost};
 use crate::transport::tls::{TlsConfig, TlsInfo, TlsInner};
 pub use crate::transport::handle::Transport;
 
@@ -275,6 +275,8 @@ pub(crate) struct StreamInner {
     addrs: Option<Box<(Option<Address>, Option<Address>)>>,
     /// What few transports use, boxed once needed (see `Rare`).
     rare: RefCell<Option<Box<Rare>>>,
+    /// Told of `pause_writing` at once instead of the protocol (see `PauseHook`).
+    pause_hook: RefCell<Option<Rc<dyn PauseHook>>>,
 }
 
 /// The parts of a stream transport that few transports use: boxed when
@@ -359,6 +361,7 @@ impl StreamTransport {
             server: RefCell::new(server),
             addrs,
             rare: RefCell::new(on_made.map(|f| Box::new(Rare { on_made: Some(f), ..Rare::default() }))),
+            pause_hook: RefCell::new(None),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
@@ -511,6 +514,11 @@ impl StreamTransport {
     /// Whether `pause_writing` was called without a `resume_writing` yet.
     pub fn is_writing_paused(&self) -> bool {
         self.inner.st.borrow().flow.is_paused()
+    }
+
+    /// See [`Transport::set_pause_hook`].
+    pub fn set_pause_hook(&self, hook: Option<Rc<dyn PauseHook>>) {
+        *self.inner.pause_hook.borrow_mut() = hook;
     }
 
     /// Look up extra information by asyncio's key: `peername`, `sockname`,
@@ -1023,6 +1031,8 @@ impl StreamInner {
             }
         }
         self.slot.release();
+        let hook = self.pause_hook.borrow_mut().take();
+        drop(hook);
         self.st.borrow_mut().buf.clear();
         let on_made = self.take_rare(|r| r.on_made.take());
         drop(on_made);
@@ -1115,6 +1125,10 @@ impl FlowHost for StreamInner {
         let st = self.st.borrow_mut();
         let size = st.buf.len();
         (RefMut::map(st, |st| &mut st.flow), size)
+    }
+
+    fn pause_hook(&self) -> Option<Rc<dyn PauseHook>> {
+        self.pause_hook.borrow().clone()
     }
 }
 
@@ -1225,6 +1239,8 @@ impl IoSource for StreamInner {
         // transport): the pair can then be freed, and the socket closes when
         // the last handle goes.
         self.slot.release();
+        let hook = self.pause_hook.try_borrow_mut().ok().and_then(|mut h| h.take());
+        drop(hook);
         let on_made = self.take_rare(|r| r.on_made.take());
         drop(on_made);
         let drained = self.take_rare(|r| r.on_drained.take());
