@@ -16,7 +16,7 @@ import warnings
 from asyncio import transports
 
 from . import _ferroloop
-from ._transports import SocketBacked, forward_to_core, socket_extra
+from ._transports import SocketBacked, forward_to_core, socket_extra, with_write_limits
 
 _METHODS = (
     "sendto",
@@ -27,8 +27,6 @@ _METHODS = (
     "resume_reading",
     "is_reading",
     "get_write_buffer_size",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
     "_force_close",
@@ -142,3 +140,4 @@ class DatagramTransport(SocketBacked, transports._FlowControlMixin, transports.D
 
 
 forward_to_core(DatagramTransport, _METHODS)
+with_write_limits(DatagramTransport)

@@ -10,9 +10,11 @@ transport holds nothing per method.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import stat
+import types
 import warnings
 
 from asyncio import constants, transports, trsock
@@ -34,8 +36,6 @@ _STREAM_METHODS = (
     "close",
     "abort",
     "is_reading",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
     "_force_close",
@@ -47,6 +47,59 @@ def forward_to_core(cls, names):
     the instance's ``_core`` (``_force_close`` calls ``force_close``)."""
     for name in names:
         setattr(cls, name, _ferroloop.core_method(cls, name))
+
+
+# The most a limit can be in the engine (a byte count): larger ones mean "never".
+_MAX_LIMIT = (1 << 63) - 1
+
+
+def _byte_count(limit):
+    """A water mark as the engine counts bytes: the floor of any real
+    number (a buffer of whole bytes is over 1000.5 when it is over 1000),
+    at most _MAX_LIMIT."""
+    if limit.__class__ is not int:
+        try:
+            limit = math.floor(limit)
+        except OverflowError:  # inf
+            return _MAX_LIMIT
+    return min(limit, _MAX_LIMIT)
+
+
+def set_write_buffer_limits(self, high=None, low=None):
+    """asyncio's ``set_write_buffer_limits``: any numbers asyncio takes
+    (floats, ints past 64 bits), its defaults and its ``ValueError``; the
+    engine applies them as byte counts, and ``get_write_buffer_limits``
+    gives back what asyncio would."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    self._core.set_write_buffer_limits(_byte_count(high), _byte_count(low))
+    if high.__class__ is int and low.__class__ is int and high <= _MAX_LIMIT:
+        self.__dict__.pop("_fl_limits", None)
+    else:
+        self._fl_limits = (low, high)
+
+
+def get_write_buffer_limits(self):
+    """``(low, high)``, as set (asyncio's order)."""
+    limits = self.__dict__.get("_fl_limits")
+    return limits if limits is not None else self._core.get_write_buffer_limits()
+
+
+def with_write_limits(cls):
+    """Give ``cls`` the two methods above, named as its own (Python's
+    argument errors name the defining class, as asyncio's do)."""
+    for func in (set_write_buffer_limits, get_write_buffer_limits):
+        qualname = f"{cls.__name__}.{func.__name__}"
+        method = types.FunctionType(
+            func.__code__.replace(co_qualname=qualname), func.__globals__, func.__name__, func.__defaults__
+        )
+        method.__qualname__ = qualname
+        method.__doc__ = func.__doc__
+        setattr(cls, func.__name__, method)
 
 
 # The sockname of the last socket transport: connections accepted by one
@@ -343,6 +396,7 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
 
 
 forward_to_core(StreamTransport, _STREAM_METHODS)
+with_write_limits(StreamTransport)
 
 
 # ----- TLS fast path ---------------------------------------------------------
@@ -552,8 +606,6 @@ _WRITE_PIPE_METHODS = (
     "abort",
     "is_closing",
     "get_write_buffer_size",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
     "get_protocol",
     "set_protocol",
     "_force_close",
@@ -633,3 +685,4 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
 
 forward_to_core(ReadPipeTransport, _READ_PIPE_METHODS)
 forward_to_core(WritePipeTransport, _WRITE_PIPE_METHODS)
+with_write_limits(WritePipeTransport)

@@ -125,3 +125,78 @@ def test_pause_writing_runs_in_the_writers_context(loop):
 
     run(loop, main())
     assert seen == ["the writer's", "after write"]
+
+
+LIMITS = [
+    dict(high=1000.5),
+    dict(low=10.25),
+    dict(high=2**70),
+    dict(high=2**70, low=2**69),
+    dict(high=float("inf"), low=10),
+    dict(high=100, low=0),
+    dict(),
+]
+
+
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+def test_write_buffer_limits_take_what_asyncio_takes(loop, kind):
+    """Floats and ints past 64 bits are taken, as asyncio takes them, and
+    get_write_buffer_limits() gives back asyncio's (low, high); refused
+    limits raise asyncio's ValueError."""
+
+    async def main():
+        if kind == "stream":
+            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            tr, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+        else:
+            server = None
+            tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        got = []
+        try:
+            for kw in LIMITS:
+                tr.set_write_buffer_limits(**kw)
+                got.append(tr.get_write_buffer_limits())
+            for bad in (dict(high=1, low=2), dict(low=-1.5), dict(high=float("inf"))):
+                with pytest.raises(ValueError) as ei:
+                    tr.set_write_buffer_limits(**bad)
+                got.append(str(ei.value))
+            # Still a working transport, with the limits of the last good call.
+            got.append(tr.get_write_buffer_limits())
+        finally:
+            tr.close()
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        return got
+
+    got = run(loop, main())
+    assert got[:4] == [(250.0, 1000.5), (10.25, 41.0), (2**68, 2**70), (2**69, 2**70)]
+    assert got[4] == (10, float("inf"))
+    assert got[5:7] == [(0, 100), (16384, 65536)]
+    assert got[7] == "high (1) must be >= low (2) must be >= 0"
+    assert got[8] == "high (-6.0) must be >= low (-1.5) must be >= 0"
+    assert got[9] == "high (inf) must be >= low (nan) must be >= 0"  # inf // 4 is nan
+    assert got[10] == (16384, 65536)
+
+
+def test_float_high_water_mark_pauses_as_its_floor(loop):
+    """A float high-water mark pauses once the buffer is over it (a byte
+    count over 1000.5 is over 1000), from inside the write."""
+    events = []
+
+    class P(asyncio.Protocol):
+        def pause_writing(self):
+            events.append("pause")
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        tr, _ = await loop.create_connection(P, *server.sockets[0].getsockname())
+        tr.set_write_buffer_limits(high=1000.5)
+        tr.write(b"z" * (32 << 20))
+        events.append("written")
+        tr.abort()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert events == ["pause", "written"]
