@@ -122,14 +122,18 @@ impl From<std::os::unix::net::UnixDatagram> for DatagramSocket {
 }
 
 impl DatagramSocket {
-    /// Take a datagram socket of either family from an owned descriptor.
-    /// Fails with `EPROTOTYPE` if it is not a datagram socket.
+    /// Take a datagram socket of either family from an owned descriptor: a
+    /// `SOCK_DGRAM` one, or a Unix `SOCK_SEQPACKET` one (message boundaries
+    /// kept; asyncio 3.13 takes any socket but a stream one). Fails with
+    /// `EPROTOTYPE` otherwise.
     pub fn from_fd(fd: OwnedFd) -> io::Result<DatagramSocket> {
         let sock = Socket::from(fd);
-        if sock.r#type()? != Type::DGRAM {
+        let unix = sock.domain()? == Domain::UNIX;
+        let ty = sock.r#type()?;
+        if !(ty == Type::DGRAM || (unix && ty == Type::SEQPACKET)) {
             return Err(io::Error::from_raw_os_error(libc::EPROTOTYPE));
         }
-        if sock.domain()? == Domain::UNIX {
+        if unix {
             Ok(DatagramSocket::Unix(OwnedFd::from(sock).into()))
         } else {
             Ok(DatagramSocket::Udp(OwnedFd::from(sock).into()))
