@@ -10,6 +10,7 @@ transport holds nothing per method.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import socket
@@ -17,7 +18,7 @@ import stat
 import types
 import warnings
 
-from asyncio import constants, transports, trsock
+from asyncio import constants, events, format_helpers, transports, trsock
 
 from . import _ferroloop
 
@@ -47,6 +48,25 @@ def forward_to_core(cls, names):
     the instance's ``_core`` (``_force_close`` calls ``force_close``)."""
     for name in names:
         setattr(cls, name, _ferroloop.core_method(cls, name))
+
+
+# format_helpers._format_callback_source takes debug= from 3.12 (a callback's
+# repr then includes its source location only in debug mode).
+_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+
+
+def report_callback_error(loop, callback, args, exc, context):
+    """What asyncio's ``Handle._run`` reports when ``callback(*args)``
+    raised: ``message``, ``exception`` and ``handle`` (an ``asyncio.Handle``
+    of that call, so that handlers that read ``context['handle']`` work),
+    and ``source_traceback`` in debug mode."""
+    handle = events.Handle(callback, args, loop, context)
+    kwargs = {"debug": loop.get_debug()} if _FORMAT_TAKES_DEBUG else {}
+    source = format_helpers._format_callback_source(callback, args, **kwargs)
+    ctx = {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        ctx["source_traceback"] = handle._source_traceback
+    loop.call_exception_handler(ctx)
 
 
 # The most a limit can be in the engine (a byte count): larger ones mean "never".

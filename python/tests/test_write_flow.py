@@ -200,3 +200,81 @@ def test_float_high_water_mark_pauses_as_its_floor(loop):
 
     run(loop, main())
     assert events == ["pause", "written"]
+
+
+@pytest.mark.parametrize("method", ["connection_made", "connection_lost"])
+def test_stream_callback_exception_context_has_a_handle(loop, method):
+    """An exception in connection_made/connection_lost reaches the exception
+    handler as asyncio's Handle reports it: message, exception, handle."""
+    reports = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            if method == "connection_made":
+                raise ZeroDivisionError("made")
+
+        def connection_lost(self, exc):
+            if method == "connection_lost":
+                raise ZeroDivisionError("lost")
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        tr, pr = await loop.create_connection(P, *server.sockets[0].getsockname())
+        tr.close()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    [ctx] = [c for c in reports if isinstance(c.get("exception"), ZeroDivisionError)]
+    assert {"message", "exception", "handle"} <= set(ctx)
+    assert isinstance(ctx["handle"], asyncio.Handle)
+    assert ctx["message"].startswith("Exception in callback ")
+
+
+@pytest.mark.parametrize("method", ["connection_made", "datagram_received", "error_received"])
+def test_datagram_callback_exception_context_has_a_handle(loop, method):
+    reports = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+
+    class P(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            if method == "connection_made":
+                raise ZeroDivisionError("made")
+
+        def datagram_received(self, data, addr):
+            if method == "datagram_received":
+                raise ZeroDivisionError("received")
+
+        def error_received(self, exc):
+            if method == "error_received":
+                raise ZeroDivisionError("error")
+
+    async def main():
+        # A port nobody listens on: the ICMP error comes back as error_received.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+        probe.close()
+        if method == "error_received":
+            # Connected: the port's ICMP "unreachable" comes back on the socket.
+            tr, pr = await loop.create_datagram_endpoint(P, remote_addr=("127.0.0.1", closed_port))
+            tr.sendto(b"x")
+        else:
+            tr, pr = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+            tr.sendto(b"x", tr.get_extra_info("sockname"))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        tr.close()
+        await asyncio.sleep(0.01)
+
+    run(loop, main())
+    got = [c for c in reports if isinstance(c.get("exception"), ZeroDivisionError)]
+    assert got, reports
+    ctx = got[0]
+    assert {"message", "exception"} <= set(ctx)
+    if "handle" in ctx or loop.__class__.__module__.startswith("ferroloop"):
+        assert isinstance(ctx["handle"], asyncio.Handle)

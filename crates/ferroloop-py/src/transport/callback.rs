@@ -87,3 +87,23 @@ pub(crate) fn clear_cells(cells: &[&std::cell::RefCell<Option<Py<PyAny>>>]) {
 pub(crate) fn if_sole_owner<S, R>(shared: &std::rc::Rc<S>, f: impl FnOnce(&S) -> R) -> Option<R> {
     (std::rc::Rc::strong_count(shared) == 1).then(|| f(shared))
 }
+
+/// asyncio's report of an exception in `callback(*args)` run through a
+/// `Handle` (`message`, `exception`, `handle`): `ferroloop._transports.
+/// report_callback_error`. A failure of the report itself is unraisable.
+pub(crate) fn report_callback_error<'py>(
+    py: Python<'py>,
+    loop_obj: &Py<PyAny>,
+    callback: Bound<'py, PyAny>,
+    args: &[Bound<'py, PyAny>],
+    exc: &PyErr,
+    context: Option<Py<PyAny>>,
+) {
+    let r = py.import(pyo3::intern!(py, "ferroloop._transports")).and_then(|m| {
+        let args = PyTuple::new(py, args)?;
+        m.call_method1(pyo3::intern!(py, "report_callback_error"), (loop_obj, callback, args, exc.value(py), context))
+    });
+    if let Err(e) = r {
+        e.write_unraisable(py, None);
+    }
+}

@@ -19,7 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
+use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, visit_cells};
 use crate::sys::{BufferSlot, GilBound, HeldContext, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
@@ -112,6 +112,19 @@ impl Shared {
         self.report(py, &format!("Exception in callback {what}"), Some(&exc), Some(protocol));
     }
 
+    /// An exception from `protocol.name(*args)`, which asyncio calls
+    /// through a `Handle` of its own: reported as that handle's, with it.
+    fn method_error<'py>(&self, py: Python<'py>, exc: PyErr, protocol: &Py<PyAny>, name: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) {
+        if is_exit(py, &exc) {
+            self.lp.interrupt(external(exc));
+            return;
+        }
+        let (Some(lp), Ok(callback)) = (Self::get(&self.loop_obj, py), protocol.bind(py).getattr(name)) else {
+            return self.report(py, &format!("Exception in callback {name}()"), Some(&exc), Some(protocol));
+        };
+        report_callback_error(py, &lp, callback, args, &exc, Self::get(&self.context, py));
+    }
+
     /// Call `proto.name(*args)` inside the transport's context.
     fn call_in_context<'py>(
         &self,
@@ -176,9 +189,9 @@ impl Protocol for PyProtocolAdapter {
         Python::attach(|py| {
             let tr = Shared::get(&self.shared.transport, py);
             let tr = tr.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
-            let r = self.call(py, intern!(py, "connection_made"), &[tr]);
+            let r = self.call(py, intern!(py, "connection_made"), &[tr.clone()]);
             if let Err(e) = r {
-                self.shared.callback_error(py, e, "connection_made()", &self.proto);
+                self.shared.method_error(py, e, &self.proto, intern!(py, "connection_made"), &[tr]);
             }
         })
     }
@@ -222,9 +235,10 @@ impl Protocol for PyProtocolAdapter {
                 None => py.None(),
                 Some(e) => to_pyerr(e).into_value(py).into_any(),
             };
-            let r = self.call(py, intern!(py, "connection_lost"), &[exc_obj.into_bound(py)]);
+            let exc_obj = exc_obj.into_bound(py);
+            let r = self.call(py, intern!(py, "connection_lost"), &[exc_obj.clone()]);
             if let Err(e) = r {
-                self.shared.callback_error(py, e, "connection_lost()", &self.proto);
+                self.shared.method_error(py, e, &self.proto, intern!(py, "connection_lost"), &[exc_obj]);
             }
             // As asyncio: after the protocol heard, close the socket and
             // detach from the server (the Python transport's `_finish`).

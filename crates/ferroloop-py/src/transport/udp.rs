@@ -29,7 +29,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_in_context, clear_cells, if_sole_owner, is_exit, visit_cells};
+use crate::transport::callback::{call_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, visit_cells};
 use crate::sys::GilBound;
 
 const AF_UNIX: i32 = libc::AF_UNIX;
@@ -112,6 +112,20 @@ impl Shared {
         self.report(py, &format!("Exception in callback {what}"), Some(&exc));
     }
 
+    /// An exception from `protocol.name(*args)`: reported as asyncio's
+    /// `Handle` reports it, with a handle of that call.
+    fn method_error<'py>(&self, py: Python<'py>, exc: PyErr, name: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) {
+        if is_exit(py, &exc) {
+            self.lp.interrupt(external(exc));
+            return;
+        }
+        let callback = Self::get(&self.protocol, py).and_then(|p| p.bind(py).getattr(name).ok());
+        let (Some(lp), Some(callback)) = (Self::get(&self.loop_obj, py), callback) else {
+            return self.report(py, &format!("Exception in callback {name}()"), Some(&exc));
+        };
+        report_callback_error(py, &lp, callback, args, &exc, Self::get(&self.context, py));
+    }
+
     /// Call `protocol.<name>(*args)` inside the transport's context.
     fn call_protocol<'py>(
         &self,
@@ -150,8 +164,8 @@ impl DatagramProtocol for PyDatagramAdapter {
     fn connection_made(&mut self, _transport: DatagramTransport) {
         Python::attach(|py| {
             let tr = Shared::get(&self.shared.transport, py).map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
-            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_made"), &[tr]) {
-                self.shared.callback_error(py, e, "connection_made()");
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_made"), &[tr.clone()]) {
+                self.shared.method_error(py, e, intern!(py, "connection_made"), &[tr]);
             }
             let waiter = self.shared.waiter.borrow_mut().take();
             if let Some(w) = waiter {
@@ -180,17 +194,18 @@ impl DatagramProtocol for PyDatagramAdapter {
                 },
             };
             let bytes = PyBytes::new(py, data).into_any();
-            if let Err(e) = self.shared.call_protocol(py, intern!(py, "datagram_received"), &[bytes, addr_obj.into_bound(py)]) {
-                self.shared.callback_error(py, e, "_SelectorDatagramTransport._read_ready()");
+            let addr_obj = addr_obj.into_bound(py);
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "datagram_received"), &[bytes.clone(), addr_obj.clone()]) {
+                self.shared.method_error(py, e, intern!(py, "datagram_received"), &[bytes, addr_obj]);
             }
         })
     }
 
     fn error_received(&mut self, exc: Error) {
         Python::attach(|py| {
-            let exc_obj = to_pyerr(exc).into_value(py).into_any();
-            if let Err(e) = self.shared.call_protocol(py, intern!(py, "error_received"), &[exc_obj.into_bound(py)]) {
-                self.shared.callback_error(py, e, "error_received()");
+            let exc_obj = to_pyerr(exc).into_value(py).into_any().into_bound(py);
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "error_received"), &[exc_obj.clone()]) {
+                self.shared.method_error(py, e, intern!(py, "error_received"), &[exc_obj]);
             }
         })
     }
@@ -201,8 +216,9 @@ impl DatagramProtocol for PyDatagramAdapter {
                 None => py.None(),
                 Some(e) => to_pyerr(e).into_value(py).into_any(),
             };
-            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_lost"), &[exc_obj.into_bound(py)]) {
-                self.shared.callback_error(py, e, "connection_lost()");
+            let exc_obj = exc_obj.into_bound(py);
+            if let Err(e) = self.shared.call_protocol(py, intern!(py, "connection_lost"), &[exc_obj.clone()]) {
+                self.shared.method_error(py, e, intern!(py, "connection_lost"), &[exc_obj]);
             }
             // As asyncio: after the protocol heard, close the socket (the
             // Python transport's `_finish`) and drop the references.
