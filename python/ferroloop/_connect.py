@@ -13,25 +13,37 @@ subclass may replace them).
 from __future__ import annotations
 
 import contextvars
+import dis
 import os
 import socket
 import sys
 
-from asyncio import staggered
+from asyncio import base_events, staggered
 from asyncio.log import logger
 
 from ._resolve import check_ssl_socket, ensure_resolved, interleave_addrinfos
 
-# 3.15: a socket whose transport could not be made is closed (gh-153133),
-# and the transport makers take the context its callbacks run in.
-_CLOSE_SOCKET_ON_FAILURE = sys.version_info >= (3, 15)
+# 3.15: the transport makers take the context their callbacks run in.
+_PASS_CONTEXT = sys.version_info >= (3, 15)
+
+
+def _closes_socket_on_failure():
+    """Whether this release's asyncio closes a socket whose transport could
+    not be made (gh-153133: 3.15, and later 3.14 patch releases): its
+    _create_connection_transport then closes twice (the socket on failure,
+    the transport after a failed handshake) instead of once."""
+    code = base_events.BaseEventLoop._create_connection_transport.__code__
+    return sum(1 for i in dis.get_instructions(code) if i.argval == "close") >= 2
+
+
+_CLOSE_SOCKET_ON_FAILURE = _closes_socket_on_failure()
 
 
 def _context_kwarg(make, run_context):
     """``context=`` for ferroloop's own transport makers, and for a
     replacement where asyncio passes it too (3.15+); none otherwise (a
     subclass written for an earlier asyncio does not take it)."""
-    if getattr(make, "_ferroloop_default", None) is True or _CLOSE_SOCKET_ON_FAILURE:
+    if getattr(make, "_ferroloop_default", None) is True or _PASS_CONTEXT:
         return {"context": run_context}
     return {}
 
