@@ -24,7 +24,7 @@ import weakref
 
 import pytest
 
-from conftest import run, run_isolated
+from conftest import asyncio_differs, run, run_isolated
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -324,26 +324,6 @@ def test_bad_address_is_a_fatal_write_error(loop):
         assert isinstance(exc, TypeError)
         assert [e["message"] for e in errors] == ["Fatal write error on datagram transport"]
         assert errors[0]["exception"] is exc
-
-    run(loop, main())
-
-
-def test_socketpair_peer_is_unnamed_so_sendto_needs_an_address(loop):
-    # asyncio checks `if peername:`; a socketpair's peer name is '' (falsy), so
-    # sendto() without an address is sock.sendto(data, None): a TypeError,
-    # reported as a fatal write error that closes the transport.
-    errors = []
-    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
-
-    async def main():
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        t, p = await loop.create_datagram_endpoint(lambda: Proto(loop), sock=a)
-        assert t.get_extra_info("peername") == ""
-        t.sendto(b"x")
-        exc = await asyncio.wait_for(p.done, 5)
-        assert isinstance(exc, TypeError)
-        assert [e["message"] for e in errors] == ["Fatal write error on datagram transport"]
-        b.close()
 
     run(loop, main())
 
@@ -722,3 +702,29 @@ def test_hundred_thousand_datagrams_counted(loop):
         await sp.done
 
     run(loop, main(), timeout=120)
+
+
+@asyncio_differs("stock asyncio calls sock.sendto(data, None) on a connected socket whose peer is unnamed, "
+                 "a fatal TypeError; ferroloop sends to the peer, as uvloop does", since=(3, 0))
+def test_sendto_without_address_on_a_connected_unix_socketpair_reaches_the_peer(loop):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lost = []
+
+    class P(asyncio.DatagramProtocol):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def main():
+        tr, _ = await loop.create_datagram_endpoint(P, sock=a)
+        tr.sendto(b"to the peer")
+        await asyncio.sleep(0.05)
+        b.setblocking(False)
+        assert b.recv(100) == b"to the peer"
+        assert lost == []
+        tr.close()
+        await asyncio.sleep(0.01)
+
+    try:
+        run(loop, main())
+    finally:
+        b.close()

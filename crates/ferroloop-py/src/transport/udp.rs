@@ -439,6 +439,11 @@ impl DatagramCore {
             None
         } else {
             match addr {
+                // A connected socket with an unnamed peer (one end of a Unix
+                // socketpair): asyncio can only fail here (it calls
+                // sendto(data, None)); the datagram goes to the peer, as
+                // uvloop sends it.
+                None if t.peername().is_some() => None,
                 None => {
                     // asyncio: sock.sendto(data, None) raises TypeError: a fatal write error.
                     let err = PyTypeError::new_err("sendto() takes an address: the socket is not connected");
