@@ -152,34 +152,36 @@ class Server(base_events.Server):
                 os.close(fd)
             self._report_accept_error(exc, protocol, transport)
 
-    def _accept_with_hook(self, conn, extra):
-        protocol = transport = None
+    def _connect(self, make, conn):
+        """The protocol of a new connection and ``make(protocol)``, its
+        transport on ``conn``; on failure ``conn`` is closed (unless a
+        transport took it) and the error reported as asyncio reports it."""
+        protocol = None
         try:
             protocol = self._protocol_factory()
-            transport = self._make_transport(conn, protocol, extra=extra, server=self)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            if transport is None:
-                conn.close()
-            self._report_accept_error(exc, protocol, transport)
-
-    def _accept_fast_tls(self, conn, extra, context):
-        # The engine does the handshake: no task needed.
-        protocol = transport = None
-        try:
-            protocol = self._protocol_factory()
-            transport = TLSTransport(self._loop, conn, protocol, self._ssl_context, None, extra, self, None,
-                                     self._ssl_handshake_timeout, self._ssl_shutdown_timeout, run_context=context)
+            return make(protocol)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             conn.close()
-            self._report_accept_error(exc, protocol, transport)
-            return
-        if self._kind is None:
-            self._kind = socket_kind(conn)
-        transport._keep_fd_only(self._kind)
+            self._report_accept_error(exc, protocol, None)
+        return None
+
+    def _accept_with_hook(self, conn, extra):
+        self._connect(lambda protocol: self._make_transport(conn, protocol, extra=extra, server=self), conn)
+
+    def _accept_fast_tls(self, conn, extra, context):
+        # The engine does the handshake: no task needed.
+        transport = self._connect(
+            lambda protocol: TLSTransport(self._loop, conn, protocol, self._ssl_context, None, extra, self, None,
+                                          self._ssl_handshake_timeout, self._ssl_shutdown_timeout,
+                                          run_context=context),
+            conn,
+        )
+        if transport is not None:
+            if self._kind is None:
+                self._kind = socket_kind(conn)
+            transport._keep_fd_only(self._kind)
 
     async def _accept_tls(self, conn, extra, context):
         # asyncio's SSLProtocol over the engine's stream transport.
