@@ -26,7 +26,7 @@ PY      := $(VENV)/bin/python
 EXAMPLES := target/release/examples
 
 APT_PACKAGES := socat openssl curl
-PY_PACKAGES  := 'maturin>=1.5,<2' pytest pytest-timeout aiohttp uvloop
+PY_PACKAGES  := 'maturin>=1.5,<2' pytest pytest-timeout aiohttp uvloop uvicorn httptools websockets
 # Per-test limit for pytest (pytest-timeout); a hung test fails instead of hanging CI.
 PYTEST_FLAGS ?= --timeout=120
 

@@ -23,7 +23,7 @@ ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT_DIR"
 VERSIONS=${*:-${PY_VERSIONS:-3.12 3.13 3.14 3.15}}
 STEPS=${STEPS:-pytest compare}
-PY_PACKAGES=${PY_PACKAGES:-maturin>=1.5,<2 pytest pytest-timeout aiohttp uvloop}
+PY_PACKAGES=${PY_PACKAGES:-maturin>=1.5,<2 pytest pytest-timeout aiohttp uvloop uvicorn httptools websockets}
 PYTEST_FLAGS=${PYTEST_FLAGS:---timeout=120}
 CHROOT_SCRIPT=scripts/sid-chroot.sh
 
