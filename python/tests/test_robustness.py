@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import socket
 import warnings
 import weakref
@@ -609,3 +610,46 @@ def test_forwarding_methods_find_the_core_of_the_instances_own_class():
         assert rec.calls == ["is_closing"]
 
     run_isolated(FLAVORS["ferroloop"], body)
+
+
+def test_signal_handlers_run_while_the_loop_is_idle_in_its_poll(flavor):
+    """A plain signal.signal() handler (SIGALRM from a timer at a random
+    moment, 2,000 times) runs while the loop is idle in its poll, and a
+    loop.stop() it calls ends run_forever: every trial ends by the handler,
+    none by the safety-net timer. (Stock asyncio's selector loop runs the
+    handler inside its poll but is not woken by it without a wakeup fd: each
+    trial would wait for the safety net, so only ferroloop runs this.)"""
+    if not flavor.is_ferroloop:
+        pytest.skip("asyncio's selector loop is not woken by a plain signal handler (no wakeup fd)")
+    import random
+
+    def body(loop):
+        by_handler = by_timer = 0
+        ended = []
+
+        def handler(signum, frame):
+            ended.append("handler")
+            loop.stop()
+
+        def safety_net():
+            ended.append("timer")
+            loop.stop()
+
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            for _ in range(2000):
+                ended.clear()
+                signal.setitimer(signal.ITIMER_REAL, random.uniform(0.00005, 0.002))
+                h = loop.call_later(5, safety_net)
+                loop.run_forever()
+                h.cancel()
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                if ended[:1] == ["handler"]:
+                    by_handler += 1
+                else:
+                    by_timer += 1
+        finally:
+            signal.signal(signal.SIGALRM, old)
+        assert (by_handler, by_timer) == (2000, 0)
+
+    run_isolated(flavor, body, timeout=120)
