@@ -8,6 +8,9 @@
 #                     3.14, 3.15 (a Debian sid chroot made by scripts/sid-chroot.sh):
 #                     pytest, then that version's test_asyncio against its stock asyncio;
 #                     CI runs it after `make test`
+#   make faults       the fault suite (python/faults): ferroloop, asyncio and uvloop servers
+#                     under many connections, resets, churn, a signal storm, a slow reader;
+#                     QUICK=1 for smaller counts (CI)
 #   make dist         wheels for CPython 3.11-3.15 and an sdist in dist/, each checked without Rust
 #   make clean        remove build products (distclean: the .venv too)
 #
@@ -35,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV_STAMP := $(VENV)/.stamp-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
 .PHONY: deps apt-deps venv build demo demo-rust demo-python develop test test-rust test-python test-conformance test-versions \
-        conformance doc clean distclean dist
+        conformance doc clean distclean dist faults
 
 # ---------------------------------------------------------------------------- deps
 
@@ -131,6 +134,9 @@ PY_VERSIONS ?= 3.12 3.13 3.14 3.15
 
 test-versions: apt-deps
 	PY_VERSIONS="$(PY_VERSIONS)" PY_PACKAGES="$(subst ',,$(PY_PACKAGES))" PYTEST_FLAGS="$(PYTEST_FLAGS)" scripts/test-versions.sh
+
+faults: develop
+	$(PY) python/faults/run.py $(if $(QUICK),--quick)
 
 conformance:
 	@if [ -f python/conformance/run.py ]; then \
