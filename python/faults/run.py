@@ -12,6 +12,8 @@ as CI runs it, with smaller counts).
              every echo byte-exact, the handler ran, the server alive
     slow     a slow reader of a 64 MiB producer: the server's write buffer
              stays within the high-water mark plus one chunk, all bytes arrive
+    fuzz     random sequences of transport operations (fuzz.py), on stock
+             asyncio and on ferroloop: the same callback traces and bytes
 
 The server runs in its own process (server.py); the clients here, on stock
 asyncio. Exit status 1 if a check fails on ferroloop (the other loops are
@@ -242,10 +244,11 @@ def main(argv=None):
         "churn": 5000 if args.quick else 200000,
         "signals": 2000 if args.quick else 20000,
         "slow": 64,
+        "fuzz": 30 if args.quick else 300,
     }
     scenarios = {"conns": scenario_conns, "resets": scenario_resets, "churn": scenario_churn,
                  "signals": scenario_signals, "slow": scenario_slow}
-    only = [s for s in args.only.split(",") if s] or list(scenarios)
+    only = [s for s in args.only.split(",") if s] or [*scenarios, "fuzz"]
     loops = []
     for name in args.loops.split(","):
         try:
@@ -257,6 +260,13 @@ def main(argv=None):
     print(f"faults on Python {sys.version.split()[0]} ({'quick' if args.quick else 'full'}; descriptor limit {hard})")
     for name in only:
         print(f"\n== {name} ({counts[name]})")
+        if name == "fuzz":
+            # Differential by itself: asyncio against ferroloop, seed by seed.
+            t0 = time.monotonic()
+            rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--seeds", str(counts[name])])
+            failed += rc != 0
+            print(f"  {'ferroloop':10} {'ok' if rc == 0 else 'FAILED: traces differ':28} [{time.monotonic() - t0:.1f} s]")
+            continue
         for loop in loops:
             t0 = time.monotonic()
             try:
