@@ -7,15 +7,13 @@ methods, named as asyncio's so that a subclass may replace them)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import stat
 import sys
 
 from asyncio.log import logger
 
 from ._resolve import ensure_resolved
-from ._server import set_reuse_port
+from ._server import remove_stale_unix_socket, set_reuse_port
 
 # 3.13 accepts any socket but a stream one (SOCK_SEQPACKET, raw...); before,
 # only SOCK_DGRAM.
@@ -32,14 +30,8 @@ async def _endpoint_sockets(loop, local_addr, remote_addr, family, proto, flags)
         for addr in (local_addr, remote_addr):
             if addr is not None and not isinstance(addr, str):
                 raise TypeError("string is expected")
-        if local_addr and local_addr[0] not in (0, "\x00"):
-            try:
-                if stat.S_ISSOCK(os.stat(local_addr).st_mode):
-                    os.remove(local_addr)  # a stale socket file
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error("Unable to check or remove stale UNIX socket %r: %r", local_addr, err)
+        if local_addr:
+            remove_stale_unix_socket(local_addr)
         return (((family, proto), (local_addr, remote_addr)),)
     by_key = {}  # (family, proto) -> [local, remote], in resolution order
     for idx, addr in ((0, local_addr), (1, remote_addr)):

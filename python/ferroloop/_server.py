@@ -321,6 +321,20 @@ class Server(base_events.Server):
         await waiter
 
 
+def remove_stale_unix_socket(path):
+    """Before binding ``path``: a socket file left there goes (as asyncio,
+    which logs what it cannot check or remove); an abstract name has none."""
+    if not path or path[0] in (0, "\x00"):
+        return
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+
+
 def _unlink_if_same(path, inode):
     try:
         if os.stat(path).st_ino == inode:
@@ -467,14 +481,7 @@ async def create_unix_server(loop, protocol_factory, path=None, *, sock=None, ba
             raise ValueError("path and sock can not be specified at the same time")
         path = os.fspath(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if path[0] not in (0, "\x00"):  # not an abstract name: a stale socket file goes
-            try:
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.remove(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+        remove_stale_unix_socket(path)
         try:
             sock.bind(path)
         except OSError as exc:

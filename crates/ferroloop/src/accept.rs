@@ -71,11 +71,11 @@ impl ListenSock {
     fn accept(&self) -> io::Result<Conn> {
         match self.kind() {
             ListenKind::Tcp(l) => {
-                let (s, _) = l.accept()?;
+                let (s, peer) = l.accept()?;
                 let _ = s.set_nodelay(true);
-                Ok(Conn::Tcp(s))
+                Ok(Conn::Tcp(s, peer))
             }
-            ListenKind::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            ListenKind::Unix(l) => l.accept().map(|(s, peer)| Conn::Unix(s, peer)),
         }
     }
 
@@ -162,9 +162,11 @@ pub struct Accepted {
     conn: Conn,
 }
 
+/// The stream and the peer's address `accept()` returned (kept as the
+/// kernel gave it: converted only if asked for, no second `getpeername`).
 enum Conn {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
+    Tcp(mio::net::TcpStream, std::net::SocketAddr),
+    Unix(mio::net::UnixStream, std::os::unix::net::SocketAddr),
 }
 
 impl fmt::Debug for Accepted {
@@ -177,40 +179,40 @@ impl Accepted {
     /// Its descriptor (still owned by this value).
     pub fn fd(&self) -> RawFd {
         match &self.conn {
-            Conn::Tcp(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s, _) => s.as_raw_fd(),
+            Conn::Unix(s, _) => s.as_raw_fd(),
         }
     }
 
-    /// The peer's address (`None` where the socket cannot tell).
+    /// The peer's address, as `accept()` returned it.
     pub fn peer_address(&self) -> Option<Address> {
         match &self.conn {
-            Conn::Tcp(s) => s.peer_addr().ok().map(Address::Inet),
-            Conn::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
+            Conn::Tcp(_, peer) => Some(Address::Inet(*peer)),
+            Conn::Unix(_, peer) => Some(Address::Unix(crate::transport::udp::unix_address(peer))),
         }
     }
 
     /// The local address (`None` where the socket cannot tell).
     pub fn local_address(&self) -> Option<Address> {
         match &self.conn {
-            Conn::Tcp(s) => s.local_addr().ok().map(Address::Inet),
-            Conn::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
+            Conn::Tcp(s, _) => s.local_addr().ok().map(Address::Inet),
+            Conn::Unix(s, _) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
         }
     }
 
     /// The socket's descriptor, now the caller's to close.
     pub fn into_owned_fd(self) -> OwnedFd {
         match self.conn {
-            Conn::Tcp(s) => s.into(),
-            Conn::Unix(s) => s.into(),
+            Conn::Tcp(s, _) => s.into(),
+            Conn::Unix(s, _) => s.into(),
         }
     }
 
     /// The engine's stream socket, for a transport the engine owns.
     pub(crate) fn into_sock(self) -> Sock {
         match self.conn {
-            Conn::Tcp(s) => Sock::Tcp(s),
-            Conn::Unix(s) => Sock::Unix(s),
+            Conn::Tcp(s, _) => Sock::Tcp(s),
+            Conn::Unix(s, _) => Sock::Unix(s),
         }
     }
 }
