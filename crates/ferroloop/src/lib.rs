@@ -31,8 +31,8 @@
 
 #![warn(missing_docs)]
 
-pub mod accept;
 pub mod child;
+pub mod connect;
 pub mod error;
 pub mod event_loop;
 pub mod flow;
@@ -54,11 +54,12 @@ pub use handle::{Handle, RemoteHandle, TimerHandle};
 pub use protocol::{protocol_ref, Protocol, ProtocolRef};
 pub use resolve::Family;
 pub use server::{Host, Server, ServerOptions, ServerSocket};
-pub use transport::{Address, ConnectOptions, Connection, ExtraInfo, LentBytes, PauseHook, StreamSocket, Transport};
+pub use connect::ConnectOptions;
+pub use transport::{Address, Connection, ExtraInfo, LentBytes, PauseHook, StreamSocket, Transport};
 pub use transport::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
 /// The rustls crate this engine's TLS transport is built on (for its configuration types).
 pub use rustls;
-pub use accept::{Accepted, Acceptor, Listener};
+pub use server::accept::{self as accept, Accepted, Acceptor, Listener};
 pub use child::ChildWatcher;
 pub use transport::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,

@@ -1,6 +1,7 @@
 //! The public [`Transport`] handle: one type for every stream transport, a
 //! plain socket or pipe ([`crate::transport::stream`]) or TLS layered over one
-//! ([`crate::transport::tls`]). Each method is one `match` on the kind.
+//! ([`crate::transport::tls`]). Each method is one `match` on the kind,
+//! calling the [`TransportOps`] method both implement.
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -9,10 +10,12 @@ use std::rc::Rc;
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoop;
 use crate::protocol::ProtocolRef;
-use crate::transport::lifecycle::Teardown;
-use crate::transport::pipe::TransportKind;
-use crate::transport::stream::{Address, ExtraInfo, LentBytes, StreamInner, StreamTransport};
+use crate::transport::fd::{Held, Sock};
+use crate::transport::registry::Entry;
+use crate::transport::stream::StreamInner;
 use crate::transport::tls::{TlsInfo, TlsInner};
+use crate::transport::core::lifecycle::Teardown;
+use crate::transport::{Address, ExtraInfo, LentBytes, PauseHook, TransportKind, TransportOps};
 
 /// A stream transport, asyncio's `Transport`: a TCP or Unix socket, a read or
 /// write pipe (see [`crate::transport::pipe`] and [`Transport::kind`]), or a
@@ -28,15 +31,16 @@ pub struct Transport {
 
 #[derive(Clone)]
 pub(crate) enum Repr {
-    Stream(StreamTransport),
+    Stream(Rc<StreamInner>),
     Tls(Rc<TlsInner>),
 }
 
+/// Call the [`TransportOps`] method `$m` on whichever transport this is.
 macro_rules! dispatch {
-    ($self:ident, $t:ident => $e:expr) => {
+    ($self:ident . $m:ident ( $($arg:expr),* )) => {
         match &$self.repr {
-            Repr::Stream($t) => $e,
-            Repr::Tls($t) => $e,
+            Repr::Stream(t) => t.$m($($arg),*),
+            Repr::Tls(t) => t.$m($($arg),*),
         }
     };
 }
@@ -55,7 +59,7 @@ impl fmt::Debug for Transport {
 impl PartialEq for Transport {
     fn eq(&self, other: &Self) -> bool {
         match (&self.repr, &other.repr) {
-            (Repr::Stream(a), Repr::Stream(b)) => Rc::ptr_eq(&a.inner, &b.inner),
+            (Repr::Stream(a), Repr::Stream(b)) => Rc::ptr_eq(a, b),
             (Repr::Tls(a), Repr::Tls(b)) => Rc::ptr_eq(a, b),
             _ => false,
         }
@@ -64,7 +68,7 @@ impl PartialEq for Transport {
 
 impl Transport {
     pub(crate) fn from_stream(inner: Rc<StreamInner>) -> Transport {
-        Transport { repr: Repr::Stream(StreamTransport { inner }) }
+        Transport { repr: Repr::Stream(inner) }
     }
 
     pub(crate) fn from_tls(inner: Rc<TlsInner>) -> Transport {
@@ -74,7 +78,7 @@ impl Transport {
     /// The stream transport's state, if this is a plain stream transport.
     pub(crate) fn stream_inner(&self) -> Option<&Rc<StreamInner>> {
         match &self.repr {
-            Repr::Stream(s) => Some(&s.inner),
+            Repr::Stream(s) => Some(s),
             Repr::Tls(_) => None,
         }
     }
@@ -86,39 +90,16 @@ impl Transport {
         }
     }
 
-    /// Wrap a connected socket (see `StreamTransport::spawn`).
+    /// Wrap a connected socket or pipe (see [`StreamInner::spawn`]).
     pub(crate) fn spawn(
         lp: &EventLoop,
-        sock: crate::transport::stream::Sock,
-        protocol: ProtocolRef,
-        server: Option<(std::rc::Weak<crate::server::ServerInner>, usize)>,
-        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
-    ) -> Result<Transport> {
-        StreamTransport::spawn(lp, sock, protocol, server, on_made)
-    }
-
-    /// Wrap a connected stream socket handed in by the program; with
-    /// `owns_fd` false the descriptor is borrowed and never closed.
-    pub(crate) fn spawn_adopted(
-        lp: &EventLoop,
-        sock: crate::transport::stream::Sock,
-        owns_fd: bool,
-        protocol: ProtocolRef,
-        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
-    ) -> Result<Transport> {
-        StreamTransport::spawn_with(lp, sock, TransportKind::Stream, owns_fd, protocol, None, on_made)
-    }
-
-    /// Wrap a socket or pipe of any kind (see `StreamTransport::spawn_kind`).
-    pub(crate) fn spawn_kind(
-        lp: &EventLoop,
-        sock: crate::transport::stream::Sock,
+        sock: Held<Sock>,
         kind: TransportKind,
         protocol: ProtocolRef,
-        server: Option<(std::rc::Weak<crate::server::ServerInner>, usize)>,
+        entry: Option<Entry>,
         on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     ) -> Result<Transport> {
-        StreamTransport::spawn_kind(lp, sock, kind, protocol, server, on_made)
+        StreamInner::spawn(lp, sock, kind, protocol, entry, on_made)
     }
 
     /// Whether this is a TLS transport.
@@ -137,45 +118,45 @@ impl Transport {
 
     /// The loop this transport runs on.
     pub fn get_loop(&self) -> EventLoop {
-        dispatch!(self, t => t.get_loop())
+        dispatch!(self.get_loop())
     }
 
     /// Close: stop reading, flush the buffer, then `connection_lost(None)`.
     /// TLS: flush, send close_notify, wait (up to the shutdown timeout) for
     /// the peer's, then close the socket.
     pub fn close(&self) {
-        dispatch!(self, t => t.close())
+        dispatch!(self.close())
     }
 
     /// True once `close`/`abort` was called or the connection was lost.
     pub fn is_closing(&self) -> bool {
-        dispatch!(self, t => t.is_closing())
+        dispatch!(self.is_closing())
     }
 
     /// Close at once, dropping buffered data; `connection_lost(None)` follows.
     pub fn abort(&self) {
-        dispatch!(self, t => t.abort())
+        dispatch!(self.abort())
     }
 
     /// Close at once because of `err`: the exception handler hears of it
     /// (unless it is an OS error, which asyncio only logs in debug mode) and
     /// the protocol receives `connection_lost(Some(err))`.
     pub fn fatal_error(&self, err: Error, message: &str) {
-        dispatch!(self, t => t.fatal_error(err, message))
+        dispatch!(self.fatal_error(err, message))
     }
 
     /// Close at once because of `err`, without reporting it: the protocol
     /// receives `connection_lost(Some(err))`. For bindings that reported the
     /// failure themselves.
     pub fn abort_with_error(&self, err: Error) {
-        dispatch!(self, t => t.abort_with_error(err))
+        dispatch!(self.abort_with_error(err))
     }
 
     /// Close the socket at once, without telling the protocol: for
     /// finalizers of transports that were never closed (asyncio's
     /// `__del__` does the same). Buffered data is dropped.
     pub fn close_socket(&self) {
-        dispatch!(self, t => t.close_socket())
+        dispatch!(self.close_socket())
     }
 
     /// Write `data`: sent at once if nothing is queued, the rest buffered.
@@ -183,7 +164,7 @@ impl Transport {
     /// Errors: [`Error::InvalidState`] after `write_eof`. Writes after the
     /// connection is lost are dropped (logged after 5 of them), as in asyncio.
     pub fn write(&self, data: &[u8]) -> Result<()> {
-        dispatch!(self, t => t.write(data))
+        dispatch!(self.write(data))
     }
 
     /// Write bytes lent for a moment ([`LentBytes`]): they are read inside
@@ -192,18 +173,12 @@ impl Transport {
     /// plain stream transport sends them at once from the lent memory and
     /// copies only what is left; a TLS transport encrypts them at once.
     pub fn write_lent<B: LentBytes>(&self, data: B) -> Result<()> {
-        match &self.repr {
-            Repr::Stream(t) => t.write_lent(data),
-            Repr::Tls(t) => t.write_lent(data),
-        }
+        dispatch!(self.write_lent(data))
     }
 
     /// Write an owned buffer: what cannot be sent at once is queued without a copy.
     pub fn write_owned(&self, data: Vec<u8>) -> Result<()> {
-        match &self.repr {
-            Repr::Stream(t) => t.write_owned(data),
-            Repr::Tls(t) => t.write(&data),
-        }
+        dispatch!(self.write_owned(data))
     }
 
     /// Write every buffer of `chunks` in order, with one vectored system call
@@ -212,52 +187,52 @@ impl Transport {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        dispatch!(self, t => t.writelines(chunks))
+        dispatch!(self.writelines(chunks))
     }
 
     /// Shut down the write side once the buffer is flushed; data may still
     /// be received. A TLS transport cannot half-close: [`Error::InvalidState`].
     pub fn write_eof(&self) -> Result<()> {
-        dispatch!(self, t => t.write_eof())
+        dispatch!(self.write_eof())
     }
 
     /// Stream sockets support half-close; a write pipe's `write_eof` closes
     /// it (true as in asyncio); a read pipe cannot write (false); TLS: false.
     pub fn can_write_eof(&self) -> bool {
-        dispatch!(self, t => t.can_write_eof())
+        dispatch!(self.can_write_eof())
     }
 
     /// Stream socket, read pipe or write pipe (a TLS transport is a stream).
     pub fn kind(&self) -> TransportKind {
-        dispatch!(self, t => t.kind())
+        dispatch!(self.kind())
     }
 
     /// Stop delivering data until [`Transport::resume_reading`]; effective at
     /// once, even inside `data_received`. No-op if closing or already paused.
     pub fn pause_reading(&self) {
-        dispatch!(self, t => t.pause_reading())
+        dispatch!(self.pause_reading())
     }
 
     /// Resume delivery; pending data arrives from the next loop iteration.
     pub fn resume_reading(&self) {
-        dispatch!(self, t => t.resume_reading())
+        dispatch!(self.resume_reading())
     }
 
     /// True unless reading is paused or the transport is closing (always
     /// false for a write pipe).
     pub fn is_reading(&self) -> bool {
-        dispatch!(self, t => t.is_reading())
+        dispatch!(self.is_reading())
     }
 
     /// Bytes queued for sending (TLS: plaintext not yet encrypted plus
     /// ciphertext not yet sent).
     pub fn get_write_buffer_size(&self) -> usize {
-        dispatch!(self, t => t.get_write_buffer_size())
+        dispatch!(self.get_write_buffer_size())
     }
 
     /// `(low, high)` water marks.
     pub fn get_write_buffer_limits(&self) -> (usize, usize) {
-        dispatch!(self, t => t.get_write_buffer_limits())
+        dispatch!(self.get_write_buffer_limits())
     }
 
     /// Set the water marks (see [`crate::flow`]); `pause_writing` is called at
@@ -270,12 +245,12 @@ impl Transport {
     /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
     /// negative values get asyncio's error (bindings).
     pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        dispatch!(self, t => t.set_write_buffer_limits_signed(high, low))
+        dispatch!(self.set_write_buffer_limits_signed(high, low))
     }
 
     /// Whether `pause_writing` was called without a `resume_writing` yet.
     pub fn is_writing_paused(&self) -> bool {
-        dispatch!(self, t => t.is_writing_paused())
+        dispatch!(self.is_writing_paused())
     }
 
     /// Have `hook` told of `pause_writing` synchronously, from inside the
@@ -285,15 +260,8 @@ impl Transport {
     /// false, and changes nothing, on a TLS transport (whose protocol is
     /// told from the loop).
     ///
-    /// [`PauseHook`]: crate::transport::PauseHook
-    pub fn set_pause_hook(&self, hook: Option<Rc<dyn crate::transport::PauseHook>>) -> bool {
-        match &self.repr {
-            Repr::Stream(s) => {
-                s.set_pause_hook(hook);
-                true
-            }
-            Repr::Tls(_) => false,
-        }
+    pub fn set_pause_hook(&self, hook: Option<Rc<dyn PauseHook>>) -> bool {
+        dispatch!(self.set_pause_hook(hook))
     }
 
     /// Look up extra information by asyncio's key: `peername`, `sockname`,
@@ -308,22 +276,22 @@ impl Transport {
     /// negotiated, as [`Transport::tls_info`]) and `sslcontext`
     /// ([`ExtraInfo::TlsConfig`], the rustls configuration).
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        dispatch!(self, t => t.get_extra_info(name))
+        dispatch!(self.get_extra_info(name))
     }
 
     /// The peer's address (captured when the transport was made).
     pub fn peername(&self) -> Option<Address> {
-        dispatch!(self, t => t.peername())
+        dispatch!(self.peername())
     }
 
     /// The socket's own address.
     pub fn sockname(&self) -> Option<Address> {
-        dispatch!(self, t => t.sockname())
+        dispatch!(self.sockname())
     }
 
     /// The socket's file descriptor while the transport owns an open socket.
     pub fn socket_fd(&self) -> Option<RawFd> {
-        dispatch!(self, t => t.socket_fd())
+        dispatch!(self.socket_fd())
     }
 
     /// Run `f` once everything written so far has been handed to the kernel
@@ -331,17 +299,17 @@ impl Transport {
     /// lost first. Replaces a previous callback. (asyncio's "empty waiter",
     /// used by `sendfile`.)
     pub fn on_drained<F: FnOnce(Result<()>) + 'static>(&self, f: F) {
-        dispatch!(self, t => t.on_drained(f))
+        dispatch!(self.on_drained(f))
     }
 
     /// Switch the protocol; later events go to `protocol`. Allowed from
     /// within the current protocol's methods.
     pub fn set_protocol(&self, protocol: ProtocolRef) {
-        dispatch!(self, t => t.set_protocol(protocol))
+        dispatch!(self.set_protocol(protocol))
     }
 
     /// The current protocol (`None` after `connection_lost`).
     pub fn get_protocol(&self) -> Option<ProtocolRef> {
-        dispatch!(self, t => t.get_protocol())
+        dispatch!(self.get_protocol())
     }
 }

@@ -8,25 +8,20 @@
 //! remainder, drain the queue with `writev` on writability.
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
-use std::rc::{Rc, Weak};
-
-use mio::Token;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::event_loop::{EventLoop, IoSource, Readiness, READ_BUFFER_SIZE};
 use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
-use crate::server::ServerInner;
-use crate::transport::buffer::WriteBuffer;
-use crate::transport::pipe::{PipeFd, TransportKind};
-use crate::transport::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{deliver_flow_note, FlowHost, FlowNote, PauseHook, ProtocolSlot, SlotHost};
-use crate::transport::tls::{TlsConfig, TlsInfo, TlsInner};
-pub use crate::transport::handle::Transport;
+use crate::transport::core::buffer::WriteBuffer;
+use crate::transport::core::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::core::slot::{deliver_flow_note, FlowHost, FlowNote, PauseHook, ProtocolSlot, SlotHost};
+use crate::transport::fd::{Held, Registration, Sock, SockWriter};
+use crate::transport::registry::{Entry, WeakTransport};
+use crate::transport::{Address, ExtraInfo, LentBytes, Transport, TransportKind, TransportOps};
 
 /// Reads per readiness event before yielding to other sources.
 const READS_PER_EVENT: usize = 32;
@@ -45,185 +40,9 @@ enum AfterWrite {
     Failed(io::Error),
 }
 
-/// Bytes lent for the span of one call: e.g. a buffer owned by another
-/// language's runtime, which may change them once control returns to it.
-/// [`Transport::write_lent`] reads them only inside [`LentBytes::lend`]
-/// and runs no callback meanwhile.
-pub trait LentBytes {
-    /// Call `f` with the bytes, valid only during the call.
-    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
-}
-
-impl<T: LentBytes + ?Sized> LentBytes for &T {
-    fn lend<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        (**self).lend(f)
-    }
-}
-
-/// A socket address as reported by `get_extra_info("peername"/"sockname")`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// An IPv4 or IPv6 address.
-    Inet(SocketAddr),
-    /// A Unix socket path (empty for an unnamed socket).
-    Unix(String),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Inet(a) => write!(f, "{a}"),
-            Address::Unix(p) => f.write_str(p),
-        }
-    }
-}
-
-/// A value returned by [`Transport::get_extra_info`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExtraInfo {
-    /// `peername` or `sockname`.
-    Address(Address),
-    /// `socket`: the transport's file descriptor (owned by the transport).
-    Fd(RawFd),
-    /// `peercert` on a TLS transport: the DER encoding of the peer's end
-    /// certificate (asyncio returns the decoded dict; the DER is what
-    /// `getpeercert(binary_form=True)` gives).
-    Bytes(Vec<u8>),
-    /// `cipher` on a TLS transport: asyncio's `(name, protocol version, secret bits)`.
-    Cipher {
-        /// The cipher suite's IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
-        name: String,
-        /// The protocol version, e.g. `TLSv1.3`.
-        protocol: String,
-        /// The bulk cipher's key length in bits.
-        bits: u32,
-    },
-    /// `server_hostname` on a TLS transport: the name a client verified the
-    /// server against, or the SNI a server received.
-    Text(String),
-    /// `ssl_object` on a TLS transport: what the session negotiated, read
-    /// when asked (the properties asyncio's `ssl.SSLObject` answers:
-    /// version, cipher, ALPN protocol, peer certificates, server name,
-    /// whether the session was resumed).
-    Tls(TlsInfo),
-    /// `sslcontext` on a TLS transport: the rustls configuration it was
-    /// made with.
-    TlsConfig(TlsConfig),
-}
-
-impl ExtraInfo {
-    /// asyncio's keys of a socket transport: `peername`, `sockname`, `socket`
-    /// (`socket_fd` is asked only for that one).
-    pub(crate) fn of_socket(
-        name: &str,
-        peername: Option<&Address>,
-        sockname: Option<&Address>,
-        socket_fd: impl FnOnce() -> Option<RawFd>,
-    ) -> Option<ExtraInfo> {
-        match name {
-            "peername" => peername.cloned().map(ExtraInfo::Address),
-            "sockname" => sockname.cloned().map(ExtraInfo::Address),
-            "socket" => socket_fd().map(ExtraInfo::Fd),
-            _ => None,
-        }
-    }
-}
-
-pub(crate) enum Sock {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
-    /// A pipe, FIFO, character device or socket used as a pipe.
-    Pipe(PipeFd),
-}
-
-impl Sock {
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Sock::Tcp(s) => s,
-            Sock::Unix(s) => s,
-            Sock::Pipe(s) => s,
-        }
-    }
-
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Sock::Tcp(s) => (&*s).read(buf),
-            Sock::Unix(s) => (&*s).read(buf),
-            Sock::Pipe(s) => s.read(buf),
-        }
-    }
-
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Sock::Tcp(s) => (&*s).write(buf),
-            Sock::Unix(s) => (&*s).write(buf),
-            Sock::Pipe(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Sock::Tcp(s) => (&*s).write_vectored(bufs),
-            Sock::Unix(s) => (&*s).write_vectored(bufs),
-            Sock::Pipe(s) => s.write_vectored(bufs),
-        }
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.shutdown(Shutdown::Write),
-            Sock::Unix(s) => s.shutdown(Shutdown::Write),
-            // A write pipe's write_eof is close(): never shut down.
-            Sock::Pipe(_) => Ok(()),
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        match self {
-            Sock::Tcp(s) => s.as_raw_fd(),
-            Sock::Unix(s) => s.as_raw_fd(),
-            Sock::Pipe(s) => s.fd(),
-        }
-    }
-
-    fn peer(&self) -> Option<Address> {
-        match self {
-            Sock::Tcp(s) => s.peer_addr().ok().map(Address::Inet),
-            Sock::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(unix_path(&a))),
-            Sock::Pipe(_) => None,
-        }
-    }
-
-    fn local(&self) -> Option<Address> {
-        match self {
-            Sock::Tcp(s) => s.local_addr().ok().map(Address::Inet),
-            Sock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(unix_path(&a))),
-            Sock::Pipe(_) => None,
-        }
-    }
-}
-
-fn unix_path(a: &std::os::unix::net::SocketAddr) -> String {
-    a.as_pathname().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// A `&Sock` as an `io::Write`, for the write buffer.
-struct SockWriter<'a>(&'a Sock);
-impl Write for SockWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[derive(Default)]
 struct State {
-    /// Closing and `connection_lost` (see `transport::lifecycle`).
+    /// Closing and `connection_lost` (see `transport::core::lifecycle`).
     life: Lifecycle,
     /// Writes dropped because a write pipe was closing (asyncio counts them
     /// with `_conn_lost`; here `life.conn_lost` keeps meaning "lost is scheduled").
@@ -249,17 +68,16 @@ pub(crate) struct StreamInner {
     kind: TransportKind,
     /// A write pipe on a FIFO or socket: readability means the reader left.
     watch_peer: bool,
-    sock: RefCell<Option<Sock>>,
+    /// Owned, or borrowed (`StreamSocket::borrow_raw`: never closed here);
+    /// `None` once let go of.
+    sock: RefCell<Option<Held<Sock>>>,
     fd: RawFd,
-    /// False for a borrowed descriptor (`StreamSocket::borrow_raw`): the
-    /// socket is forgotten, never dropped, so the descriptor stays open for
-    /// its owner.
+    /// False for a borrowed descriptor.
     owns_fd: bool,
-    /// The socket is in the poll (its token in the loop's table).
-    registered: Cell<bool>,
-    token: Cell<Token>,
+    /// The socket's place in the poll.
+    reg: Registration,
     st: RefCell<State>,
-    /// The protocol, and its notes (see `transport::slot`).
+    /// The protocol, and its notes (see `transport::core::slot`).
     slot: ProtocolSlot<dyn Protocol, FlowNote>,
     /// Whether the current protocol is a buffered one, as its first
     /// `get_buffer` answer said (`None`: not asked yet). A plain protocol's
@@ -267,7 +85,8 @@ pub(crate) struct StreamInner {
     buffered: Cell<Option<bool>>,
     /// Bumped by `set_protocol`: an answer of a replaced protocol is not cached.
     protocol_epoch: Cell<u32>,
-    server: RefCell<Option<(Weak<ServerInner>, usize)>>,
+    /// The server's entry for this connection (see `transport::registry`).
+    entry: RefCell<Option<Entry>>,
     /// The peer's and the socket's own address, captured when the transport
     /// was made, if it owns its descriptor; a borrowed descriptor's owner
     /// keeps its own (the Python face does), and they are read from the
@@ -287,63 +106,26 @@ struct Rare {
     on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     /// Called once the write buffer is empty (or the connection is lost).
     on_drained: Option<Box<dyn FnOnce(Result<()>)>>,
-    /// The TLS transport layered over this one, if any: a server's
-    /// `close_clients` closes that one (with close_notify).
-    tls_layer: Weak<TlsInner>,
 }
 
-/// The stream transport's own handle; the public [`Transport`] dispatches to
-/// it (or to a TLS transport layered over one).
-#[derive(Clone)]
-pub(crate) struct StreamTransport {
-    pub(crate) inner: Rc<StreamInner>,
-}
-
-impl StreamTransport {
-    /// Wrap a connected socket; `connection_made` is delivered from the ready
-    /// queue, then reading starts; `on_made` runs right after `connection_made`.
+impl StreamInner {
+    /// Wrap a connected socket or pipe: `connection_made` is delivered from
+    /// the ready queue, then reading starts; `on_made` runs right after
+    /// `connection_made`; `entry` is told when the transport lets go of its
+    /// socket. A borrowed `sock` is never closed, on any path.
     pub(crate) fn spawn(
         lp: &EventLoop,
-        sock: Sock,
-        protocol: ProtocolRef,
-        server: Option<(Weak<ServerInner>, usize)>,
-        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
-    ) -> Result<Transport> {
-        Self::spawn_kind(lp, sock, TransportKind::Stream, protocol, server, on_made)
-    }
-
-    /// [`Transport::spawn`] for a transport of any kind (pipes too).
-    pub(crate) fn spawn_kind(
-        lp: &EventLoop,
-        sock: Sock,
+        mut sock: Held<Sock>,
         kind: TransportKind,
         protocol: ProtocolRef,
-        server: Option<(Weak<ServerInner>, usize)>,
+        entry: Option<Entry>,
         on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
     ) -> Result<Transport> {
-        Self::spawn_with(lp, sock, kind, true, protocol, server, on_made)
-    }
-
-    /// [`StreamTransport::spawn_kind`]; with `owns_fd` false the transport
-    /// never closes the descriptor (see `StreamSocket::borrow_raw`).
-    pub(crate) fn spawn_with(
-        lp: &EventLoop,
-        mut sock: Sock,
-        kind: TransportKind,
-        owns_fd: bool,
-        protocol: ProtocolRef,
-        server: Option<(Weak<ServerInner>, usize)>,
-        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
-    ) -> Result<Transport> {
-        if let Err(e) = lp.check_closed() {
-            if !owns_fd {
-                std::mem::forget(sock);
-            }
-            return Err(e);
-        }
+        lp.check_closed()?;
         let interest = kind.interest(&sock);
         let watch_peer = kind.watches_peer(&sock);
         let fd = sock.fd();
+        let owns_fd = sock.is_owned();
         let addrs = owns_fd.then(|| Box::new((sock.peer(), sock.local())));
         let inner = Rc::new(StreamInner {
             lp: lp.clone(),
@@ -352,234 +134,175 @@ impl StreamTransport {
             sock: RefCell::new(None),
             fd,
             owns_fd,
-            registered: Cell::new(false),
-            token: Cell::new(Token(0)),
+            reg: Registration::new(),
             st: RefCell::new(State::default()),
             slot: ProtocolSlot::new(Some(protocol)),
             buffered: Cell::new(None),
             protocol_epoch: Cell::new(0),
-            server: RefCell::new(server),
+            entry: RefCell::new(entry),
             addrs,
             rare: RefCell::new(on_made.map(|f| Box::new(Rare { on_made: Some(f), ..Rare::default() }))),
             pause_hook: RefCell::new(None),
         });
         // Both interests at once: mio is edge-triggered, so a writable edge
         // only arrives after the socket buffer was full.
-        let token = match lp.register(sock.source(), interest, inner.clone()) {
-            Ok(t) => t,
-            Err(e) => {
-                if !owns_fd {
-                    std::mem::forget(sock);
-                }
-                return Err(e);
-            }
-        };
-        inner.token.set(token);
-        inner.registered.set(true);
+        inner.reg.register(lp, sock.source(), interest, inner.clone())?;
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
         lp.schedule(Box::new(move || me.deliver_connection_made()));
         Ok(Transport::from_stream(inner))
     }
 
-    /// The loop this transport runs on.
-    pub fn get_loop(&self) -> EventLoop {
-        self.inner.lp.clone()
+    /// The connection is now seen through `t` (a TLS layer over this one):
+    /// the server's entry, if any, lists that instead.
+    pub(crate) fn replace_entry(&self, t: WeakTransport) {
+        if let Some(e) = self.entry.borrow().as_ref() {
+            e.replace(t);
+        }
+    }
+}
+
+impl TransportOps for StreamInner {
+    fn get_loop(&self) -> EventLoop {
+        self.lp.clone()
     }
 
-    /// Close: stop reading, flush the buffer, then `connection_lost(None)`.
-    pub fn close(&self) {
-        self.inner.close()
+    fn close(self: &Rc<Self>) {
+        LifecycleHost::close(self)
     }
 
-    /// True once `close`/`abort` was called or the connection was lost.
-    pub fn is_closing(&self) -> bool {
-        self.inner.st.borrow().life.closing
+    fn is_closing(&self) -> bool {
+        self.st.borrow().life.closing
     }
 
-    /// Close at once, dropping buffered data; `connection_lost(None)` follows.
-    pub fn abort(&self) {
-        self.inner.force_close(None)
+    fn is_lost(&self) -> bool {
+        self.st.borrow().life.lost
     }
 
-    /// Close at once because of `err`: the exception handler hears of it
-    /// (unless it is an OS error, which asyncio only logs in debug mode) and
-    /// the protocol receives `connection_lost(Some(err))`.
-    pub fn fatal_error(&self, err: Error, message: &str) {
-        self.inner.fatal_error(err, message)
+    fn abort(self: &Rc<Self>) {
+        self.force_close(None)
     }
 
-    /// Close at once because of `err`, without reporting it: the protocol
-    /// receives `connection_lost(Some(err))`. For bindings that reported the
-    /// failure themselves.
-    pub fn abort_with_error(&self, err: Error) {
-        self.inner.force_close(Some(err))
+    fn close_socket(self: &Rc<Self>) {
+        self.st.borrow_mut().life.close_silently();
+        self.release();
     }
 
-    /// Close the socket at once, without telling the protocol: for
-    /// finalizers of transports that were never closed (asyncio's
-    /// `__del__` does the same). Buffered data is dropped.
-    pub fn close_socket(&self) {
-        self.inner.st.borrow_mut().life.close_silently();
-        self.inner.release();
+    fn write(self: &Rc<Self>, data: &[u8]) -> Result<()> {
+        self.write_bytes(data, None)
     }
 
-    /// Write `data`: sent at once if nothing is queued, the rest buffered.
-    ///
-    /// Errors: [`Error::InvalidState`] after `write_eof`. Writes after the
-    /// connection is lost are dropped (logged after 5 of them), as in asyncio.
-    pub fn write(&self, data: &[u8]) -> Result<()> {
-        self.inner.write(data, None)
-    }
-
-    /// Write bytes lent for a moment ([`LentBytes`]): as [`Transport::write`],
-    /// but the bytes are read (sent at once, the rest copied into the queue)
-    /// before any callback runs, and `data` is dropped before a
-    /// dropped-write warning, `pause_writing` or a fatal write error is
-    /// told (so that a lender's lock on its buffer is released by then).
-    pub fn write_lent<B: LentBytes>(&self, data: B) -> Result<()> {
-        let after = data.lend(|b| self.inner.send_or_queue(b, None));
+    fn write_lent<B: LentBytes>(self: &Rc<Self>, data: B) -> Result<()> {
+        let after = data.lend(|b| self.send_or_queue(b, None));
         drop(data);
-        self.inner.after_write(after?);
+        self.after_write(after?);
         Ok(())
     }
 
-    /// Write an owned buffer: what cannot be sent at once is queued without a copy.
-    pub fn write_owned(&self, data: Vec<u8>) -> Result<()> {
-        self.inner.write(&[], Some(data))
+    fn write_owned(self: &Rc<Self>, data: Vec<u8>) -> Result<()> {
+        self.write_bytes(&[], Some(data))
     }
 
-    /// Write every buffer of `chunks` in order, with one vectored system call
-    /// when nothing is queued.
-    pub fn writelines<'a, I>(&self, chunks: I) -> Result<()>
-    where
-        I: IntoIterator<Item = &'a [u8]>,
-    {
-        self.inner.writelines(chunks)
+    fn writelines<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
+        self.write_chunks(chunks)
     }
 
-    /// Shut down the write side once the buffer is flushed; data may still be received.
-    pub fn write_eof(&self) -> Result<()> {
-        self.inner.write_eof()
+    fn write_eof(self: &Rc<Self>) -> Result<()> {
+        self.start_write_eof()
     }
 
-    /// Stream sockets support half-close; a write pipe's `write_eof` closes
-    /// it (true as in asyncio); a read pipe cannot write (false).
-    pub fn can_write_eof(&self) -> bool {
-        self.inner.kind != TransportKind::ReadPipe
+    fn can_write_eof(&self) -> bool {
+        self.kind != TransportKind::ReadPipe
     }
 
-    /// Stream socket, read pipe or write pipe.
-    pub fn kind(&self) -> TransportKind {
-        self.inner.kind
+    fn kind(&self) -> TransportKind {
+        self.kind
     }
 
-    /// Stop delivering data until [`Transport::resume_reading`]; effective at
-    /// once, even inside `data_received`. No-op if closing or already paused.
-    pub fn pause_reading(&self) {
-        if self.inner.kind != TransportKind::WritePipe {
-            self.inner.life().pause_reading();
+    fn pause_reading(&self) {
+        if self.kind != TransportKind::WritePipe {
+            self.life().pause_reading();
         }
     }
 
-    /// Resume delivery; pending data arrives from the next loop iteration.
-    pub fn resume_reading(&self) {
-        if self.inner.life().resume_reading() {
-            self.inner.rearm();
+    fn resume_reading(self: &Rc<Self>) {
+        if self.life().resume_reading() {
+            self.rearm();
         }
     }
 
-    /// True unless reading is paused or the transport is closing (always
-    /// false for a write pipe).
-    pub fn is_reading(&self) -> bool {
-        self.inner.st.borrow().life.is_reading() && self.inner.kind != TransportKind::WritePipe
+    fn is_reading(&self) -> bool {
+        self.st.borrow().life.is_reading() && self.kind != TransportKind::WritePipe
     }
 
-    /// Bytes queued for sending.
-    pub fn get_write_buffer_size(&self) -> usize {
-        self.inner.st.borrow().buf.len()
+    fn get_write_buffer_size(&self) -> usize {
+        self.st.borrow().buf.len()
     }
 
-    /// `(low, high)` water marks.
-    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.inner.st.borrow().flow.limits()
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.st.borrow().flow.limits()
     }
 
-    /// As [`Transport::set_write_buffer_limits`], with signed arguments so that
-    /// negative values get asyncio's error (bindings).
-    pub fn set_write_buffer_limits_signed(&self, high: Option<i64>, low: Option<i64>) -> Result<()> {
-        self.inner.set_write_limits(high, low)
+    fn set_write_buffer_limits_signed(self: &Rc<Self>, high: Option<i64>, low: Option<i64>) -> Result<()> {
+        self.set_write_limits(high, low)
     }
 
-    /// Whether `pause_writing` was called without a `resume_writing` yet.
-    pub fn is_writing_paused(&self) -> bool {
-        self.inner.st.borrow().flow.is_paused()
+    fn is_writing_paused(&self) -> bool {
+        self.st.borrow().flow.is_paused()
     }
 
-    /// See [`Transport::set_pause_hook`].
-    pub fn set_pause_hook(&self, hook: Option<Rc<dyn PauseHook>>) {
-        *self.inner.pause_hook.borrow_mut() = hook;
+    fn set_pause_hook(&self, hook: Option<Rc<dyn PauseHook>>) -> bool {
+        *self.pause_hook.borrow_mut() = hook;
+        true
     }
 
-    /// Look up extra information by asyncio's key: `peername`, `sockname`,
-    /// `socket` for a stream socket; `pipe` (the descriptor) for a pipe.
-    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
-        if self.inner.kind.is_pipe() {
-            return (name == "pipe").then_some(ExtraInfo::Fd(self.inner.fd));
+    fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        if self.kind.is_pipe() {
+            return (name == "pipe").then_some(ExtraInfo::Fd(self.fd));
         }
-        let (peername, sockname) = self.inner.addresses();
+        let (peername, sockname) = self.addresses();
         ExtraInfo::of_socket(name, peername.as_ref(), sockname.as_ref(), || self.socket_fd())
     }
 
-    /// The peer's address: captured when the transport was made; for a
-    /// borrowed descriptor (`StreamSocket::borrow_raw`), read from the
-    /// socket while the transport has it (`None` if the peer is gone), and
-    /// `None` once it let go of it, which is before `connection_lost`.
-    pub fn peername(&self) -> Option<Address> {
-        self.inner.addresses().0
+    /// Captured when the transport was made; for a borrowed descriptor,
+    /// read from the socket while the transport has it (`None` if the peer
+    /// is gone), and `None` once it let go of it, before `connection_lost`.
+    fn peername(&self) -> Option<Address> {
+        self.addresses().0
     }
 
-    /// The socket's own address (captured or read as `peername`).
-    pub fn sockname(&self) -> Option<Address> {
-        self.inner.addresses().1
+    fn sockname(&self) -> Option<Address> {
+        self.addresses().1
     }
 
-    /// The socket's file descriptor while the transport owns an open socket.
-    pub fn socket_fd(&self) -> Option<RawFd> {
-        self.inner.sock.borrow().as_ref().map(|s| s.fd())
+    fn socket_fd(&self) -> Option<RawFd> {
+        self.sock.borrow().as_ref().map(|s| s.fd())
     }
 
-    /// Run `f` once everything written so far has been handed to the kernel
-    /// (at once if nothing is queued), or with an error if the connection is
-    /// lost first. Replaces a previous callback. (asyncio's "empty waiter",
-    /// used by `sendfile`.)
-    pub fn on_drained<F: FnOnce(Result<()>) + 'static>(&self, f: F) {
-        if self.inner.st.borrow().buf.is_empty() && !self.inner.is_lost() {
+    fn on_drained<F: FnOnce(Result<()>) + 'static>(&self, f: F) {
+        if self.st.borrow().buf.is_empty() && !self.is_lost() {
             f(Ok(()));
             return;
         }
-        if self.inner.is_lost() {
+        if self.is_lost() {
             f(Err(Error::state("Connection is closed by peer")));
             return;
         }
         // A replaced callback is dropped after the borrow ends: dropping it
         // may run code that uses the transport.
-        let old = self.inner.rare_mut().on_drained.replace(Box::new(f));
+        let old = self.rare_mut().on_drained.replace(Box::new(f));
         drop(old);
     }
 
-    /// Switch the protocol; later events go to `protocol`. Allowed from
-    /// within the current protocol's methods.
-    pub fn set_protocol(&self, protocol: ProtocolRef) {
-        let old = self.inner.slot.replace(Some(protocol));
-        self.inner.buffered.set(None);
-        self.inner.protocol_epoch.set(self.inner.protocol_epoch.get().wrapping_add(1));
+    fn set_protocol(&self, protocol: ProtocolRef) {
+        let old = self.slot.replace(Some(protocol));
+        self.buffered.set(None);
+        self.protocol_epoch.set(self.protocol_epoch.get().wrapping_add(1));
         drop(old);
     }
 
-    /// The current protocol (`None` after `connection_lost`).
-    pub fn get_protocol(&self) -> Option<ProtocolRef> {
-        self.inner.slot.get()
+    fn get_protocol(&self) -> Option<ProtocolRef> {
+        self.slot.get()
     }
 }
 
@@ -625,7 +348,7 @@ impl StreamInner {
         if let Some(s) = sock.as_mut() {
             // Fails only once the socket is being closed; nothing to re-arm then.
             let interest = self.kind.interest(s);
-            let _ = self.lp.reregister(s.source(), self.token.get(), interest);
+            let _ = self.reg.rearm(&self.lp, s.source(), interest);
         }
     }
 
@@ -730,12 +453,12 @@ impl StreamInner {
         self.st.borrow_mut().read_eof = true;
         match self.with_protocol("eof_received", |p| p.eof_received()) {
             Some(true) => {}
-            Some(false) => self.close(),
+            Some(false) => LifecycleHost::close(self),
             None => {}
         }
     }
 
-    fn write(self: &Rc<Self>, data: &[u8], owned: Option<Vec<u8>>) -> Result<()> {
+    fn write_bytes(self: &Rc<Self>, data: &[u8], owned: Option<Vec<u8>>) -> Result<()> {
         let after = self.send_or_queue(data, owned)?;
         self.after_write(after);
         Ok(())
@@ -824,7 +547,7 @@ impl StreamInner {
         }
     }
 
-    fn writelines<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
+    fn write_chunks<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
         let chunks: Vec<&[u8]> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
         {
             let st = self.st.borrow();
@@ -840,7 +563,7 @@ impl StreamInner {
             if st.life.conn_lost > 0 || st.life.closing || !st.buf.is_empty() || chunks.len() == 1 {
                 drop(st);
                 for c in chunks {
-                    self.write(c, None)?;
+                    self.write_bytes(c, None)?;
                 }
                 return Ok(());
             }
@@ -969,12 +692,12 @@ impl StreamInner {
         }
     }
 
-    fn write_eof(self: &Rc<Self>) -> Result<()> {
+    fn start_write_eof(self: &Rc<Self>) -> Result<()> {
         match self.kind {
             TransportKind::Stream => {}
             // A pipe has no half-close: its write_eof closes it (asyncio).
             TransportKind::WritePipe => {
-                self.close();
+                LifecycleHost::close(self);
                 return Ok(());
             }
             TransportKind::ReadPipe => return Err(Error::state("write_eof() is not supported on a read pipe transport")),
@@ -1008,14 +731,8 @@ impl StreamInner {
 
     /// Remove the socket from the poll (once; no I/O follows).
     fn unregister(&self) {
-        if !self.registered.replace(false) {
-            return;
-        }
         let mut sock = self.sock.borrow_mut();
-        match sock.as_mut() {
-            Some(s) => self.lp.deregister(s.source(), self.token.get()),
-            None => self.lp.forget_token(self.token.get()),
-        }
+        self.reg.deregister(&self.lp, sock.as_mut().map(|s| s.source()));
     }
 
     /// Close the socket (a borrowed descriptor: only let go of it) and break
@@ -1023,13 +740,7 @@ impl StreamInner {
     fn release(self: &Rc<Self>) {
         self.unregister();
         let sock = self.sock.borrow_mut().take();
-        if let Some(s) = sock {
-            if self.owns_fd {
-                drop(s);
-            } else {
-                std::mem::forget(s);
-            }
-        }
+        drop(sock);
         self.slot.release();
         let hook = self.pause_hook.borrow_mut().take();
         drop(hook);
@@ -1040,11 +751,9 @@ impl StreamInner {
         if let Some(f) = drained {
             f(Err(Error::state("Connection is closed by peer")));
         }
-        let server = self.server.borrow_mut().take();
-        if let Some((srv, id)) = server {
-            if let Some(srv) = srv.upgrade() {
-                srv.detach(id);
-            }
+        let entry = self.entry.borrow_mut().take();
+        if let Some(e) = entry {
+            e.release();
         }
     }
 
@@ -1063,10 +772,6 @@ impl StreamInner {
         self.force_close(err);
     }
 
-    pub(crate) fn is_lost(&self) -> bool {
-        self.st.borrow().life.lost
-    }
-
     /// The rare parts, boxed now if they were not yet.
     fn rare_mut(&self) -> RefMut<'_, Rare> {
         RefMut::map(self.rare.borrow_mut(), |r| &mut **r.get_or_insert_with(Box::default))
@@ -1076,17 +781,6 @@ impl StreamInner {
     /// caller runs what it took).
     fn take_rare<T>(&self, f: impl FnOnce(&mut Rare) -> Option<T>) -> Option<T> {
         self.rare.borrow_mut().as_mut().and_then(|r| f(r))
-    }
-
-    /// Record the TLS transport layered over this one.
-    pub(crate) fn set_tls_layer(&self, tls: Weak<TlsInner>) {
-        let old = std::mem::replace(&mut self.rare_mut().tls_layer, tls);
-        drop(old);
-    }
-
-    /// The TLS transport layered over this one, while it lives.
-    pub(crate) fn tls_layer(&self) -> Option<Rc<TlsInner>> {
-        self.rare.borrow().as_ref().and_then(|r| r.tls_layer.upgrade())
     }
 }
 
@@ -1217,18 +911,6 @@ impl ReadOutcome {
             ReadOutcome::WouldBlock
         } else {
             ReadOutcome::Error(e)
-        }
-    }
-}
-
-impl Drop for StreamInner {
-    fn drop(&mut self) {
-        // A transport dropped without `release` (its loop was closed first):
-        // a borrowed descriptor is still not ours to close.
-        if !self.owns_fd {
-            if let Some(s) = self.sock.get_mut().take() {
-                std::mem::forget(s);
-            }
         }
     }
 }

@@ -64,7 +64,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::EventLoop;
 use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
-use crate::transport::slot::{ProtocolSlot, SlotHost};
+use crate::transport::core::slot::{ProtocolSlot, SlotHost};
 use crate::sys;
 use crate::transport::Transport;
 
@@ -161,7 +161,7 @@ struct SubprocInner {
     lp: EventLoop,
     pid: u32,
     /// The protocol, and the events raised while it was busy in one of its
-    /// methods (see `transport::slot`).
+    /// methods (see `transport::core::slot`).
     slot: ProtocolSlot<dyn SubprocessProtocol, Call>,
     pipes: RefCell<[Option<Transport>; 3]>,
     /// Pipes whose transport has not delivered `connection_lost` yet.

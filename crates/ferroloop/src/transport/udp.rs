@@ -29,13 +29,10 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::SocketAddr as UnixSocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 
-use mio::{Interest, Token};
+use mio::Interest;
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 use crate::error::{Error, Result};
@@ -44,9 +41,11 @@ use crate::flow::WriteFlow;
 use crate::future::LoopFuture;
 use crate::resolve::{resolve, Family};
 use crate::sys;
-use crate::transport::lifecycle::{Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
-use crate::transport::slot::{FlowHost, FlowNote, ProtocolSlot, SlotHost};
-use crate::transport::stream::{Address, ExtraInfo};
+use crate::transport::addr::remove_stale_socket;
+use crate::transport::core::lifecycle::{Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::core::slot::{FlowHost, FlowNote, ProtocolSlot, SlotHost};
+use crate::transport::fd::Registration;
+use crate::transport::{Address, ExtraInfo};
 
 /// Datagrams read per readiness event before yielding to other sources.
 pub const READS_PER_EVENT: usize = 64;
@@ -179,29 +178,6 @@ fn put_batch_buf(buf: Box<[u8]>) {
     BATCH_BUF.with(|b| b.set(Some(buf)));
 }
 
-/// The address of a Unix socket as an [`Address::Unix`] string: the path,
-/// `"\0name"` for an abstract name, `""` when unnamed.
-pub(crate) fn unix_address(a: &UnixSocketAddr) -> String {
-    use std::os::linux::net::SocketAddrExt;
-    if let Some(p) = a.as_pathname() {
-        return p.to_string_lossy().into_owned();
-    }
-    if let Some(name) = a.as_abstract_name() {
-        let mut s = String::from("\0");
-        s.push_str(&String::from_utf8_lossy(name));
-        return s;
-    }
-    String::new()
-}
-
-/// A socket2 address for an [`Address`] (a leading NUL makes a Unix name abstract).
-pub(crate) fn sockaddr_of(a: &Address) -> io::Result<SockAddr> {
-    match a {
-        Address::Inet(sa) => Ok(SockAddr::from(*sa)),
-        Address::Unix(p) => SockAddr::unix(Path::new(std::ffi::OsStr::from_bytes(p.as_bytes()))),
-    }
-}
-
 enum DSock {
     Udp(mio::net::UdpSocket),
     Unix(mio::net::UnixDatagram),
@@ -225,7 +201,7 @@ impl DSock {
     fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Address)> {
         match self {
             DSock::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Inet(a))),
-            DSock::Unix(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Unix(unix_address(&a)))),
+            DSock::Unix(s) => s.recv_from(buf).map(|(n, a)| (n, Address::of_unix(&a))),
         }
     }
 
@@ -249,22 +225,22 @@ impl DSock {
         match (self, to) {
             (DSock::Udp(s), Address::Inet(a)) => s.send_to(buf, *a),
             // (A UDP socket with a Unix address does not pass `fits`.)
-            (DSock::Udp(s), _) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
-            (DSock::Unix(s), _) => SockRef::from(s).send_to(buf, &sockaddr_of(to)?),
+            (DSock::Udp(s), _) => SockRef::from(s).send_to(buf, &to.to_sockaddr()?),
+            (DSock::Unix(s), _) => SockRef::from(s).send_to(buf, &to.to_sockaddr()?),
         }
     }
 
     fn peer(&self) -> Option<Address> {
         match self {
             DSock::Udp(s) => s.peer_addr().ok().map(Address::Inet),
-            DSock::Unix(s) => s.peer_addr().ok().map(|a| Address::Unix(unix_address(&a))),
+            DSock::Unix(s) => s.peer_addr().ok().map(|a| Address::of_unix(&a)),
         }
     }
 
     fn local(&self) -> Option<Address> {
         match self {
             DSock::Udp(s) => s.local_addr().ok().map(Address::Inet),
-            DSock::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(unix_address(&a))),
+            DSock::Unix(s) => s.local_addr().ok().map(|a| Address::of_unix(&a)),
         }
     }
 }
@@ -279,7 +255,7 @@ pub(crate) enum Note {
 
 #[derive(Default)]
 struct State {
-    /// Closing and `connection_lost` (see `transport::lifecycle`); its
+    /// Closing and `connection_lost` (see `transport::core::lifecycle`); its
     /// `conn_lost` counts sends dropped after `connection_lost` is scheduled.
     life: Lifecycle,
     /// Datagrams waiting for writability, with their destination (`None`:
@@ -331,9 +307,10 @@ pub(crate) struct DatagramInner {
     lp: EventLoop,
     sock: RefCell<Option<DSock>>,
     fd: RawFd,
-    token: Cell<Token>,
+    /// The socket's place in the poll.
+    reg: Registration,
     st: RefCell<State>,
-    /// The protocol, and its notes (see `transport::slot`).
+    /// The protocol, and its notes (see `transport::core::slot`).
     slot: ProtocolSlot<dyn DatagramProtocol, Note>,
     peername: Option<Address>,
     sockname: Option<Address>,
@@ -384,7 +361,7 @@ impl DatagramTransport {
             lp: lp.clone(),
             sock: RefCell::new(None),
             fd: sock.fd(),
-            token: Cell::new(Token(0)),
+            reg: Registration::new(),
             st: RefCell::new(State::default()),
             slot: ProtocolSlot::new(Some(protocol)),
             peername: sock.peer(),
@@ -394,8 +371,7 @@ impl DatagramTransport {
         });
         // Both interests at once (edge-triggered): a writable edge then only
         // comes after a send was refused with WouldBlock.
-        let token = lp.register(sock.source(), Interest::READABLE | Interest::WRITABLE, inner.clone())?;
-        inner.token.set(token);
+        inner.reg.register(lp, sock.source(), Interest::READABLE | Interest::WRITABLE, inner.clone())?;
         *inner.sock.borrow_mut() = Some(sock);
         let me = inner.clone();
         lp.schedule(Box::new(move || me.deliver_connection_made()));
@@ -604,7 +580,7 @@ impl DatagramInner {
     fn rearm(self: &Rc<Self>) {
         let mut sock = self.sock.borrow_mut();
         if let Some(s) = sock.as_mut() {
-            let _ = self.lp.reregister(s.source(), self.token.get(), Interest::READABLE | Interest::WRITABLE);
+            let _ = self.reg.rearm(&self.lp, s.source(), Interest::READABLE | Interest::WRITABLE);
         }
     }
 
@@ -719,7 +695,7 @@ impl DatagramInner {
             let mut addrs = Vec::with_capacity(items.len());
             for (_, to) in &items {
                 match to {
-                    Some(a) if !connected => addrs.push(Some(sockaddr_of(a).ok().filter(|_| s.fits(a))?)),
+                    Some(a) if !connected => addrs.push(Some(a.to_sockaddr().ok().filter(|_| s.fits(a))?)),
                     _ => addrs.push(None),
                 }
             }
@@ -849,7 +825,7 @@ impl DatagramInner {
     fn release(self: &Rc<Self>) {
         let sock = self.sock.borrow_mut().take();
         if let Some(mut s) = sock {
-            self.lp.deregister(s.source(), self.token.get());
+            self.reg.deregister(&self.lp, Some(s.source()));
             drop(s);
         }
         self.slot.release();
@@ -1052,23 +1028,6 @@ fn open_udp(
     Ok(sock.into())
 }
 
-/// Remove a stale socket file at `path` (not an abstract name), as asyncio
-/// does before binding a Unix socket. Other files are left alone (bind fails).
-pub(crate) fn remove_stale_socket(path: &Path) {
-    if path.as_os_str().as_bytes().first() == Some(&0) {
-        return;
-    }
-    if let Ok(md) = std::fs::metadata(path) {
-        if md.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn path_address(p: &Path) -> Address {
-    Address::Unix(String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned())
-}
-
 /// Resolve an optional `(host, port)`, then call `k` (from the loop).
 fn resolve_opt(
     lp: &EventLoop,
@@ -1199,7 +1158,7 @@ impl EventLoop {
             Ok(OwnedFd::from(sock).into())
         })();
         match opened {
-            Ok(s) => start_datagram(self, DatagramSocket::Unix(s), factory(), remote_path.map(path_address), out.clone()),
+            Ok(s) => start_datagram(self, DatagramSocket::Unix(s), factory(), remote_path.map(|p| Address::of_path(&p)), out.clone()),
             Err(e) => out.set(Err(e)),
         }
         out

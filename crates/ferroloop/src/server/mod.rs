@@ -5,6 +5,9 @@
 //! asyncio 3.13) and so that `wait_closed` completes once the server is
 //! closed *and* its connections are gone (asyncio 3.12's semantics).
 
+pub mod accept;
+mod unix;
+
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,14 +18,15 @@ use std::rc::{Rc, Weak};
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
-use crate::accept::{AcceptEvent, Acceptor, ListenSock, Listener};
+use crate::server::accept::{AcceptEvent, Acceptor, ListenKind, ListenSock, Listener};
 use crate::error::{Error, Result};
 use crate::event_loop::{panic_message, EventLoop, ExceptionContext};
 use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::resolve::{resolve_all, Family};
-use crate::transport::stream::{Address, Sock, StreamInner};
-use crate::transport::Transport;
+use crate::transport::fd::{Held, Sock};
+use crate::transport::registry::{Entry, Registry, WeakTransport};
+use crate::transport::{Address, Transport, TransportKind};
 
 /// Where a server listens (asyncio's `host=` argument).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +93,9 @@ pub(crate) struct ServerInner {
     tls: Option<crate::transport::TlsServerOptions>,
     serving: Cell<bool>,
     closed: Cell<bool>,
-    clients: RefCell<Slab<Weak<StreamInner>>>,
+    /// The accepted connections, as the applications see them (see
+    /// `transport::registry`).
+    clients: RefCell<Slab<WeakTransport>>,
     waiters: RefCell<Option<Vec<LoopFuture<()>>>>,
     serving_forever: Cell<bool>,
     /// Run once when the server closes (a Unix server removes its socket file).
@@ -97,7 +103,7 @@ pub(crate) struct ServerInner {
 }
 
 impl ServerInner {
-    fn spawn_client(self: &Rc<Self>, sock: Sock) {
+    fn spawn_client(self: &Rc<Self>, sock: Held<Sock>) {
         if let Some(tls) = &self.tls {
             match crate::transport::tls::server_protocol(&self.lp, tls, self.factory.clone()) {
                 Ok(p) => return self.spawn_transport(sock, p),
@@ -123,16 +129,11 @@ impl ServerInner {
         self.spawn_transport(sock, proto)
     }
 
-    fn spawn_transport(self: &Rc<Self>, sock: Sock, proto: ProtocolRef) {
-        let id = self.clients.borrow_mut().insert(Weak::new());
-        match Transport::spawn(&self.lp, sock, proto, Some((Rc::downgrade(self), id)), None) {
-            Ok(t) => {
-                if let Some(slot) = self.clients.borrow_mut().get_mut(id) {
-                    if let Some(inner) = t.stream_inner() {
-                        *slot = Rc::downgrade(inner);
-                    }
-                }
-            }
+    fn spawn_transport(self: &Rc<Self>, sock: Held<Sock>, proto: ProtocolRef) {
+        let id = self.clients.borrow_mut().insert(WeakTransport::None);
+        let registry: Weak<dyn Registry> = Rc::downgrade(self) as Weak<dyn Registry>;
+        match Transport::spawn(&self.lp, sock, TransportKind::Stream, proto, Some(Entry::new(registry, id)), None) {
+            Ok(t) => self.replace(id, t.downgrade()),
             Err(e) => {
                 self.clients.borrow_mut().try_remove(id);
                 self.lp.call_exception_handler(ExceptionContext {
@@ -143,7 +144,7 @@ impl ServerInner {
         }
     }
 
-    pub(crate) fn detach(&self, id: usize) {
+    fn detach(&self, id: usize) {
         let empty = {
             let mut c = self.clients.borrow_mut();
             c.try_remove(id);
@@ -164,16 +165,18 @@ impl ServerInner {
     /// The live connections, as their applications see them: the TLS
     /// transport of a TLS connection (so that closing it sends close_notify).
     fn client_transports(&self) -> Vec<Transport> {
-        self.clients
-            .borrow()
-            .iter()
-            .filter_map(|(_, w)| w.upgrade())
-            .filter(|t| !t.is_lost())
-            .map(|t| match t.tls_layer() {
-                Some(tls) => Transport::from_tls(tls),
-                None => Transport::from_stream(t),
-            })
-            .collect()
+        self.clients.borrow().iter().filter_map(|(_, w)| w.live()).collect()
+    }
+}
+
+impl Registry for ServerInner {
+    fn release(&self, id: usize) {
+        self.detach(id);
+    }
+
+    fn replace(&self, id: usize, t: WeakTransport) {
+        let old = self.clients.borrow_mut().get_mut(id).map(|slot| std::mem::replace(slot, t));
+        drop(old);
     }
 }
 
@@ -418,7 +421,7 @@ impl EventLoop {
             let mut socks = Vec::new();
             for a in &addrs {
                 match bind_tcp(*a, &opts) {
-                    Ok(l) => socks.push(ListenSock::tcp(l)),
+                    Ok(l) => socks.push(ListenKind::tcp(l)),
                     // `::` can be missing on hosts without IPv6; asyncio skips it too.
                     Err(Error::Io(e)) | Err(Error::Bind { source: e, .. })
                         if a.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}

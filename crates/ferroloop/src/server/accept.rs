@@ -20,11 +20,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
-use mio::{Interest, Token};
+use mio::Interest;
 
 use crate::error::Result;
 use crate::event_loop::{EventLoop, IoSource, Readiness};
-use crate::transport::stream::{Address, Sock};
+use crate::transport::fd::{Held, Registration, Sock};
+use crate::transport::Address;
 
 /// After an out-of-resource error, accepting pauses this long, in seconds
 /// (asyncio's `ACCEPT_RETRY_DELAY`).
@@ -32,44 +33,29 @@ pub const ACCEPT_RETRY_DELAY: f64 = 1.0;
 
 /// A listening socket an [`Acceptor`] accepts on; a borrowed one is never
 /// closed here (its owner closes it, after the acceptor let go of it).
-pub(crate) struct ListenSock {
-    sock: Option<ListenKind>,
-    owned: bool,
-}
+pub(crate) type ListenSock = Held<ListenKind>;
 
-enum ListenKind {
+/// The listening socket's family.
+pub(crate) enum ListenKind {
     Tcp(mio::net::TcpListener),
     Unix(mio::net::UnixListener),
 }
 
-impl Drop for ListenSock {
-    fn drop(&mut self) {
-        if let Some(sock) = self.sock.take() {
-            if !self.owned {
-                std::mem::forget(sock); // the owner's descriptor stays open
-            }
-        }
-    }
-}
-
-impl ListenSock {
-    pub(crate) fn tcp(l: mio::net::TcpListener) -> Self {
-        ListenSock { sock: Some(ListenKind::Tcp(l)), owned: true }
-    }
-
-    fn kind(&self) -> &ListenKind {
-        self.sock.as_ref().expect("present until dropped")
+impl ListenKind {
+    /// An owned TCP listener.
+    pub(crate) fn tcp(l: mio::net::TcpListener) -> ListenSock {
+        Held::new(ListenKind::Tcp(l), true)
     }
 
     fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self.sock.as_mut().expect("present until dropped") {
+        match self {
             ListenKind::Tcp(s) => s,
             ListenKind::Unix(s) => s,
         }
     }
 
     fn accept(&self) -> io::Result<Conn> {
-        match self.kind() {
+        match self {
             ListenKind::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 let _ = s.set_nodelay(true);
@@ -80,16 +66,16 @@ impl ListenSock {
     }
 
     pub(crate) fn fd(&self) -> RawFd {
-        match self.kind() {
+        match self {
             ListenKind::Tcp(s) => s.as_raw_fd(),
             ListenKind::Unix(s) => s.as_raw_fd(),
         }
     }
 
     pub(crate) fn address(&self) -> Option<Address> {
-        match self.kind() {
+        match self {
             ListenKind::Tcp(s) => s.local_addr().ok().map(Address::Inet),
-            ListenKind::Unix(s) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
+            ListenKind::Unix(s) => s.local_addr().ok().map(|a| Address::of_unix(&a)),
         }
     }
 }
@@ -132,16 +118,15 @@ impl Listener {
         Ok(match self {
             Listener::Tcp(l) => {
                 l.set_nonblocking(true)?;
-                ListenSock::tcp(mio::net::TcpListener::from_std(l))
+                ListenKind::tcp(mio::net::TcpListener::from_std(l))
             }
             Listener::Unix(l) => {
                 l.set_nonblocking(true)?;
-                ListenSock { sock: Some(ListenKind::Unix(mio::net::UnixListener::from_std(l))), owned: true }
+                Held::new(ListenKind::Unix(mio::net::UnixListener::from_std(l)), true)
             }
             Listener::Borrowed(b) => {
                 // Everything that can fail happens on the ManuallyDrop; once
-                // unwrapped, the ListenSock forgets the socket instead of
-                // dropping it.
+                // unwrapped, it goes straight into a borrowed `Held`.
                 let unix = b.sock.local_addr()?.family() == libc::AF_UNIX as libc::sa_family_t;
                 b.sock.set_nonblocking(true)?;
                 let sock = std::mem::ManuallyDrop::into_inner(b.sock);
@@ -150,7 +135,7 @@ impl Listener {
                 } else {
                     ListenKind::Tcp(mio::net::TcpListener::from_std(sock.into()))
                 };
-                ListenSock { sock: Some(kind), owned: false }
+                Held::new(kind, false)
             }
         })
     }
@@ -188,7 +173,7 @@ impl Accepted {
     pub fn peer_address(&self) -> Option<Address> {
         match &self.conn {
             Conn::Tcp(_, peer) => Some(Address::Inet(*peer)),
-            Conn::Unix(_, peer) => Some(Address::Unix(crate::transport::udp::unix_address(peer))),
+            Conn::Unix(_, peer) => Some(Address::of_unix(peer)),
         }
     }
 
@@ -196,7 +181,7 @@ impl Accepted {
     pub fn local_address(&self) -> Option<Address> {
         match &self.conn {
             Conn::Tcp(s, _) => s.local_addr().ok().map(Address::Inet),
-            Conn::Unix(s, _) => s.local_addr().ok().map(|a| Address::Unix(crate::transport::udp::unix_address(&a))),
+            Conn::Unix(s, _) => s.local_addr().ok().map(|a| Address::of_unix(&a)),
         }
     }
 
@@ -209,11 +194,12 @@ impl Accepted {
     }
 
     /// The engine's stream socket, for a transport the engine owns.
-    pub(crate) fn into_sock(self) -> Sock {
-        match self.conn {
+    pub(crate) fn into_sock(self) -> Held<Sock> {
+        let sock = match self.conn {
             Conn::Tcp(s, _) => Sock::Tcp(s),
             Conn::Unix(s, _) => Sock::Unix(s),
-        }
+        };
+        Held::new(sock, true)
     }
 }
 
@@ -226,7 +212,7 @@ type Sink = Rc<dyn Fn(AcceptEvent)>;
 struct Inner {
     lp: EventLoop,
     sock: RefCell<Option<ListenSock>>,
-    token: Cell<Option<Token>>,
+    reg: Registration,
     /// `start` was called and neither `stop` nor `close` since: an
     /// out-of-resource pause ends only while this holds.
     wanted: Cell<bool>,
@@ -264,7 +250,7 @@ impl Acceptor {
             inner: Rc::new(Inner {
                 lp: lp.clone(),
                 sock: RefCell::new(Some(sock)),
-                token: Cell::new(None),
+                reg: Registration::new(),
                 wanted: Cell::new(false),
                 backlog: backlog.max(1),
                 sink: RefCell::new(Some(sink)),
@@ -296,7 +282,7 @@ impl Acceptor {
 
     /// Whether the socket is in the poll (started, not paused, not closed).
     pub fn is_accepting(&self) -> bool {
-        self.inner.token.get().is_some()
+        self.inner.reg.is_registered()
     }
 
     /// The listening socket's descriptor, or -1 once closed.
@@ -312,24 +298,20 @@ impl Acceptor {
 
 impl Inner {
     fn register(self: &Rc<Self>) -> Result<()> {
-        if self.token.get().is_some() {
+        if self.reg.is_registered() {
             return Ok(());
         }
         let mut sock = self.sock.borrow_mut();
         let Some(s) = sock.as_mut() else { return Ok(()) };
-        let token = self.lp.register(s.source(), Interest::READABLE, self.clone())?;
-        self.token.set(Some(token));
+        self.reg.register(&self.lp, s.source(), Interest::READABLE, self.clone())?;
         drop(sock);
         self.continue_later();
         Ok(())
     }
 
     fn deregister(&self) {
-        if let Some(token) = self.token.take() {
-            if let Some(s) = self.sock.borrow_mut().as_mut() {
-                self.lp.deregister(s.source(), token);
-            }
-        }
+        let mut sock = self.sock.borrow_mut();
+        self.reg.deregister(&self.lp, sock.as_mut().map(|s| s.source()));
     }
 
     /// Accept again from the ready queue.
@@ -340,7 +322,7 @@ impl Inner {
 
     fn accept_ready(self: &Rc<Self>) {
         for _ in 0..self.backlog {
-            if self.token.get().is_none() {
+            if !self.reg.is_registered() {
                 return;
             }
             let accepted = match self.sock.borrow().as_ref() {

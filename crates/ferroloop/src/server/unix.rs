@@ -1,17 +1,11 @@
-//! Unix stream sockets: [`EventLoop::create_unix_server`] and
-//! [`EventLoop::create_unix_connection`] (asyncio's functions of the same
-//! names). The connections are ordinary stream [`Transport`](crate::Transport)s,
-//! with the same protocol contract as TCP.
-//!
-//! Paths: a filesystem path, or an abstract-namespace name written with its
-//! leading NUL byte (`"\0name"`, Linux). As asyncio does, a server removes a
-//! stale socket file at its path before binding (any other kind of file makes
+//! Unix stream servers: [`EventLoop::create_unix_server`] (asyncio's
+//! function of the same name). As asyncio does, a server removes a stale
+//! socket file at its path before binding (any other kind of file makes
 //! the bind fail), and removes its own socket file again when it closes if
 //! the file is still the one it created (Python 3.13's `cleanup_socket`).
+//! An abstract-namespace name (leading NUL byte) has no file.
 
-use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -22,12 +16,7 @@ use crate::event_loop::EventLoop;
 use crate::future::LoopFuture;
 use crate::protocol::Protocol;
 use crate::server::{Server, ServerOptions};
-use crate::transport::tcp::{Connection, StreamSocket};
-use crate::transport::udp::remove_stale_socket;
-
-fn is_abstract(path: &Path) -> bool {
-    path.as_os_str().as_bytes().first() == Some(&0)
-}
+use crate::transport::addr::{is_abstract, remove_stale_socket};
 
 /// `(device, inode)` of the file at `path`, to recognise our own socket file later.
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -77,36 +66,5 @@ impl EventLoop {
             Ok(server)
         })();
         LoopFuture::ready(r)
-    }
-
-    /// Connect to the Unix socket `path` (asyncio's `create_unix_connection`)
-    /// and run a protocol made by `factory` on the connection. The future
-    /// completes after `connection_made`.
-    ///
-    /// Errors keep their errno: `ENOENT` (no such path), `ECONNREFUSED` (a
-    /// socket file nobody listens on), `EAGAIN` (the listener's backlog is
-    /// full; Unix sockets do not wait in `connect`).
-    pub fn create_unix_connection<P, F>(&self, factory: F, path: impl AsRef<Path>) -> LoopFuture<Connection<P>>
-    where
-        P: Protocol,
-        F: FnOnce() -> P,
-    {
-        let path = path.as_ref();
-        let r = (|| -> Result<std::os::unix::net::UnixStream> {
-            self.check_closed()?;
-            let addr = SockAddr::unix(path)?;
-            let sock = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
-            sock.set_nonblocking(true)?;
-            match sock.connect(&addr) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
-            Ok(OwnedFd::from(sock).into())
-        })();
-        match r {
-            Ok(stream) => self.create_connection_from_socket(factory, StreamSocket::Unix(stream)),
-            Err(e) => LoopFuture::ready(Err(e)),
-        }
     }
 }

@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use crate::error::Error;
 use crate::event_loop::ExceptionContext;
-use crate::transport::slot::SlotHost;
+use crate::transport::core::slot::SlotHost;
 
 /// After this many writes dropped because the connection is lost (or
 /// closing, for a write pipe and TLS), each further one is logged

@@ -1,6 +1,5 @@
-//! Client connections: [`EventLoop::create_connection`] with Happy Eyeballs
-//! (RFC 8305, as asyncio's `happy_eyeballs_delay`/`interleave`), and adopting
-//! already connected sockets (`sock=`, `connect_accepted_socket`).
+//! TCP client connections: [`EventLoop::create_connection`] with Happy
+//! Eyeballs (RFC 8305, as asyncio's `happy_eyeballs_delay`/`interleave`).
 //!
 //! Without a delay, addresses are tried one after the other. With a delay,
 //! the next attempt starts when the delay expires or the running attempt
@@ -20,150 +19,10 @@ use crate::error::{Error, Result};
 use crate::event_loop::{EventLoop, IoSource, Readiness};
 use crate::future::LoopFuture;
 use crate::handle::TimerHandle;
-use crate::protocol::{Protocol, ProtocolRef};
-use crate::resolve::{interleave, resolve, Family};
-use crate::transport::stream::Sock;
-use crate::transport::Transport;
-
-/// Options of [`EventLoop::create_connection`], with asyncio's defaults.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectOptions {
-    /// Bind the socket to this local address before connecting.
-    pub local_addr: Option<SocketAddr>,
-    /// Happy Eyeballs: start the next attempt after this many seconds
-    /// (RFC 8305 recommends 0.25). `None`: one attempt at a time.
-    pub happy_eyeballs_delay: Option<f64>,
-    /// Reorder addresses by family; the first family gets this many first.
-    /// Defaults to 1 when `happy_eyeballs_delay` is set.
-    pub interleave: Option<usize>,
-    /// Only connect to addresses of this family.
-    pub family: Option<Family>,
-}
-
-/// An already connected stream socket handed to the loop.
-#[derive(Debug)]
-pub enum StreamSocket {
-    /// A TCP socket.
-    Tcp(std::net::TcpStream),
-    /// A Unix stream socket (e.g. one end of `UnixStream::pair()`).
-    Unix(std::os::unix::net::UnixStream),
-    /// A socket on a descriptor that its owner keeps and closes (see
-    /// [`StreamSocket::borrow_raw`]).
-    Borrowed(BorrowedSocket),
-}
-
-/// A connected stream socket on a borrowed descriptor: the transport made on
-/// it reads and writes the descriptor but never closes it. Made by
-/// [`StreamSocket::borrow_raw`].
-#[derive(Debug)]
-pub struct BorrowedSocket {
-    /// Never dropped: that would close the owner's descriptor.
-    sock: std::mem::ManuallyDrop<Socket>,
-}
-
-impl From<std::net::TcpStream> for StreamSocket {
-    fn from(s: std::net::TcpStream) -> Self {
-        StreamSocket::Tcp(s)
-    }
-}
-
-impl From<std::os::unix::net::UnixStream> for StreamSocket {
-    fn from(s: std::os::unix::net::UnixStream) -> Self {
-        StreamSocket::Unix(s)
-    }
-}
-
-impl StreamSocket {
-    /// Take a connected stream socket of either family from an owned descriptor.
-    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<StreamSocket> {
-        let sock = Socket::from(fd);
-        let family = sock.local_addr()?.family();
-        if family == libc::AF_UNIX as libc::sa_family_t {
-            Ok(StreamSocket::Unix(sock.into()))
-        } else {
-            Ok(StreamSocket::Tcp(sock.into()))
-        }
-    }
-
-    /// Duplicate `fd` (the caller keeps the original) and take the copy.
-    pub fn dup_raw(fd: std::os::fd::RawFd) -> io::Result<StreamSocket> {
-        Self::from_fd(crate::sys::dup_cloexec(fd)?)
-    }
-
-    /// Use `fd` without owning it: no duplicate, so a connection costs one
-    /// descriptor. The transport made on it switches it to non-blocking
-    /// mode, stops all I/O on it and removes it from the poll when the
-    /// connection is lost (before `connection_lost` runs), closed with
-    /// `close_socket`, or aborted, and never closes it. The caller keeps
-    /// `fd` open until then and closes it afterwards (the Python face: the
-    /// `socket` object, in the transport's `_finish`). Such a transport
-    /// does not capture its addresses: `peername`/`sockname` are read from
-    /// the socket when asked while it has it, and are `None` after (the
-    /// owner of the descriptor keeps its own copy if it needs one).
-    ///
-    /// Fails unless `fd` is an open socket.
-    ///
-    /// # Safety
-    ///
-    /// `fd` must stay open, and be this socket, until the transport made on
-    /// it has let go of it (its `connection_lost` ran, or `close_socket`
-    /// returned); closing it earlier would let the engine act on whatever
-    /// descriptor reuses the number.
-    pub unsafe fn borrow_raw(fd: std::os::fd::RawFd) -> io::Result<StreamSocket> {
-        Ok(StreamSocket::Borrowed(BorrowedSocket { sock: crate::sys::borrow_socket(fd)? }))
-    }
-
-    /// Whether the transport made on this socket owns (and so closes) its descriptor.
-    pub fn owns_fd(&self) -> bool {
-        !matches!(self, StreamSocket::Borrowed(_))
-    }
-
-    fn into_sock(self) -> io::Result<Sock> {
-        Ok(match self {
-            StreamSocket::Borrowed(b) => {
-                // Everything that can fail happens on the ManuallyDrop, which
-                // never closes the descriptor; once unwrapped, the stream
-                // transport forgets the socket instead of dropping it
-                // (`StreamInner::owns_fd`).
-                let unix = b.sock.local_addr()?.family() == libc::AF_UNIX as libc::sa_family_t;
-                b.sock.set_nonblocking(true)?;
-                if !unix {
-                    let _ = b.sock.set_tcp_nodelay(true);
-                }
-                let sock = std::mem::ManuallyDrop::into_inner(b.sock);
-                if unix {
-                    Sock::Unix(mio::net::UnixStream::from_std(sock.into()))
-                } else {
-                    Sock::Tcp(mio::net::TcpStream::from_std(sock.into()))
-                }
-            }
-            StreamSocket::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                let _ = s.set_nodelay(true);
-                Sock::Tcp(mio::net::TcpStream::from_std(s))
-            }
-            StreamSocket::Unix(s) => {
-                s.set_nonblocking(true)?;
-                Sock::Unix(mio::net::UnixStream::from_std(s))
-            }
-        })
-    }
-}
-
-/// What `create_connection` and friends complete with: the transport and the
-/// protocol the factory made, typed.
-pub type Connection<P> = (Transport, Rc<RefCell<P>>);
-
-/// Start a transport on `sock` and complete `out` after `connection_made`.
-fn start_transport<P: Protocol>(lp: &EventLoop, sock: Sock, owns_fd: bool, protocol: P, out: LoopFuture<Connection<P>>) {
-    let proto = Rc::new(RefCell::new(protocol));
-    let dyn_proto: ProtocolRef = proto.clone();
-    let out2 = out.clone();
-    let on_made = Box::new(move |r: Result<Transport>| out2.set(r.map(|t| (t, proto))));
-    if let Err(e) = Transport::spawn_adopted(lp, sock, owns_fd, dyn_proto, Some(on_made)) {
-        out.set(Err(e));
-    }
-}
+use crate::protocol::Protocol;
+use crate::resolve::{interleave, resolve};
+use crate::connect::{start_transport, ConnectOptions, Connection};
+use crate::transport::fd::{Held, Sock};
 
 impl EventLoop {
     /// Connect to `host:port` and run a protocol made by `factory` on the
@@ -206,51 +65,11 @@ impl EventLoop {
             }
             let lp2 = lp.clone();
             Connector::start(&lp, addrs, opts.local_addr, opts.happy_eyeballs_delay, move |r| match r {
-                Ok(stream) => start_transport(&lp2, Sock::Tcp(stream), true, factory(), out2),
+                Ok(stream) => start_transport(&lp2, Held::new(Sock::Tcp(stream), true), factory(), out2),
                 Err(e) => out2.set(Err(e)),
             });
         });
         out
-    }
-
-    /// Run a protocol on an already connected socket (asyncio's
-    /// `create_connection(sock=...)`, the spec's "register an open socket").
-    pub fn create_connection_from_socket<P, F>(&self, factory: F, sock: impl Into<StreamSocket>) -> LoopFuture<Connection<P>>
-    where
-        P: Protocol,
-        F: FnOnce() -> P,
-    {
-        let out = LoopFuture::new();
-        if let Err(e) = self.check_closed() {
-            out.set(Err(e));
-            return out;
-        }
-        let sock = sock.into();
-        let owns_fd = sock.owns_fd();
-        match sock.into_sock() {
-            Ok(s) => start_transport(self, s, owns_fd, factory(), out.clone()),
-            Err(e) => out.set(Err(Error::Io(e))),
-        }
-        out
-    }
-
-    /// Make a transport for `protocol` on a connected socket, synchronously
-    /// (bindings: the protocol object is built by the caller).
-    /// `connection_made` follows from the ready queue.
-    pub fn create_transport(&self, sock: StreamSocket, protocol: ProtocolRef) -> Result<Transport> {
-        let owns_fd = sock.owns_fd();
-        let sock = sock.into_sock()?;
-        Transport::spawn_adopted(self, sock, owns_fd, protocol, None)
-    }
-
-    /// Run a protocol on a socket accepted outside the loop (asyncio's
-    /// `connect_accepted_socket`).
-    pub fn connect_accepted_socket<P, F>(&self, factory: F, sock: impl Into<StreamSocket>) -> LoopFuture<Connection<P>>
-    where
-        P: Protocol,
-        F: FnOnce() -> P,
-    {
-        self.create_connection_from_socket(factory, sock)
     }
 }
 
