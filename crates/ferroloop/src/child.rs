@@ -25,10 +25,10 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Interest;
 
 use crate::error::Result;
-use crate::event_loop::{EventLoop, IoSource, Readiness};
+use crate::event_loop::{EventLoop, IoSource, Readiness, Registration};
 use crate::sys::process as sys;
 
 /// What a child watch callback receives: the return code (exit status, or
@@ -86,7 +86,7 @@ fn reap_in_background(pid: u32) {
 struct PidfdWatch {
     pid: u32,
     fd: OwnedFd,
-    token: Cell<Token>,
+    reg: Registration,
     callback: RefCell<Option<ChildCallback>>,
 }
 
@@ -108,7 +108,7 @@ impl PidfdWatch {
         if cb.is_none() {
             return;
         }
-        lp.deregister(&mut SourceFd(&self.fd.as_raw_fd()), self.token.get());
+        self.reg.deregister(lp, Some(&mut SourceFd(&self.fd.as_raw_fd())));
         if let Some(cb) = cb {
             lp.guarded("Exception in child watcher callback", || cb(rc));
         }
@@ -198,18 +198,14 @@ impl EventLoop {
                     let watch = Rc::new(PidfdWatch {
                         pid,
                         fd,
-                        token: Cell::new(Token(0)),
+                        reg: Registration::new(),
                         callback: RefCell::new(Some(Box::new(f))),
                     });
-                    let token = match self.register(&mut SourceFd(&raw), Interest::READABLE, watch.clone()) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            // The caller keeps the child: no reaping on drop.
-                            watch.callback.borrow_mut().take();
-                            return Err(e);
-                        }
-                    };
-                    watch.token.set(token);
+                    if let Err(e) = watch.reg.register(self, &mut SourceFd(&raw), Interest::READABLE, watch.clone()) {
+                        // The caller keeps the child: no reaping on drop.
+                        watch.callback.borrow_mut().take();
+                        return Err(e);
+                    }
                     return Ok(());
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {

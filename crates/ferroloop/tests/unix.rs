@@ -19,6 +19,8 @@ struct Seen {
     data: Vec<u8>,
     eof: bool,
     lost: Option<Option<Error>>,
+    /// The transport's `sockname` and `peername` in `connection_made`.
+    names: Option<(Option<Address>, Option<Address>)>,
 }
 
 /// Echoes everything back; records what happened.
@@ -36,7 +38,10 @@ impl std::fmt::Debug for EchoRec {
 
 impl Protocol for EchoRec {
     fn connection_made(&mut self, t: Transport) {
-        self.seen.borrow_mut().made += 1;
+        let mut seen = self.seen.borrow_mut();
+        seen.made += 1;
+        seen.names = Some((t.sockname(), t.peername()));
+        drop(seen);
         self.t = Some(t);
     }
     fn data_received(&mut self, data: &[u8]) {
@@ -213,6 +218,12 @@ fn abstract_namespace_names() {
         .unwrap();
     t.write(b"abstract").unwrap();
     must(&lp, 5.0, "echo", || cs.borrow().data == b"abstract");
+    // The accepted connection names its socket as the listener does
+    // (`"\0name"`, as Python's `b"\x00name"`); the client sees it as its peer.
+    let accepted = conns.borrow()[0].borrow().names.clone().unwrap();
+    assert_eq!(accepted.0, server.sockets()[0].address);
+    assert_eq!(t.peername(), Some(Address::Unix(name.clone())));
+    assert_eq!(t.get_extra_info("peername"), Some(ferroloop::ExtraInfo::Address(Address::Unix(name.clone()))));
     t.close();
     must(&lp, 5.0, "lost", || cs.borrow().lost.is_some());
     server.close();

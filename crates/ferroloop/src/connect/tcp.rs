@@ -6,17 +6,17 @@
 //! fails, whichever comes first; the first connection wins and the others are
 //! closed.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use mio::{Interest, Token};
+use mio::Interest;
 use socket2::{Domain, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, IoSource, Readiness};
+use crate::event_loop::{EventLoop, IoSource, Readiness, Registration};
 use crate::future::LoopFuture;
 use crate::handle::TimerHandle;
 use crate::protocol::Protocol;
@@ -91,7 +91,7 @@ struct Attempt {
     /// Strong: the registration keeps the race alive until it is decided.
     connector: Rc<Connector>,
     sock: RefCell<Option<mio::net::TcpStream>>,
-    token: Cell<Token>,
+    reg: Registration,
 }
 
 impl Connector {
@@ -161,11 +161,8 @@ impl Connector {
             Err(e) => return Err(Error::Io(e)),
         }
         let mut stream = mio::net::TcpStream::from_std(sock.into());
-        let attempt = Rc::new(Attempt { connector: self.clone(), sock: RefCell::new(None), token: Cell::new(Token(0)) });
-        let token = self
-            .lp
-            .register(&mut stream, Interest::WRITABLE, attempt.clone())?;
-        attempt.token.set(token);
+        let attempt = Rc::new(Attempt { connector: self.clone(), sock: RefCell::new(None), reg: Registration::new() });
+        attempt.reg.register(&self.lp, &mut stream, Interest::WRITABLE, attempt.clone())?;
         *attempt.sock.borrow_mut() = Some(stream);
         Ok(attempt)
     }
@@ -173,9 +170,7 @@ impl Connector {
     fn attempt_done(self: &Rc<Self>, attempt: &Rc<Attempt>, result: io::Result<()>) {
         self.attempts.borrow_mut().retain(|a| !Rc::ptr_eq(a, attempt));
         let mut stream = attempt.sock.borrow_mut().take();
-        if let Some(s) = stream.as_mut() {
-            self.lp.deregister(s, attempt.token.get());
-        }
+        attempt.reg.deregister(&self.lp, stream.as_mut());
         match (result, stream) {
             (Ok(()), Some(s)) => {
                 if let Some(t) = self.timer.borrow_mut().take() {
@@ -184,9 +179,9 @@ impl Connector {
                 // The first connection wins; close the others.
                 let losers = std::mem::take(&mut *self.attempts.borrow_mut());
                 for a in losers {
-                    if let Some(mut s) = a.sock.borrow_mut().take() {
-                        self.lp.deregister(&mut s, a.token.get());
-                    }
+                    let mut s = a.sock.borrow_mut().take();
+                    a.reg.deregister(&self.lp, s.as_mut());
+                    drop(s);
                 }
                 self.addrs.borrow_mut().clear();
                 self.finish(Ok(s));

@@ -20,6 +20,7 @@
 //! (error and warning reports).
 
 mod exception;
+mod registration;
 mod remote;
 mod run;
 mod watch;
@@ -42,6 +43,7 @@ use crate::sys;
 use crate::timer::TimerQueue;
 
 pub(crate) use exception::panic_message;
+pub(crate) use registration::Registration;
 pub use exception::{ExceptionContext, ExceptionHandler, WarningHandler};
 pub use remote::LoopRemote;
 use remote::RemoteShared;

@@ -23,8 +23,8 @@ use std::rc::Rc;
 use mio::Interest;
 
 use crate::error::Result;
-use crate::event_loop::{EventLoop, IoSource, Readiness};
-use crate::transport::fd::{Held, Registration, Sock};
+use crate::event_loop::{EventLoop, IoSource, Readiness, Registration};
+use crate::transport::fd::{Held, Sock};
 use crate::transport::Address;
 
 /// After an out-of-resource error, accepting pauses this long, in seconds

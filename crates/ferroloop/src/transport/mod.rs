@@ -10,7 +10,7 @@
 //!   [`Transport`] over either, through the crate-private [`TransportOps`];
 //! - [`registry`]: the weak set a server keeps of its connections;
 //! - [`pipe`]: `connect_read_pipe`/`connect_write_pipe`; [`subprocess`]: child
-//!   processes with pipe transports; [`udp`]: the datagram transport.
+//!   processes with pipe transports; [`datagram`]: the datagram transport.
 //!
 //! Servers ([`crate::server`]) and connectors ([`crate::connect`]) sit above
 //! this module and are never imported by it.
@@ -24,7 +24,7 @@ pub(crate) mod registry;
 pub mod stream;
 pub mod subprocess;
 pub mod tls;
-pub mod udp;
+pub mod datagram;
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
@@ -43,7 +43,7 @@ pub use subprocess::{
     Stdio, SubprocessConnection, SubprocessOptions, SubprocessProtocol, SubprocessProtocolRef, SubprocessTransport,
 };
 pub use tls::{TlsClientOptions, TlsConfig, TlsInfo, TlsOptions, TlsServerOptions};
-pub use udp::{
+pub use datagram::{
     DatagramEndpoint, DatagramOptions, DatagramProtocol, DatagramProtocolRef, DatagramSocket, DatagramTransport,
 };
 

@@ -5,40 +5,28 @@
 //! read counts as drained — and deliver each chunk at once, so that
 //! `pause_reading` inside `data_received` stops delivery immediately. EOF is
 //! sticky. Write path: write at once when nothing is queued, queue only the
-//! remainder, drain the queue with `writev` on writability.
+//! remainder, drain the queue with `writev` on writability (see `read.rs`
+//! and `write.rs`).
+
+mod read;
+mod write;
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, IoSource, Readiness, READ_BUFFER_SIZE};
+use crate::event_loop::{EventLoop, IoSource, Readiness, Registration};
 use crate::flow::WriteFlow;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::core::buffer::WriteBuffer;
-use crate::transport::core::lifecycle::{count_dropped_write, Lifecycle, LifecycleHost, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::core::lifecycle::{Lifecycle, LifecycleHost, Teardown};
 use crate::transport::core::slot::{deliver_flow_note, FlowHost, FlowNote, PauseHook, ProtocolSlot, SlotHost};
-use crate::transport::fd::{Held, Registration, Sock, SockWriter};
+use crate::transport::fd::{Held, Sock};
 use crate::transport::registry::{Entry, WeakTransport};
 use crate::transport::{Address, ExtraInfo, LentBytes, Transport, TransportKind, TransportOps};
 
-/// Reads per readiness event before yielding to other sources.
-const READS_PER_EVENT: usize = 32;
-/// The warning logged for a dropped write on a pipe.
-const PIPE_WRITE_WARNING: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
-
-/// What a write has to tell once its bytes are read (see `send_or_queue`).
-enum AfterWrite {
-    /// All sent, or nothing to do.
-    Nothing,
-    /// A write dropped after the connection was lost or the pipe closed: log this.
-    Warn(&'static str),
-    /// Bytes were queued: check the high-water mark.
-    Queued,
-    /// The send failed: a fatal error of the transport.
-    Failed(io::Error),
-}
 
 #[derive(Default)]
 struct State {
@@ -336,11 +324,6 @@ impl StreamInner {
         self.rearm();
     }
 
-    fn can_read(&self) -> bool {
-        let st = self.st.borrow();
-        st.life.started && !st.life.closing && !st.life.read_paused && !st.read_eof
-    }
-
     /// Ask the poll to report the socket's current readiness again
     /// (`EPOLL_CTL_MOD` re-arms an edge-triggered registration).
     fn rearm(self: &Rc<Self>) {
@@ -350,370 +333,6 @@ impl StreamInner {
             let interest = self.kind.interest(s);
             let _ = self.reg.rearm(&self.lp, s.source(), interest);
         }
-    }
-
-    fn read_once(self: &Rc<Self>) -> ReadOutcome {
-        if self.buffered.get() == Some(false) {
-            return self.read_plain();
-        }
-        // A buffered protocol reads into its own buffer.
-        let epoch = self.protocol_epoch.get();
-        let buffered = self.with_protocol("get_buffer", |p| -> Option<ReadOutcome> {
-            let buf = p.get_buffer(READ_BUFFER_SIZE)?;
-            if buf.is_empty() {
-                return Some(ReadOutcome::EmptyBuffer);
-            }
-            let cap = buf.len();
-            let r = self.sock_read(buf);
-            Some(match r {
-                Ok(0) => {
-                    p.buffer_unused();
-                    ReadOutcome::Eof
-                }
-                Ok(n) => {
-                    p.buffer_updated(n);
-                    ReadOutcome::Data { drained: n < cap }
-                }
-                Err(e) => {
-                    p.buffer_unused();
-                    ReadOutcome::from_err(e)
-                }
-            })
-        });
-        match buffered {
-            None => ReadOutcome::Failed,
-            Some(Some(ReadOutcome::EmptyBuffer)) => {
-                if self.st.borrow().life.closing {
-                    // The protocol failed in get_buffer and closed the transport itself.
-                    return ReadOutcome::Failed;
-                }
-                self.fatal_error(
-                    Error::state("get_buffer() returned an empty buffer"),
-                    "Fatal error: protocol.get_buffer() call failed.",
-                );
-                ReadOutcome::Failed
-            }
-            Some(Some(outcome)) => outcome,
-            Some(None) => {
-                // A plain protocol: remembered until `set_protocol` (unless
-                // the protocol was replaced inside `get_buffer`).
-                if self.protocol_epoch.get() == epoch {
-                    self.buffered.set(Some(false));
-                }
-                self.read_plain()
-            }
-        }
-    }
-
-    /// A plain protocol's read: into the loop's buffer, then `data_received`,
-    /// in one guarded call of the protocol (nothing is read while the
-    /// protocol is busy or gone, so no bytes can be lost).
-    fn read_plain(self: &Rc<Self>) -> ReadOutcome {
-        let mut rb = self.lp.take_read_buf();
-        let buf = rb.bytes();
-        let outcome = self.with_protocol("data_received", |p| match self.sock_read(buf) {
-            Ok(0) => ReadOutcome::Eof,
-            Ok(n) => {
-                p.data_received(&buf[..n]);
-                ReadOutcome::Data { drained: n < buf.len() }
-            }
-            Err(e) => ReadOutcome::from_err(e),
-        });
-        self.lp.put_read_buf(rb);
-        outcome.unwrap_or(ReadOutcome::Failed)
-    }
-
-    fn sock_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let sock = self.sock.borrow();
-            let Some(s) = sock.as_ref() else { return Err(io::ErrorKind::WouldBlock.into()) };
-            match s.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-
-    fn on_eof(self: &Rc<Self>) {
-        if self.kind == TransportKind::ReadPipe {
-            // asyncio's read pipe: eof_received (whatever it returns), then close.
-            {
-                let mut st = self.st.borrow_mut();
-                st.read_eof = true;
-                if !st.life.abort() {
-                    return;
-                }
-            }
-            self.with_protocol("eof_received", |p| {
-                p.eof_received();
-            });
-            self.schedule_connection_lost(None);
-            return;
-        }
-        self.st.borrow_mut().read_eof = true;
-        match self.with_protocol("eof_received", |p| p.eof_received()) {
-            Some(true) => {}
-            Some(false) => LifecycleHost::close(self),
-            None => {}
-        }
-    }
-
-    fn write_bytes(self: &Rc<Self>, data: &[u8], owned: Option<Vec<u8>>) -> Result<()> {
-        let after = self.send_or_queue(data, owned)?;
-        self.after_write(after);
-        Ok(())
-    }
-
-    /// The part of `write` that reads `data`: send it at once when nothing is
-    /// queued, queue (a copy of) what is left. Runs no callback and calls no
-    /// protocol method, so that bytes lent for a moment (see
-    /// [`Transport::write_lent`]) are read only here; what has to be told
-    /// afterwards is returned.
-    #[inline]
-    fn send_or_queue(&self, data: &[u8], owned: Option<Vec<u8>>) -> Result<AfterWrite> {
-        let data: &[u8] = match &owned {
-            Some(v) => v,
-            None => data,
-        };
-        {
-            let mut st = self.st.borrow_mut();
-            if st.eof {
-                return Err(Error::state("Cannot call write() after write_eof()"));
-            }
-            if self.kind == TransportKind::ReadPipe {
-                return Err(Error::state("write() is not supported on a read pipe transport"));
-            }
-            if data.is_empty() {
-                return Ok(AfterWrite::Nothing);
-            }
-            if self.kind.is_pipe() && st.life.closing && st.life.conn_lost == 0 {
-                // asyncio's write pipe drops writes once closing (close/write_eof).
-                return Ok(if count_dropped_write(&mut st.dropped_writes) {
-                    AfterWrite::Warn(PIPE_WRITE_WARNING)
-                } else {
-                    AfterWrite::Nothing
-                });
-            }
-            if let Some(log) = st.life.drop_write() {
-                return Ok(match log {
-                    true if self.kind.is_pipe() => AfterWrite::Warn(PIPE_WRITE_WARNING),
-                    true => AfterWrite::Warn(SOCKET_SEND_WARNING),
-                    false => AfterWrite::Nothing,
-                });
-            }
-            if !st.buf.is_empty() {
-                match owned {
-                    Some(v) => st.buf.push_owned(v),
-                    None => st.buf.push(data),
-                }
-                return Ok(AfterWrite::Queued);
-            }
-        }
-        // Nothing queued: try to send at once.
-        let sent = {
-            let sock = self.sock.borrow();
-            match sock.as_ref() {
-                Some(s) => write_retrying(|| s.write(data)),
-                None => Ok(0),
-            }
-        };
-        match sent {
-            Ok(n) if n == data.len() => return Ok(AfterWrite::Nothing),
-            Ok(n) => self.st.borrow_mut().buf.push(&data[n..]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut st = self.st.borrow_mut();
-                match owned {
-                    Some(v) => st.buf.push_owned(v),
-                    None => st.buf.push(data),
-                }
-            }
-            Err(e) => return Ok(AfterWrite::Failed(e)),
-        }
-        Ok(AfterWrite::Queued)
-    }
-
-    /// What `send_or_queue` left to tell: a dropped-write warning, the
-    /// protocol's `pause_writing`, or a fatal write error.
-    #[inline]
-    fn after_write(self: &Rc<Self>, after: AfterWrite) {
-        match after {
-            AfterWrite::Nothing => {}
-            AfterWrite::Warn(message) => self.lp.warn(message),
-            AfterWrite::Queued => self.maybe_pause(),
-            AfterWrite::Failed(e) => {
-                let msg = format!("Fatal write error on {} transport", self.kind.noun());
-                self.fatal_error(Error::Io(e), &msg);
-            }
-        }
-    }
-
-    fn write_chunks<'a, I: IntoIterator<Item = &'a [u8]>>(self: &Rc<Self>, chunks: I) -> Result<()> {
-        let chunks: Vec<&[u8]> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
-        {
-            let st = self.st.borrow();
-            if st.eof {
-                return Err(Error::state("Cannot call write() after write_eof()"));
-            }
-            if self.kind == TransportKind::ReadPipe {
-                return Err(Error::state("write() is not supported on a read pipe transport"));
-            }
-            if chunks.is_empty() {
-                return Ok(());
-            }
-            if st.life.conn_lost > 0 || st.life.closing || !st.buf.is_empty() || chunks.len() == 1 {
-                drop(st);
-                for c in chunks {
-                    self.write_bytes(c, None)?;
-                }
-                return Ok(());
-            }
-        }
-        // Nothing queued: vectored writes of at most 1024 buffers (IOV_MAX)
-        // each until one is short, then queue what is left. Stopping after a
-        // full first group would strand the rest: no writable edge follows
-        // a write that was not short.
-        let sent = {
-            let sock = self.sock.borrow();
-            match sock.as_ref() {
-                Some(s) => {
-                    let mut total = 0usize;
-                    let mut failed = None;
-                    for group in chunks.chunks(1024) {
-                        let iov: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
-                        let offered: usize = group.iter().map(|c| c.len()).sum();
-                        match write_retrying(|| s.write_vectored(&iov)) {
-                            Ok(n) => {
-                                total += n;
-                                if n < offered {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    match failed {
-                        Some(e) => Err(e),
-                        None => Ok(total),
-                    }
-                }
-                None => Ok(0),
-            }
-        };
-        let mut skip = match sent {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                let msg = format!("Fatal write error on {} transport", self.kind.noun());
-                self.fatal_error(Error::Io(e), &msg);
-                return Ok(());
-            }
-        };
-        {
-            let mut st = self.st.borrow_mut();
-            for c in chunks {
-                if skip >= c.len() {
-                    skip -= c.len();
-                } else {
-                    st.buf.push(&c[skip..]);
-                    skip = 0;
-                }
-            }
-        }
-        self.maybe_pause();
-        Ok(())
-    }
-
-    /// Drain the write buffer as far as the socket takes it.
-    fn do_write(self: &Rc<Self>) {
-        let mut progressed = false;
-        loop {
-            let r = {
-                let mut st = self.st.borrow_mut();
-                if st.buf.is_empty() {
-                    break;
-                }
-                let sock = self.sock.borrow();
-                let Some(s) = sock.as_ref() else { break };
-                st.buf.write_to(SockWriter(s))
-            };
-            match r {
-                Ok((written, offered)) => {
-                    progressed = true;
-                    if written < offered {
-                        // Short write: the socket buffer is full; wait for the next edge.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    let msg = format!("Fatal write error on {} transport", self.kind.noun());
-                    self.fatal_error(Error::Io(e), &msg);
-                    return;
-                }
-            }
-        }
-        if !progressed {
-            return;
-        }
-        self.maybe_resume();
-        let (empty, closing, eof, shut_wr, conn_lost) = {
-            let st = self.st.borrow();
-            (st.buf.is_empty(), st.life.closing, st.eof, st.shut_wr, st.life.conn_lost)
-        };
-        if !empty {
-            return;
-        }
-        let drained = self.take_rare(|r| r.on_drained.take());
-        if let Some(f) = drained {
-            f(Ok(()));
-        }
-        if closing {
-            if conn_lost == 0 {
-                self.st.borrow_mut().life.conn_lost = 1;
-                self.call_connection_lost(None);
-            }
-        } else if eof && !shut_wr {
-            self.shutdown_write();
-        }
-    }
-
-    fn shutdown_write(self: &Rc<Self>) {
-        self.st.borrow_mut().shut_wr = true;
-        let r = self.sock.borrow().as_ref().map(|s| s.shutdown_write());
-        if let Some(Err(e)) = r {
-            if e.kind() != io::ErrorKind::NotConnected {
-                self.fatal_error(Error::Io(e), "Fatal error on shutdown of the write side");
-            }
-        }
-    }
-
-    fn start_write_eof(self: &Rc<Self>) -> Result<()> {
-        match self.kind {
-            TransportKind::Stream => {}
-            // A pipe has no half-close: its write_eof closes it (asyncio).
-            TransportKind::WritePipe => {
-                LifecycleHost::close(self);
-                return Ok(());
-            }
-            TransportKind::ReadPipe => return Err(Error::state("write_eof() is not supported on a read pipe transport")),
-        }
-        let now = {
-            let mut st = self.st.borrow_mut();
-            if st.life.closing || st.eof {
-                return Ok(());
-            }
-            st.eof = true;
-            st.buf.is_empty()
-        };
-        if now {
-            self.shutdown_write();
-        }
-        Ok(())
     }
 
     /// Close at once (dropping the buffer); `connection_lost(err)` follows.
@@ -835,38 +454,9 @@ impl LifecycleHost for StreamInner {
         RefMut::map(self.st.borrow_mut(), |st| &mut st.life)
     }
 
-    /// Read and deliver until drained (or the per-event budget is used).
+    #[inline]
     fn do_read(self: &Rc<Self>) {
-        for _ in 0..READS_PER_EVENT {
-            if !self.can_read() {
-                return;
-            }
-            match self.read_once() {
-                ReadOutcome::Data { drained } => {
-                    if drained {
-                        if self.st.borrow().read_hup {
-                            // The peer's EOF sits behind this data. As in asyncio
-                            // (one recv per readiness callback), it is read in the
-                            // next iteration: re-arm, since no new edge will come.
-                            self.rearm();
-                        }
-                        return;
-                    }
-                }
-                ReadOutcome::Eof => {
-                    self.on_eof();
-                    return;
-                }
-                ReadOutcome::WouldBlock | ReadOutcome::Failed | ReadOutcome::EmptyBuffer => return,
-                ReadOutcome::Error(e) => {
-                    let msg = format!("Fatal read error on {} transport", self.kind.noun());
-                    self.fatal_error(Error::Io(e), &msg);
-                    return;
-                }
-            }
-        }
-        // Budget used up with data still coming: continue next iteration.
-        self.schedule_read();
+        self.read_ready()
     }
 
     fn call_connection_lost(self: &Rc<Self>, err: Option<Error>) {
@@ -882,36 +472,6 @@ impl LifecycleHost for StreamInner {
             self.deliver_lost(self.slot.get(), |p| p.connection_lost(err));
         }
         self.release();
-    }
-}
-
-#[inline(always)]
-fn write_retrying(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
-enum ReadOutcome {
-    Data { drained: bool },
-    Eof,
-    WouldBlock,
-    /// The protocol failed (the transport is already closing).
-    Failed,
-    EmptyBuffer,
-    Error(io::Error),
-}
-
-impl ReadOutcome {
-    fn from_err(e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::WouldBlock {
-            ReadOutcome::WouldBlock
-        } else {
-            ReadOutcome::Error(e)
-        }
     }
 }
 
