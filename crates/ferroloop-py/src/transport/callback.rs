@@ -88,6 +88,35 @@ pub(crate) fn if_sole_owner<S, R>(shared: &std::rc::Rc<S>, f: impl FnOnce(&S) ->
     (std::rc::Rc::strong_count(shared) == 1).then(|| f(shared))
 }
 
+/// `loop.call_exception_handler({...})` with `message`, and `exception`,
+/// `transport`, `protocol` where given, as asyncio's transports report
+/// (the datagram and stream cores alike). A failure of the report itself
+/// is unraisable.
+pub(crate) fn report_to_loop(
+    py: Python<'_>,
+    loop_obj: Option<Py<PyAny>>,
+    message: &str,
+    exc: Option<&PyErr>,
+    transport: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+) {
+    let Some(lp) = loop_obj else { return };
+    let d = pyo3::types::PyDict::new(py);
+    let _ = d.set_item("message", message);
+    if let Some(e) = exc {
+        let _ = d.set_item("exception", e.value(py));
+    }
+    if let Some(t) = transport {
+        let _ = d.set_item("transport", t);
+    }
+    if let Some(p) = protocol {
+        let _ = d.set_item("protocol", p);
+    }
+    if let Err(e) = lp.call_method1(py, pyo3::intern!(py, "call_exception_handler"), (d,)) {
+        e.write_unraisable(py, None);
+    }
+}
+
 /// asyncio's report of an exception in `callback(*args)` run through a
 /// `Handle` (`message`, `exception`, `handle`): `ferroloop._transports.
 /// report_callback_error`. A failure of the report itself is unraisable.

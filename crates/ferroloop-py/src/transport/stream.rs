@@ -14,12 +14,12 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, visit_cells};
+use crate::transport::callback::{call_method_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, report_to_loop, visit_cells};
 use crate::sys::{BufferSlot, GilBound, HeldContext, LentBuffer, WritableBuffer};
 use crate::tls::TlsContext;
 
@@ -70,21 +70,8 @@ impl Shared {
 
     /// `loop.call_exception_handler({...})` with transport and protocol.
     fn report(&self, py: Python<'_>, message: &str, exc: Option<&PyErr>, protocol: Option<&Py<PyAny>>) {
-        let Some(lp) = Self::get(&self.loop_obj, py) else { return };
-        let d = PyDict::new(py);
-        let _ = d.set_item("message", message);
-        if let Some(e) = exc {
-            let _ = d.set_item("exception", e.value(py));
-        }
-        if let Some(t) = Self::get(&self.transport, py) {
-            let _ = d.set_item("transport", t);
-        }
-        if let Some(p) = protocol {
-            let _ = d.set_item("protocol", p);
-        }
-        if let Err(e) = lp.call_method1(py, intern!(py, "call_exception_handler"), (d,)) {
-            e.write_unraisable(py, None);
-        }
+        let (lp, t) = (Self::get(&self.loop_obj, py), Self::get(&self.transport, py));
+        report_to_loop(py, lp, message, exc, t, protocol.map(|p| p.clone_ref(py)));
     }
 
     /// asyncio's `_fatal_error`: report non-OSErrors, then close at once with

@@ -24,12 +24,12 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{external, io_to_pyerr, to_pyerr};
 use crate::event_loop::LoopCore;
-use crate::transport::callback::{call_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, visit_cells};
+use crate::transport::callback::{call_in_context, clear_cells, if_sole_owner, is_exit, report_callback_error, report_to_loop, visit_cells};
 use crate::sys::GilBound;
 
 const AF_UNIX: i32 = libc::AF_UNIX;
@@ -85,21 +85,8 @@ impl Shared {
 
     /// `loop.call_exception_handler({...})` with transport and protocol.
     fn report(&self, py: Python<'_>, message: &str, exc: Option<&PyErr>) {
-        let Some(lp) = Self::get(&self.loop_obj, py) else { return };
-        let d = PyDict::new(py);
-        let _ = d.set_item("message", message);
-        if let Some(e) = exc {
-            let _ = d.set_item("exception", e.value(py));
-        }
-        if let Some(t) = Self::get(&self.transport, py) {
-            let _ = d.set_item("transport", t);
-        }
-        if let Some(p) = Self::get(&self.protocol, py) {
-            let _ = d.set_item("protocol", p);
-        }
-        if let Err(e) = lp.call_method1(py, intern!(py, "call_exception_handler"), (d,)) {
-            e.write_unraisable(py, None);
-        }
+        let (lp, t, p) = (Self::get(&self.loop_obj, py), Self::get(&self.transport, py), Self::get(&self.protocol, py));
+        report_to_loop(py, lp, message, exc, t, p);
     }
 
     /// An exception from a protocol callback asyncio runs through a `Handle`:

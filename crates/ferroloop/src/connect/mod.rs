@@ -19,6 +19,7 @@ use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::resolve::Family;
 use crate::transport::fd::{Held, Sock, StreamSocket};
+use crate::transport::stream::StreamInner;
 use crate::transport::{Transport, TransportKind};
 
 pub use crate::transport::Connection;
@@ -44,7 +45,7 @@ pub(crate) fn start_transport<P: Protocol>(lp: &EventLoop, sock: Held<Sock>, pro
     let dyn_proto: ProtocolRef = proto.clone();
     let out2 = out.clone();
     let on_made = Box::new(move |r: Result<Transport>| out2.set(r.map(|t| (t, proto))));
-    if let Err(e) = Transport::spawn(lp, sock, TransportKind::Stream, dyn_proto, None, Some(on_made)) {
+    if let Err(e) = StreamInner::spawn(lp, sock, TransportKind::Stream, dyn_proto, None, Some(on_made)) {
         out.set(Err(e));
     }
 }
@@ -73,7 +74,7 @@ impl EventLoop {
     /// (bindings: the protocol object is built by the caller).
     /// `connection_made` follows from the ready queue.
     pub fn create_transport(&self, sock: StreamSocket, protocol: ProtocolRef) -> Result<Transport> {
-        Transport::spawn(self, sock.into_sock()?, TransportKind::Stream, protocol, None, None)
+        StreamInner::spawn(self, sock.into_sock()?, TransportKind::Stream, protocol, None, None)
     }
 
     /// Run a protocol on a socket accepted outside the loop (asyncio's

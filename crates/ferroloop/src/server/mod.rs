@@ -25,6 +25,7 @@ use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::resolve::{resolve_all, Family};
 use crate::transport::fd::{Held, Sock};
+use crate::transport::stream::StreamInner;
 use crate::transport::registry::{Entry, Registry, WeakTransport};
 use crate::transport::{Address, Transport, TransportKind};
 
@@ -132,7 +133,7 @@ impl ServerInner {
     fn spawn_transport(self: &Rc<Self>, sock: Held<Sock>, proto: ProtocolRef) {
         let id = self.clients.borrow_mut().insert(WeakTransport::None);
         let registry: Weak<dyn Registry> = Rc::downgrade(self) as Weak<dyn Registry>;
-        match Transport::spawn(&self.lp, sock, TransportKind::Stream, proto, Some(Entry::new(registry, id)), None) {
+        match StreamInner::spawn(&self.lp, sock, TransportKind::Stream, proto, Some(Entry::new(registry, id)), None) {
             Ok(t) => self.replace(id, t.downgrade()),
             Err(e) => {
                 self.clients.borrow_mut().try_remove(id);

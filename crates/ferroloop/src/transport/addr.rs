@@ -20,7 +20,7 @@ use std::path::Path;
 
 use socket2::SockAddr;
 
-use crate::transport::tls::{TlsConfig, TlsInfo};
+use crate::transport::tls::config::{TlsConfig, TlsInfo};
 
 /// A socket address as reported by `get_extra_info("peername"/"sockname")`.
 #[derive(Clone, Debug, PartialEq, Eq)]

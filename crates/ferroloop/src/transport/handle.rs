@@ -5,13 +5,11 @@
 
 use std::fmt;
 use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoop;
 use crate::protocol::ProtocolRef;
-use crate::transport::fd::{Held, Sock};
-use crate::transport::registry::Entry;
 use crate::transport::stream::StreamInner;
 use crate::transport::tls::{TlsInfo, TlsInner};
 use crate::transport::core::lifecycle::Teardown;
@@ -88,18 +86,6 @@ impl Transport {
             Repr::Tls(t) => Some(t),
             Repr::Stream(_) => None,
         }
-    }
-
-    /// Wrap a connected socket or pipe (see [`StreamInner::spawn`]).
-    pub(crate) fn spawn(
-        lp: &EventLoop,
-        sock: Held<Sock>,
-        kind: TransportKind,
-        protocol: ProtocolRef,
-        entry: Option<Entry>,
-        on_made: Option<Box<dyn FnOnce(Result<Transport>)>>,
-    ) -> Result<Transport> {
-        StreamInner::spawn(lp, sock, kind, protocol, entry, on_made)
     }
 
     /// Whether this is a TLS transport.
@@ -311,5 +297,36 @@ impl Transport {
     /// The current protocol (`None` after `connection_lost`).
     pub fn get_protocol(&self) -> Option<ProtocolRef> {
         dispatch!(self.get_protocol())
+    }
+}
+
+/// A [`Transport`] that does not keep the connection alive.
+#[derive(Clone, Default)]
+pub(crate) enum WeakTransport {
+    /// Nothing (an entry reserved before its transport exists).
+    #[default]
+    None,
+    Stream(Weak<StreamInner>),
+    Tls(Weak<TlsInner>),
+}
+
+impl WeakTransport {
+    /// The transport, if it is alive and its connection not lost.
+    pub(crate) fn live(&self) -> Option<Transport> {
+        match self {
+            WeakTransport::None => None,
+            WeakTransport::Stream(w) => w.upgrade().filter(|t| !t.is_lost()).map(Transport::from_stream),
+            WeakTransport::Tls(w) => w.upgrade().filter(|t| !t.is_lost()).map(Transport::from_tls),
+        }
+    }
+}
+
+impl Transport {
+    /// A weak reference to this transport (a server's list of its connections).
+    pub(crate) fn downgrade(&self) -> WeakTransport {
+        match &self.repr {
+            Repr::Stream(s) => WeakTransport::Stream(Rc::downgrade(s)),
+            Repr::Tls(t) => WeakTransport::Tls(Rc::downgrade(t)),
+        }
     }
 }

@@ -47,6 +47,7 @@ use crate::event_loop::EventLoop;
 use crate::future::LoopFuture;
 use crate::protocol::{Protocol, ProtocolRef};
 use crate::transport::fd::{Held, PipeFd, Sock};
+use crate::transport::stream::StreamInner;
 use crate::transport::{Connection, Transport, TransportKind};
 
 /// Start a pipe transport on `fd` for `protocol` and complete `out` after `connection_made`.
@@ -55,7 +56,7 @@ fn start_pipe<P: Protocol>(lp: &EventLoop, fd: OwnedFd, kind: TransportKind, pro
     let dyn_proto: ProtocolRef = proto.clone();
     let out2 = out.clone();
     let on_made = Box::new(move |r: Result<Transport>| out2.set(r.map(|t| (t, proto))));
-    let r = PipeFd::new(fd, kind).and_then(|p| Transport::spawn(lp, Held::new(Sock::Pipe(p), true), kind, dyn_proto, None, Some(on_made)));
+    let r = PipeFd::new(fd, kind).and_then(|p| StreamInner::spawn(lp, Held::new(Sock::Pipe(p), true), kind, dyn_proto, None, Some(on_made)));
     if let Err(e) = r {
         out.set(Err(e));
     }
@@ -99,13 +100,13 @@ impl EventLoop {
     /// and for transports built from pipes, such as the subprocess transport.
     pub fn create_read_pipe_transport(&self, pipe: OwnedFd, protocol: ProtocolRef) -> Result<Transport> {
         let p = PipeFd::new(pipe, TransportKind::ReadPipe)?;
-        Transport::spawn(self, Held::new(Sock::Pipe(p), true), TransportKind::ReadPipe, protocol, None, None)
+        StreamInner::spawn(self, Held::new(Sock::Pipe(p), true), TransportKind::ReadPipe, protocol, None, None)
     }
 
     /// A write pipe transport on `pipe` for an existing protocol (see
     /// [`EventLoop::create_read_pipe_transport`]).
     pub fn create_write_pipe_transport(&self, pipe: OwnedFd, protocol: ProtocolRef) -> Result<Transport> {
         let p = PipeFd::new(pipe, TransportKind::WritePipe)?;
-        Transport::spawn(self, Held::new(Sock::Pipe(p), true), TransportKind::WritePipe, protocol, None, None)
+        StreamInner::spawn(self, Held::new(Sock::Pipe(p), true), TransportKind::WritePipe, protocol, None, None)
     }
 }

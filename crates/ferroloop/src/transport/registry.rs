@@ -8,11 +8,9 @@
 //! ([`Registry::replace`]), so that the server's `close_clients` closes the
 //! TLS transport (sending close_notify) rather than the socket under it.
 
-use std::rc::{Rc, Weak};
+use std::rc::Weak;
 
-use crate::transport::stream::StreamInner;
-use crate::transport::tls::TlsInner;
-use crate::transport::{Transport, TransportOps};
+pub(crate) use crate::transport::handle::WeakTransport;
 
 /// A set of transports listed by id.
 pub(crate) trait Registry {
@@ -46,40 +44,6 @@ impl Entry {
     pub(crate) fn replace(&self, t: WeakTransport) {
         if let Some(r) = self.registry.upgrade() {
             r.replace(self.id, t);
-        }
-    }
-}
-
-/// A [`Transport`] that does not keep the connection alive.
-#[derive(Clone, Default)]
-pub(crate) enum WeakTransport {
-    /// Nothing (an entry reserved before its transport exists).
-    #[default]
-    None,
-    Stream(Weak<StreamInner>),
-    Tls(Weak<TlsInner>),
-}
-
-impl WeakTransport {
-    /// The transport, if it is alive and its connection not lost.
-    pub(crate) fn live(&self) -> Option<Transport> {
-        match self {
-            WeakTransport::None => None,
-            WeakTransport::Stream(w) => w.upgrade().filter(|t| !t.is_lost()).map(Transport::from_stream),
-            WeakTransport::Tls(w) => w.upgrade().filter(|t| !t.is_lost()).map(Transport::from_tls),
-        }
-    }
-}
-
-impl Transport {
-    /// A weak reference to this transport.
-    pub(crate) fn downgrade(&self) -> WeakTransport {
-        if let Some(s) = self.stream_inner() {
-            WeakTransport::Stream(Rc::downgrade(s))
-        } else if let Some(t) = self.tls_inner() {
-            WeakTransport::Tls(Rc::downgrade(t))
-        } else {
-            WeakTransport::None
         }
     }
 }

@@ -24,7 +24,7 @@
 //!   `sslcontext` and `ssl_object` are absent; [`Transport::tls_info`] gives
 //!   the rest.
 
-mod config;
+pub(crate) mod config;
 mod ops;
 mod session;
 pub(crate) mod transport;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use crate::error::{Error, Result, TlsError};
-use crate::transport::tls::{TlsConfig, TlsInfo};
+use crate::transport::tls::config::{TlsConfig, TlsInfo};
 
 /// What processing the received records produced.
 pub(crate) struct Progress {
