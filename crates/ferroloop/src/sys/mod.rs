@@ -5,8 +5,11 @@
 //! the safe functions below.
 
 pub mod dgram;
+mod held;
 pub mod process;
 pub mod signal;
+
+pub(crate) use held::Held;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

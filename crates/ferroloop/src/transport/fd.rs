@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 
@@ -15,6 +14,7 @@ use socket2::Socket;
 
 use crate::error::{Error, Result};
 use crate::sys;
+pub(crate) use crate::sys::Held;
 use crate::transport::addr::Address;
 use crate::transport::TransportKind;
 
@@ -321,53 +321,5 @@ impl StreamSocket {
                 Held::new(Sock::Unix(mio::net::UnixStream::from_std(s)), true)
             }
         })
-    }
-}
-
-/// A descriptor's wrapper that is owned (dropped, so closed, with the
-/// `Held`) or borrowed (never dropped: its owner closes it). The stream
-/// transport holds its socket in one, so that a borrowed descriptor
-/// (`StreamSocket::borrow_raw`) is never closed on any path.
-pub(crate) struct Held<T> {
-    /// Always `Some` until the `Held` is dropped.
-    value: Option<T>,
-    owned: bool,
-}
-
-impl<T> Held<T> {
-    /// Hold `value`; `owned` false: never drop it.
-    pub(crate) fn new(value: T, owned: bool) -> Held<T> {
-        Held { value: Some(value), owned }
-    }
-
-    /// Whether dropping this closes the descriptor.
-    pub(crate) fn is_owned(&self) -> bool {
-        self.owned
-    }
-}
-
-impl<T> Deref for Held<T> {
-    type Target = T;
-    #[inline]
-    fn deref(&self) -> &T {
-        self.value.as_ref().expect("a Held value is present until dropped")
-    }
-}
-
-impl<T> DerefMut for Held<T> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut T {
-        self.value.as_mut().expect("a Held value is present until dropped")
-    }
-}
-
-impl<T> Drop for Held<T> {
-    fn drop(&mut self) {
-        if let Some(v) = self.value.take() {
-            if !self.owned {
-                // A borrowed descriptor: its owner closes it.
-                std::mem::forget(v);
-            }
-        }
     }
 }
