@@ -42,6 +42,8 @@ use crate::sys;
 use crate::timer::TimerQueue;
 
 pub(crate) use exception::panic_message;
+#[cfg(test)]
+pub(crate) use exception::{recording_loop, Seen};
 pub use exception::{ExceptionContext, ExceptionHandler, WarningHandler};
 pub use remote::LoopRemote;
 use remote::RemoteShared;
