@@ -125,4 +125,33 @@ mod tests {
         assert!(!f.should_resume(1));
         assert!(f.should_resume(0), "low=0 resumes only when empty");
     }
+
+    #[test]
+    fn messages_and_rounding_follow_python() {
+        // Python's `-1 // 4` is -1, as `div_euclid`.
+        let e = resolve_limits(Some(-1), None).unwrap_err();
+        assert_eq!(e.to_string(), "high (-1) must be >= low (-1) must be >= 0");
+        let e = resolve_limits(Some(8), Some(-2)).unwrap_err();
+        assert_eq!(e.to_string(), "high (8) must be >= low (-2) must be >= 0");
+        assert_eq!(resolve_limits(Some(3), None).unwrap(), (3, 0));
+        assert_eq!(resolve_limits(Some(7), Some(7)).unwrap(), (7, 7), "low == high is allowed");
+        assert_eq!(resolve_limits(None, Some(i64::MAX)).unwrap(), (i64::MAX as usize, i64::MAX as usize));
+    }
+
+    #[test]
+    fn new_limits_keep_the_paused_state_and_bad_ones_change_nothing() {
+        let mut f = WriteFlow::default();
+        assert_eq!(f.limits(), (DEFAULT_HIGH / 4, DEFAULT_HIGH));
+        assert!(!f.is_paused());
+        assert!(!f.should_resume(0), "not paused: nothing to resume");
+        assert!(f.should_pause(DEFAULT_HIGH + 1));
+        assert!(f.set_limits(Some(10), Some(20)).is_err());
+        assert_eq!(f.limits(), (DEFAULT_HIGH / 4, DEFAULT_HIGH), "unchanged after an error");
+        f.set_limits(Some(1 << 20), None).unwrap();
+        assert!(f.is_paused(), "raising the marks does not resume by itself");
+        assert!(!f.should_pause(1 << 21), "already paused");
+        assert!(!f.should_resume((1 << 18) + 1));
+        assert!(f.should_resume(1 << 18), "resumes at the new low mark");
+        assert!(!f.is_paused());
+    }
 }

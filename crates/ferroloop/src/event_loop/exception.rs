@@ -111,6 +111,23 @@ fn report_line(ctx: &ExceptionContext) -> String {
     }
 }
 
+/// What [`recording_loop`]'s handler saw: (message, error text) per report.
+#[cfg(test)]
+pub(crate) type Seen = Rc<std::cell::RefCell<Vec<(String, Option<String>)>>>;
+
+/// A loop whose exception handler records what it receives (for the unit
+/// tests across the crate).
+#[cfg(test)]
+pub(crate) fn recording_loop() -> (EventLoop, Seen) {
+    let lp = EventLoop::new().unwrap();
+    let seen = Seen::default();
+    let s = seen.clone();
+    lp.set_exception_handler(Some(Rc::new(move |_: &EventLoop, ctx: &ExceptionContext| {
+        s.borrow_mut().push((ctx.message.clone(), ctx.error.as_ref().map(|e| e.to_string())));
+    })));
+    (lp, seen)
+}
+
 #[cfg(test)]
 mod tests {
     use std::any::Any;
@@ -137,20 +154,6 @@ mod tests {
             error: Some(Error::Panic("boom".into())),
         };
         assert_eq!(report_line(&with), "Exception in callback: panic: boom");
-    }
-
-    /// What the recording handler saw: (message, error text) per report.
-    type Seen = Rc<RefCell<Vec<(String, Option<String>)>>>;
-
-    /// A loop whose exception handler records what it receives.
-    fn recording_loop() -> (EventLoop, Seen) {
-        let lp = EventLoop::new().unwrap();
-        let seen = Rc::new(RefCell::new(Vec::new()));
-        let s = seen.clone();
-        lp.set_exception_handler(Some(Rc::new(move |_: &EventLoop, ctx: &ExceptionContext| {
-            s.borrow_mut().push((ctx.message.clone(), ctx.error.as_ref().map(|e| e.to_string())));
-        })));
-        (lp, seen)
     }
 
     #[test]

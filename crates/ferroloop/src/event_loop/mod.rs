@@ -43,6 +43,8 @@ use crate::sys;
 use crate::timer::TimerQueue;
 
 pub(crate) use exception::panic_message;
+#[cfg(test)]
+pub(crate) use exception::{recording_loop, Seen};
 pub(crate) use registration::Registration;
 pub use exception::{ExceptionContext, ExceptionHandler, WarningHandler};
 pub use remote::LoopRemote;

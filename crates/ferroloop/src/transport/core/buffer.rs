@@ -169,4 +169,165 @@ mod tests {
         }
         assert_eq!(w.out, b"hello world");
     }
+
+    /// A writer that follows a script, one step per call: `Some(n)` takes
+    /// up to `n` bytes (0: writes nothing), `None` would block. It records
+    /// how many slices each call was offered.
+    struct Scripted {
+        out: Vec<u8>,
+        steps: VecDeque<Option<usize>>,
+        slices: Vec<usize>,
+    }
+
+    impl Scripted {
+        fn new(steps: &[Option<usize>]) -> Self {
+            Scripted { out: Vec::new(), steps: steps.iter().copied().collect(), slices: Vec::new() }
+        }
+    }
+
+    impl io::Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.slices.push(bufs.len());
+            let Some(mut cap) = self.steps.pop_front().expect("an unscripted write") else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let before = self.out.len();
+            for b in bufs {
+                let n = b.len().min(cap);
+                self.out.extend_from_slice(&b[..n]);
+                cap -= n;
+            }
+            Ok(self.out.len() - before)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn a_large_owned_chunk_is_queued_without_a_copy_and_a_small_one_coalesces() {
+        let mut b = WriteBuffer::default();
+        let big = bytes(SMALL_WRITE + 1, 1);
+        let ptr = big.as_ptr();
+        b.push_owned(big);
+        assert_eq!(b.chunks.len(), 1);
+        assert_eq!(b.chunks[0].as_ptr(), ptr, "the same allocation");
+        b.push_owned(bytes(10, 2));
+        b.push(b"xyz");
+        assert_eq!(b.chunks.len(), 1, "small writes are appended to the last chunk");
+        assert_eq!(b.len(), SMALL_WRITE + 14);
+        b.push_owned(Vec::new());
+        b.push(b"");
+        assert_eq!(b.len(), SMALL_WRITE + 14, "empty writes are ignored");
+        assert_eq!(b.chunks.len(), 1);
+    }
+
+    #[test]
+    fn small_writes_coalesce_up_to_the_limit() {
+        let mut b = WriteBuffer::default();
+        let piece = bytes(SMALL_WRITE, 3);
+        for _ in 0..COALESCE_LIMIT / SMALL_WRITE {
+            b.push(&piece);
+        }
+        assert_eq!(b.chunks.len(), 1);
+        assert_eq!(b.chunks[0].len(), COALESCE_LIMIT);
+        b.push(b"!");
+        assert_eq!(b.chunks.len(), 2, "a full chunk takes no more");
+        b.push(&bytes(SMALL_WRITE + 1, 4));
+        assert_eq!(b.chunks.len(), 3, "a large copy is a chunk of its own");
+        assert_eq!(b.len(), COALESCE_LIMIT + 1 + SMALL_WRITE + 1);
+    }
+
+    #[test]
+    fn partial_writes_cross_chunk_boundaries_with_exact_accounting() {
+        let mut b = WriteBuffer::default();
+        let (x, y, z) = (bytes(20_000, 5), bytes(30_000, 6), bytes(40_000, 7));
+        b.push_owned(x.clone());
+        b.push_owned(y.clone());
+        b.push_owned(z.clone());
+        assert_eq!(b.chunks.len(), 3);
+        let total = 90_000;
+        // Into y, exactly to the end of y, then the rest.
+        let mut w = Scripted::new(&[Some(25_000), Some(25_000), Some(40_000)]);
+        assert_eq!(b.write_to(&mut w).unwrap(), (25_000, total));
+        assert_eq!((b.len(), b.head, b.chunks.len()), (total - 25_000, 5_000, 2));
+        assert_eq!(b.write_to(&mut w).unwrap(), (25_000, total - 25_000));
+        assert_eq!((b.len(), b.head, b.chunks.len()), (40_000, 0, 1), "the boundary leaves no empty chunk");
+        assert_eq!(b.write_to(&mut w).unwrap(), (40_000, 40_000), "one chunk: a plain write");
+        assert!(b.is_empty() && b.chunks.is_empty());
+        assert_eq!(w.slices, [3, 2, 1]);
+        assert_eq!(w.out, [x, y, z].concat());
+    }
+
+    #[test]
+    fn a_small_write_after_a_partial_one_is_not_appended_to_the_front_chunk() {
+        let mut b = WriteBuffer::default();
+        b.push(b"abcdef");
+        let mut w = Scripted::new(&[Some(2), Some(100)]);
+        assert_eq!(b.write_to(&mut w).unwrap(), (2, 6));
+        b.push(b"gh");
+        assert_eq!(b.chunks.len(), 2, "head indexes the front chunk");
+        b.push(b"ij");
+        assert_eq!(b.chunks.len(), 2, "but the new last chunk takes appends");
+        assert_eq!(b.write_to(&mut w).unwrap(), (8, 8));
+        assert_eq!(w.out, b"abcdefghij");
+    }
+
+    #[test]
+    fn would_block_and_other_errors_leave_the_buffer_as_it_was() {
+        let mut b = WriteBuffer::default();
+        b.push_owned(bytes(SMALL_WRITE + 5, 8));
+        b.push(b"tail");
+        assert_eq!(b.chunks.len(), 1, "appended to the owned chunk: nothing written yet");
+        let mut w = Scripted::new(&[Some(10), None, Some(0), Some(usize::MAX)]);
+        b.write_to(&mut w).unwrap();
+        let err = b.write_to(&mut w).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!((b.len(), b.head), (SMALL_WRITE + 9 - 10, 10));
+        assert_eq!(b.write_to(&mut w).unwrap(), (0, SMALL_WRITE - 1), "a write of 0 consumes nothing");
+        assert_eq!((b.len(), b.head, b.chunks.len()), (SMALL_WRITE - 1, 10, 1));
+        assert_eq!(b.write_to(&mut w).unwrap(), (SMALL_WRITE - 1, SMALL_WRITE - 1));
+        assert!(b.is_empty());
+        let mut want = bytes(SMALL_WRITE + 5, 8);
+        want.extend_from_slice(b"tail");
+        assert_eq!(w.out, want);
+    }
+
+    #[test]
+    fn one_call_offers_at_most_max_iovecs_chunks() {
+        let mut b = WriteBuffer::default();
+        let n = MAX_IOVECS + 6;
+        for i in 0..n {
+            b.push_owned(bytes(SMALL_WRITE + 1, i as u8));
+        }
+        assert_eq!(b.len(), n * (SMALL_WRITE + 1));
+        let mut w = Scripted::new(&[Some(usize::MAX), Some(usize::MAX)]);
+        assert_eq!(b.write_to(&mut w).unwrap(), (MAX_IOVECS * (SMALL_WRITE + 1), MAX_IOVECS * (SMALL_WRITE + 1)));
+        assert_eq!(b.chunks.len(), 6);
+        assert_eq!(b.write_to(&mut w).unwrap().0, 6 * (SMALL_WRITE + 1));
+        assert_eq!(w.slices, [MAX_IOVECS, 6]);
+        assert_eq!(w.out, (0..n).flat_map(|i| bytes(SMALL_WRITE + 1, i as u8)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn clear_forgets_a_partly_written_queue() {
+        let mut b = WriteBuffer::default();
+        b.push_owned(bytes(SMALL_WRITE + 1, 9));
+        b.push(b"more");
+        let mut w = Scripted::new(&[Some(3), Some(100)]);
+        b.write_to(&mut w).unwrap();
+        b.clear();
+        assert!(b.is_empty() && b.chunks.is_empty());
+        assert_eq!((b.len(), b.head), (0, 0));
+        b.push(b"fresh");
+        assert_eq!(b.write_to(&mut w).unwrap(), (5, 5), "written from its start");
+        assert_eq!(&w.out[3..], b"fresh");
+    }
 }

@@ -305,3 +305,412 @@ where
         FlowNote::ResumeWriting => host.with_protocol("resume_writing", |p| p.resume_writing()),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Weak;
+
+    use super::*;
+
+    /// One log for everything a test watches, in the order it happens.
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    fn push(log: &Log, s: impl Into<String>) {
+        log.borrow_mut().push(s.into());
+    }
+
+    /// A loop whose exception handler writes `report: message: error` to `log`.
+    fn reporting_loop(log: &Log) -> EventLoop {
+        let lp = EventLoop::new().unwrap();
+        let log = log.clone();
+        lp.set_exception_handler(Some(Rc::new(move |_: &EventLoop, ctx: &ExceptionContext| {
+            let err = ctx.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+            push(&log, format!("report: {}: {err}", ctx.message));
+        })));
+        lp
+    }
+
+    /// The fake protocol: it logs what it is told; its drop calls back into
+    /// the host's slot, as a real protocol holding its transport may.
+    struct Proto {
+        log: Log,
+        host: Weak<Host>,
+    }
+
+    impl Drop for Proto {
+        fn drop(&mut self) {
+            if let Some(h) = self.host.upgrade() {
+                // Panics if dropped inside the slot's cell.
+                let _ = h.slot.get();
+                push(&self.log, format!("dropped (busy: {})", h.slot.is_busy()));
+            } else {
+                push(&self.log, "dropped");
+            }
+        }
+    }
+
+    struct Host {
+        lp: EventLoop,
+        slot: ProtocolSlot<Proto, &'static str>,
+        /// Notes being delivered (more than one: a nested delivery).
+        depth: Cell<u32>,
+    }
+
+    impl SlotHost for Host {
+        type Proto = Proto;
+        type Note = &'static str;
+        const REPORT_SUFFIX: &'static str = " (fake)";
+
+        fn slot(&self) -> &ProtocolSlot<Proto, &'static str> {
+            &self.slot
+        }
+
+        fn event_loop(&self) -> &EventLoop {
+            &self.lp
+        }
+
+        /// Note "a" raises "c" while the protocol is busy with it.
+        fn deliver_note(self: &Rc<Self>, note: &'static str) {
+            self.depth.set(self.depth.get() + 1);
+            let me = self.clone();
+            self.with_protocol(note, |p| {
+                push(&p.log, format!("note {note} (depth {})", me.depth.get()));
+                if note == "a" {
+                    me.notify("c");
+                }
+            });
+            self.depth.set(self.depth.get() - 1);
+        }
+    }
+
+    /// A host holding a fresh protocol, and that protocol.
+    fn host() -> (Rc<Host>, Rc<RefCell<Proto>>, Log) {
+        let log: Log = Rc::default();
+        let lp = reporting_loop(&log);
+        let host = Rc::new(Host { lp, slot: ProtocolSlot::new(None), depth: Cell::new(0) });
+        let proto = Rc::new(RefCell::new(Proto { log: log.clone(), host: Rc::downgrade(&host) }));
+        host.slot.replace(Some(proto.clone()));
+        (host, proto, log)
+    }
+
+    fn taken(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.borrow_mut())
+    }
+
+    #[test]
+    fn a_call_returns_the_methods_result() {
+        let (h, _p, log) = host();
+        assert_eq!(h.with_protocol("data_received", |p| { push(&p.log, "data"); 7 }), Some(7));
+        assert_eq!(taken(&log), ["data"]);
+    }
+
+    #[test]
+    fn a_protocol_busy_in_its_own_method_is_not_reentered() {
+        let (h, _p, log) = host();
+        let h2 = h.clone();
+        h.with_protocol("data_received", |p| {
+            push(&p.log, "data");
+            assert!(h2.slot.is_busy());
+            let inner = h2.with_protocol("eof_received", |p| push(&p.log, "eof"));
+            assert_eq!(inner, None, "not called");
+        });
+        assert!(!h.slot.is_busy());
+        assert_eq!(taken(&log), ["data"]);
+    }
+
+    #[test]
+    fn a_note_on_a_free_protocol_is_delivered_at_once() {
+        let (h, _p, log) = host();
+        assert!(!h.slot.must_queue());
+        h.notify("pause_writing");
+        assert_eq!(taken(&log), ["note pause_writing (depth 1)"]);
+    }
+
+    #[test]
+    fn notes_raised_while_busy_follow_the_method_in_order() {
+        let (h, _p, log) = host();
+        let h2 = h.clone();
+        h.with_protocol("data_received", |p| {
+            h2.notify("pause_writing");
+            h2.notify("resume_writing");
+            push(&p.log, "data done");
+            assert!(h2.slot.must_queue());
+        });
+        assert_eq!(taken(&log), ["data done", "note pause_writing (depth 1)", "note resume_writing (depth 1)"]);
+        assert!(!h.slot.must_queue());
+    }
+
+    #[test]
+    fn a_note_waits_behind_earlier_notes_even_when_the_protocol_is_free() {
+        let (h, _p, log) = host();
+        h.slot.queue("first");
+        assert!(!h.slot.is_busy() && h.slot.must_queue());
+        h.notify("second");
+        assert!(log.borrow().is_empty(), "queued behind the first");
+        h.flush_notes();
+        assert_eq!(taken(&log), ["note first (depth 1)", "note second (depth 1)"]);
+    }
+
+    #[test]
+    fn a_note_raised_while_a_note_is_delivered_is_left_to_the_outer_flush() {
+        let (h, _p, log) = host();
+        h.slot.queue("a"); // its delivery raises "c"
+        h.slot.queue("b");
+        h.flush_notes();
+        assert_eq!(taken(&log), ["note a (depth 1)", "note b (depth 1)", "note c (depth 1)"]);
+        assert!(!h.slot.flushing.get());
+    }
+
+    #[test]
+    fn a_flush_delivers_nothing_while_the_protocol_is_busy() {
+        let (h, _p, log) = host();
+        let h2 = h.clone();
+        h.with_protocol("data_received", |p| {
+            h2.slot.queue("x");
+            h2.flush_notes();
+            push(&p.log, "after flush");
+        });
+        assert_eq!(taken(&log), ["after flush", "note x (depth 1)"]);
+    }
+
+    #[test]
+    fn a_panic_is_given_to_protocol_panicked_before_the_notes() {
+        let (h, _p, log) = host();
+        let h2 = h.clone();
+        let r = h.with_protocol("data_received", |_| -> u8 {
+            h2.notify("pause_writing");
+            panic!("boom")
+        });
+        assert_eq!(r, None);
+        assert_eq!(
+            taken(&log),
+            ["report: Exception in protocol.data_received() (fake): panic: boom", "note pause_writing (depth 1)"]
+        );
+        assert!(!h.slot.is_busy(), "the borrow ended with the unwind");
+        assert_eq!(h.with_protocol("data_received", |_| 1), Some(1), "the protocol can be called again");
+    }
+
+    #[test]
+    fn connection_lost_is_delivered_without_notes_and_its_panic_only_reported() {
+        let (h, p, log) = host();
+        h.slot.queue("pause_writing");
+        h.deliver_lost(h.slot.get(), |p| push(&p.log, "lost"));
+        assert_eq!(taken(&log), ["lost"]);
+        assert!(h.slot.must_queue(), "no notes after connection_lost");
+
+        h.deliver_lost(Some(p.clone()), |_| panic!("late"));
+        assert_eq!(taken(&log), ["report: Exception in protocol.connection_lost() (fake): panic: late"]);
+
+        h.deliver_lost(None, |_| unreachable!());
+        let h2 = h.clone();
+        let p2 = p.clone();
+        h.with_protocol("data_received", move |_| h2.deliver_lost(Some(p2), |_| unreachable!("busy")));
+        assert!(log.borrow().iter().all(|l| l.starts_with("note")), "skipped while busy: {log:?}");
+    }
+
+    #[test]
+    fn replace_take_and_try_take_hand_the_protocol_back() {
+        let (h, p, log) = host();
+        let other = Rc::new(RefCell::new(Proto { log: log.clone(), host: Weak::new() }));
+        let old = h.slot.replace(Some(other.clone())).unwrap();
+        assert!(Rc::ptr_eq(&old, &p));
+        assert!(Rc::ptr_eq(&h.slot.get().unwrap(), &other));
+        drop(old);
+        assert!(log.borrow().is_empty(), "the test still holds the old one");
+
+        assert!(Rc::ptr_eq(&h.slot.take().unwrap(), &other));
+        assert!(h.slot.get().is_none() && h.slot.take().is_none() && h.slot.try_take().is_none());
+        assert!(!h.slot.is_busy(), "no protocol is not busy");
+        assert_eq!(h.with_protocol("data_received", |_| 1), None, "nothing to call");
+        h.notify("pause_writing");
+        assert!(log.borrow().is_empty());
+
+        h.slot.replace(Some(p.clone()));
+        let borrowed = h.slot.protocol.borrow();
+        assert!(h.slot.try_take().is_none(), "the cell is in use");
+        drop(borrowed);
+        assert!(Rc::ptr_eq(&h.slot.try_take().unwrap(), &p));
+    }
+
+    #[test]
+    fn release_drops_the_protocol_outside_the_slot_then_the_notes() {
+        let (h, p, log) = host();
+        h.slot.queue("pause_writing");
+        drop(p);
+        h.slot.release();
+        assert_eq!(taken(&log), ["dropped (busy: false)"]);
+        assert!(h.slot.get().is_none());
+        assert!(!h.slot.must_queue(), "the notes are gone");
+        h.slot.release();
+        assert!(log.borrow().is_empty(), "a second release is harmless");
+    }
+
+    #[test]
+    fn release_from_inside_a_method_keeps_the_running_protocol_alive() {
+        let (h, p, log) = host();
+        drop(p);
+        let h2 = h.clone();
+        h.with_protocol("connection_lost", |p| {
+            h2.slot.release();
+            push(&p.log, "still here");
+        });
+        assert_eq!(taken(&log), ["still here", "dropped (busy: false)"]);
+    }
+
+    #[test]
+    fn clear_notes_keeps_the_protocol() {
+        let (h, _p, log) = host();
+        h.slot.queue("a");
+        h.slot.clear_notes();
+        assert!(!h.slot.must_queue());
+        h.flush_notes();
+        assert!(log.borrow().is_empty());
+        assert!(h.slot.get().is_some());
+    }
+
+    // Write flow control, with a `dyn Protocol` and `FlowNote`s.
+
+    struct FlowProto {
+        log: Log,
+        panic_on_pause: bool,
+    }
+
+    impl Protocol for FlowProto {
+        fn pause_writing(&mut self) {
+            if self.panic_on_pause {
+                panic!("no pause");
+            }
+            push(&self.log, "pause_writing");
+        }
+
+        fn resume_writing(&mut self) {
+            push(&self.log, "resume_writing");
+        }
+    }
+
+    struct Hook(Log);
+
+    impl PauseHook for Hook {
+        fn pause_writing(&self) {
+            push(&self.0, "hook pause_writing");
+        }
+    }
+
+    struct FlowTransport {
+        lp: EventLoop,
+        slot: ProtocolSlot<dyn Protocol, FlowNote>,
+        flow: RefCell<WriteFlow>,
+        queued: Cell<usize>,
+        hook: Option<Rc<dyn PauseHook>>,
+    }
+
+    impl SlotHost for FlowTransport {
+        type Proto = dyn Protocol;
+        type Note = FlowNote;
+
+        fn slot(&self) -> &ProtocolSlot<dyn Protocol, FlowNote> {
+            &self.slot
+        }
+
+        fn event_loop(&self) -> &EventLoop {
+            &self.lp
+        }
+
+        fn deliver_note(self: &Rc<Self>, note: FlowNote) {
+            deliver_flow_note(self, note);
+        }
+    }
+
+    impl FlowHost for FlowTransport {
+        fn write_flow(&self) -> (RefMut<'_, WriteFlow>, usize) {
+            (self.flow.borrow_mut(), self.queued.get())
+        }
+
+        fn pause_hook(&self) -> Option<Rc<dyn PauseHook>> {
+            self.hook.clone()
+        }
+    }
+
+    fn flow_transport(hooked: bool, panic_on_pause: bool) -> (Rc<FlowTransport>, Log) {
+        let log: Log = Rc::default();
+        let proto: Rc<RefCell<dyn Protocol>> = Rc::new(RefCell::new(FlowProto { log: log.clone(), panic_on_pause }));
+        let mut flow = WriteFlow::default();
+        flow.set_limits(Some(100), Some(10)).unwrap();
+        let t = FlowTransport {
+            lp: reporting_loop(&log),
+            slot: ProtocolSlot::new(Some(proto)),
+            flow: RefCell::new(flow),
+            queued: Cell::new(0),
+            hook: hooked.then(|| Rc::new(Hook(log.clone())) as Rc<dyn PauseHook>),
+        };
+        (Rc::new(t), log)
+    }
+
+    #[test]
+    fn pause_and_resume_writing_are_told_once_each_at_the_marks() {
+        let (t, log) = flow_transport(false, false);
+        t.queued.set(100);
+        t.maybe_pause();
+        assert!(log.borrow().is_empty(), "at the high mark: not over it");
+        t.queued.set(101);
+        t.maybe_pause();
+        t.queued.set(5000);
+        t.maybe_pause();
+        t.queued.set(11);
+        t.maybe_resume();
+        t.queued.set(10);
+        t.maybe_resume();
+        t.maybe_resume();
+        assert_eq!(taken(&log), ["pause_writing", "resume_writing"]);
+    }
+
+    /// Inside `data_received`, a write takes the queue over the high mark.
+    fn write_over_high_inside_a_method(t: &Rc<FlowTransport>, log: &Log) {
+        t.with_protocol("data_received", |_| {
+            t.queued.set(1000);
+            t.maybe_pause();
+            push(log, "write returned");
+        });
+    }
+
+    #[test]
+    fn a_pause_raised_inside_a_protocol_method_follows_it() {
+        let (t, log) = flow_transport(false, false);
+        write_over_high_inside_a_method(&t, &log);
+        assert_eq!(taken(&log), ["write returned", "pause_writing"]);
+    }
+
+    #[test]
+    fn a_pause_hook_is_told_at_once_and_resume_still_goes_to_the_protocol() {
+        let (t, log) = flow_transport(true, false);
+        write_over_high_inside_a_method(&t, &log);
+        assert_eq!(taken(&log), ["hook pause_writing", "write returned"]);
+        t.queued.set(0);
+        t.maybe_resume();
+        assert_eq!(taken(&log), ["resume_writing"]);
+    }
+
+    #[test]
+    fn new_water_marks_pause_at_once_and_bad_ones_change_nothing() {
+        let (t, log) = flow_transport(false, false);
+        t.queued.set(50);
+        assert!(t.set_write_limits(Some(10), Some(20)).is_err());
+        assert_eq!(t.flow.borrow().limits(), (10, 100));
+        assert!(log.borrow().is_empty());
+        t.set_write_limits(Some(40), None).unwrap();
+        assert_eq!(t.flow.borrow().limits(), (10, 40));
+        assert_eq!(taken(&log), ["pause_writing"]);
+        assert!(t.flow.borrow().is_paused());
+    }
+
+    #[test]
+    fn a_panicking_pause_writing_is_reported() {
+        let (t, log) = flow_transport(false, true);
+        t.queued.set(1000);
+        t.maybe_pause();
+        assert_eq!(taken(&log), ["report: Exception in protocol.pause_writing(): panic: no pause"]);
+        t.queued.set(0);
+        t.maybe_resume();
+        assert_eq!(taken(&log), ["resume_writing"], "still paused in the books: resume follows");
+    }
+}
