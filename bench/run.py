@@ -1009,10 +1009,11 @@ def markdown(out: dict) -> str:
             return ""
         return f" ({r['vs_tokio']:.2f}× tokio, {r['vs_mio']:.2f}× mio)" if r.get("vs_mio") else f" ({r['vs_tokio']:.2f}× tokio)"
 
-    L.append("Server CPU time per message, µs (the server process's run time from /proc/PID/schedstat, else "
-             "utime+stime, / messages echoed; lower is better). A message is one request of the given size echoed back; `x50` = 50 connections, each with "
-             "one message in flight.")
-    L.append("")
+    if pcells:
+        L.append("Server CPU time per message, µs (the server process's run time from /proc/PID/schedstat, else "
+                 "utime+stime, / messages echoed; lower is better). A message is one request of the given size "
+                 "echoed back; `x50` = 50 connections, each with one message in flight.")
+        L.append("")
     table("Python face (ratio against uvloop in the same mode)", [s for s in present if s.face == "python"], py_note)
     table("Rust face (ratio against tokio current_thread and the raw mio loop)", [s for s in present if s.face == "rust"],
           rs_note)

@@ -251,7 +251,7 @@ def run_cells(bench, cells: list[ServerCell], wrk: str | None, wrk_reason: str =
     timing = bench.out.setdefault("timing_s", {})
     if wrk:
         v = subprocess.run([wrk, "-v"], capture_output=True, text=True)
-        bench.out.setdefault("versions", {})["wrk"] = (v.stdout + v.stderr).split("\n")[0].strip()
+        bench.out.setdefault("versions", {})["wrk"] = (v.stdout + v.stderr).split("[")[0].strip()
     for cell in cells:
         t0 = time.monotonic()
         R.log(f"== {cell.label} ({cell.kind}, {cell.runs} round(s), {cell.duration} s after {cell.warmup} s)")
