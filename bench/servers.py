@@ -420,54 +420,44 @@ def markdown(L: list[str], out: dict) -> None:
     L.append("Versions: " + ", ".join(f"{p} {v.get(p) or '—'}" for p in ("uvicorn", "httptools", "aiohttp",
                                                                          "websockets")) + f"; {v.get('wrk', 'no wrk')}.")
     L.append("")
-    L.append("Server CPU per request, µs (websockets: per message; churn: per connection; the server's "
-             "schedstat run time / requests served, median of rounds); in brackets the ratio against uvloop "
-             "paired by round (median over rounds):")
-    L.append("")
-    L.append(head)
-    L.append(rule)
-    for lp in loops:
-        row = []
-        for c in scells:
-            cid = c["cell"]["id"]
-            v = R.cell_value(out, cid, lp)
-            if v is None:
-                row.append(R.cell_note(out, cid, lp) or "—")
-                continue
-            pr = _paired(out, cid, lp)
-            row.append(f"{v:.2f}" + (f" ({pr['median']:.2f}×)" if pr and lp != "uvloop" else ""))
-        L.append(f"| {lp} | " + " | ".join(row) + " |")
-    L.append("")
-    L.append("Requests per second (websockets: messages; churn: connections) · latency p50 / p99 in ms (HTTP: "
-             "wrk's; websockets: round trip of a message; churn: connect, echo and close), medians of rounds:")
-    L.append("")
-    L.append(head)
-    L.append(rule)
-    for lp in loops:
-        row = []
-        for c in scells:
-            cid = c["cell"]["id"]
-            rate = R.cell_value(out, cid, lp, "msgs_per_s")
-            if rate is None:
-                row.append(R.cell_note(out, cid, lp) or "—")
-                continue
-            p50, p99 = R.cell_value(out, cid, lp, "lat_p50_us"), R.cell_value(out, cid, lp, "lat_p99_us")
-            lat = f"{p50 / 1000:.2f} / {p99 / 1000:.2f}" if p50 is not None and p99 is not None else "—"
-            row.append(f"{rate / 1000:.1f}k · {lat}")
-        L.append(f"| {lp} | " + " | ".join(row) + " |")
-    L.append("")
+
+    def cpu(cid, lp):
+        v, pr = R.cell_value(out, cid, lp), _paired(out, cid, lp)
+        return None if v is None else f"{v:.2f}" + (f" ({pr['median']:.2f}×)" if pr and lp != "uvloop" else "")
+
+    def rate(cid, lp):
+        r = R.cell_value(out, cid, lp, "msgs_per_s")
+        p50, p99 = R.cell_value(out, cid, lp, "lat_p50_us"), R.cell_value(out, cid, lp, "lat_p99_us")
+        lat = f"{p50 / 1000:.2f} / {p99 / 1000:.2f}" if p50 is not None and p99 is not None else "—"
+        return None if r is None else f"{r / 1000:.1f}k · {lat}"
+
+    for text, fn in (
+        ("Server CPU per request, µs (websockets: per message; churn: per connection; the server's schedstat run "
+         "time / requests served, median of rounds); in brackets the ratio against uvloop paired by round "
+         "(median over rounds):", cpu),
+        ("Requests per second (websockets: messages; churn: connections) · latency p50 / p99 in ms (HTTP: wrk's; "
+         "websockets: round trip of a message; churn: connect, echo and close), medians of rounds:", rate),
+    ):
+        L += [text, "", head, rule]
+        for lp in loops:
+            row = [fn(c["cell"]["id"], lp) or R.cell_note(out, c["cell"]["id"], lp) or "—" for c in scells]
+            L.append(f"| {lp} | " + " | ".join(row) + " |")
+        L.append("")
     L.append("Goals (issue 19), from this run's paired ratios [first, third quartile of the rounds]:")
     L.append("")
-    L.append("| goal | cell | ferroloop against uvloop | status |")
-    L.append("|---|---|---|---|")
+    L.append("| goal | cell | ferroloop, uvloop (medians) | paired ratio | status |")
+    L.append("|---|---|---|---|---|")
     for c in scells:
         cid, churn = c["cell"]["id"], c["cell"]["kind"] == "churn"
         pr = _paired(out, cid, "ferroloop", "paired_rate_vs_uvloop" if churn else "paired_vs_uvloop")
         goal = (f"rate ≥ {CHURN_GOAL:.2f}× uvloop's" if churn else f"CPU per request ≤ {CPU_GOAL:.2f}× uvloop's")
         if pr is None:
-            L.append(f"| {goal} | {c['cell']['label']} | — | not measured |")
+            L.append(f"| {goal} | {c['cell']['label']} | — | — | not measured |")
             continue
+        f_, u_ = (R.cell_value(out, cid, lp, "msgs_per_s" if churn else "server_us_per_msg")
+                  for lp in ("ferroloop", "uvloop"))
+        both = f"{f_:,.0f}, {u_:,.0f} conn/s" if churn else f"{f_:.1f}, {u_:.1f} µs"
         met = pr["median"] >= CHURN_GOAL if churn else pr["median"] <= CPU_GOAL
-        L.append(f"| {goal} | {c['cell']['label']} | {pr['median']:.2f} [{pr['q1']:.2f}, {pr['q3']:.2f}] | "
-                 f"{'met' if met else 'not met'} |")
+        L.append(f"| {goal} | {c['cell']['label']} | {both} | {pr['median']:.2f} [{pr['q1']:.2f}, {pr['q3']:.2f}] "
+                 f"| {'met' if met else 'not met'} |")
     L.append("")

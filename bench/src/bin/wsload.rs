@@ -22,7 +22,9 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use ferroloop_bench::{cpu_sample, die, raise_nofile, Args, CpuSample, Endpoint};
+use ferroloop_bench::{
+    cpu_fields, cpu_sample, die, num_or_null, pattern, percentile, raise_nofile, rusage_self_us, Args, CpuSample, Endpoint,
+};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
@@ -86,20 +88,6 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1)
 }
 
-fn make_pattern() -> Vec<u8> {
-    let mut x: u32 = 0x2545_F491;
-    let mut p: Vec<u8> = (0..PERIOD)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect();
-    let head: Vec<u8> = p.iter().copied().cycle().take(MAX_SIZE).collect();
-    p.extend_from_slice(&head);
-    p
-}
 
 impl Gen {
     fn payload(&self, phase_off: usize, msg: u64) -> &[u8] {
@@ -299,9 +287,7 @@ impl Gen {
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 self.on_readable(id, now);
             }
-            if ev.is_writable() {
-                self.pump(id);
-            } else if !self.conns[id].out.is_empty() {
+            if ev.is_writable() || !self.conns[id].out.is_empty() {
                 self.pump(id);
             }
         }
@@ -327,32 +313,6 @@ impl Gen {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> String {
-    if sorted.is_empty() {
-        return "null".into();
-    }
-    let k = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    format!("{:.3}", sorted[k] as f64 / 1e3)
-}
-
-fn rusage_self_us() -> f64 {
-    // SAFETY: getrusage writes only into the struct we pass.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    }
-}
-
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".into()
-    }
-}
-
 fn main() {
     let args = Args::parse(&[]);
     let Endpoint::Tcp(addr) = Endpoint::from_args(&args, "127.0.0.1:8765") else {
@@ -369,7 +329,7 @@ fn main() {
     let deadline = started + timeout;
     let mut g = Gen {
         size,
-        pattern: make_pattern(),
+        pattern: pattern(PERIOD, MAX_SIZE),
         conns: Vec::new(),
         poll: Poll::new().unwrap_or_else(|e| fail(&format!("poll: {e}"))),
         phase: Phase::Handshake,
@@ -435,17 +395,11 @@ fn main() {
         let _ = g.conns[id].s.shutdown(Shutdown::Write);
     }
     g.latencies.sort_unstable();
-    let (cpu_us, user_us, sched_us) = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => (b.stat_us - a.stat_us, b.user_us - a.user_us, b.sched_us - a.sched_us),
-        _ => (f64::NAN, f64::NAN, f64::NAN),
-    };
     let msgs = g.messages as f64;
     println!(
         concat!(
             "{{\"ok\": true, \"kind\": \"ws\", \"conns\": {}, \"size\": {}, \"connect_s\": {:.3}, \"elapsed_s\": {:.4}, ",
-            "\"messages\": {}, \"msgs_per_s\": {:.1}, \"lat_p50_us\": {}, \"lat_p99_us\": {}, \"server_cpu_us\": {}, ",
-            "\"server_user_us\": {}, \"server_sched_us\": {}, \"server_cpu_us_per_msg\": {}, ",
-            "\"server_sched_us_per_msg\": {}, \"server_util\": {}, \"client_util\": {}}}"
+            "\"messages\": {}, \"msgs_per_s\": {:.1}, \"lat_p50_us\": {}, \"lat_p99_us\": {}, {}}}"
         ),
         g.want,
         size,
@@ -453,14 +407,8 @@ fn main() {
         elapsed,
         g.messages,
         msgs / elapsed,
-        percentile(&g.latencies, 0.50),
-        percentile(&g.latencies, 0.99),
-        num(cpu_us),
-        num(user_us),
-        num(sched_us),
-        num(cpu_us / msgs),
-        num(sched_us / msgs),
-        num(cpu_us / (elapsed * 1e6)),
-        num((ru1 - ru0) / (elapsed * 1e6)),
+        num_or_null(percentile(&g.latencies, 0.50)),
+        num_or_null(percentile(&g.latencies, 0.99)),
+        cpu_fields(cpu0, cpu1, msgs, elapsed, ru1 - ru0),
     );
 }
