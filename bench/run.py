@@ -957,7 +957,8 @@ def markdown(out: dict) -> str:
     present = [s for s in ALL_SPECS if any(s.key in c["servers"] for c in cells)]
     m = out["machine"]
     L = []
-    L.append(f"Run {out['started']} ({'QUICK subset' if out['config']['quick'] else 'full matrix'}, "
+    scope = "QUICK subset" if out["config"]["quick"] else "full matrix"
+    L.append(f"Run {out['started']} ({scope + ', filtered' if out.get('partial') else scope}, "
              f"{rounds_text(cells)}, median; {windows_text(out['config'])}), ferroloop {m['git']}.")
     L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
              f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}. "
