@@ -2,8 +2,8 @@
 """Benchmark driver: ferroloop against tokio, a raw mio loop, uvloop, stock
 asyncio and rloop, all measured in the same run.
 
-    python3 bench/run.py            # the full matrix (about 10 minutes)
-    QUICK=1 python3 bench/run.py    # a subset (about 2 minutes); or --quick
+    python3 bench/run.py            # the full matrix (about 16 minutes, 6 of them the server cells)
+    QUICK=1 python3 bench/run.py    # a subset (about 3 minutes); or --quick
     python3 bench/run.py --smoke    # correctness only: every server echoes byte-exact
 
 What it does:
