@@ -160,7 +160,9 @@ distclean: clean
 # ---------------------------------------------------------------------------- bench
 
 # Benchmarks against tokio, a raw mio loop, uvloop, asyncio and rloop (bench/run.py):
-# the full matrix in about 10 minutes, QUICK=1 for a 2-minute subset. Writes
+# the full matrix in about 16 minutes (10 for the echo cells, 6 for the server cells:
+# uvicorn, aiohttp, websockets, churn; wrk is apt-installed when missing), QUICK=1 for
+# a 3-minute subset. Writes
 # bench/results/ (JSON, latest.md, latest.png); see docs/benchmarks.md. No timing is
 # ever asserted in `test`; `python3 bench/run.py --smoke` checks correctness only.
 .PHONY: bench

@@ -2,8 +2,8 @@
 """Benchmark driver: ferroloop against tokio, a raw mio loop, uvloop, stock
 asyncio and rloop, all measured in the same run.
 
-    python3 bench/run.py            # the full matrix (about 10 minutes)
-    QUICK=1 python3 bench/run.py    # a subset (about 2 minutes); or --quick
+    python3 bench/run.py            # the full matrix (about 16 minutes, 6 of them the server cells)
+    QUICK=1 python3 bench/run.py    # a subset (about 3 minutes); or --quick
     python3 bench/run.py --smoke    # correctness only: every server echoes byte-exact
 
 What it does:
@@ -47,7 +47,13 @@ What it does:
    and instructions per message under callgrind (user space only; ``perf
    stat`` counters are not available on this VM; callgrind counts the same
    on a loaded machine).
-6. Writes bench/results/<timestamp>.json (every run), bench/results/latest.md
+6. Server cells (bench/servers.py, ids ``srv-*``): uvicorn with httptools and
+   aiohttp.web under wrk (13 B and 10 KiB bodies, 50 keep-alive connections),
+   a websockets echo server (1 KiB messages), and connection churn against
+   the protocol echo server, on each Python loop; CPU per request, req/s,
+   p99, paired ratios against uvloop. wrk is the Debian package, installed
+   with apt-get when missing.
+7. Writes bench/results/<timestamp>.json (every run), bench/results/latest.md
    (tables), bench/results/latest.png (chart), and, for a full run, the
    results section of docs/benchmarks.md.
 """
@@ -73,6 +79,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# bench/servers.py (the server cells) imports this module as `run`: one module, even when run as a script.
+sys.modules.setdefault("run", sys.modules[__name__])
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENV = BENCH / ".venv"
@@ -87,7 +96,7 @@ SERVER_CPU = "0"
 LOADGEN_CPU = "1"
 
 # Packages of the bench venv. rloop is optional (recorded as unavailable if it fails).
-VENV_REQUIRED = ["maturin>=1.5,<2", "uvloop", "matplotlib"]
+VENV_REQUIRED = ["maturin>=1.5,<2", "uvloop", "matplotlib", "uvicorn", "httptools", "aiohttp", "websockets"]
 VENV_OPTIONAL = ["rloop"]
 
 MIB = 1024 * 1024
@@ -447,7 +456,7 @@ def versions() -> dict:
     }
     if VPY.exists():
         code = ("import importlib.metadata as m\n"
-                "for p in ('uvloop','rloop','ferroloop','matplotlib'):\n"
+                "for p in ('uvloop','rloop','ferroloop','matplotlib','uvicorn','httptools','aiohttp','websockets'):\n"
                 "    try: print(p, m.version(p))\n"
                 "    except Exception: print(p, '-')\n")
         for line in cmd([str(VPY), "-c", code]).splitlines():
@@ -493,9 +502,10 @@ def machine() -> dict:
 # ---------------------------------------------------------------------------- runs
 
 
-def run_loadgen(server: Server, args: list[str], timeout: float = 180.0) -> dict:
-    """One load-generator run against `server`; returns its JSON plus machine-load figures."""
-    cmd = ["taskset", "-c", LOADGEN_CPU, str(LOADGEN)] + server.endpoint_args() + args
+def run_loadgen(server: Server, args: list[str], timeout: float = 180.0, binary: Path = LOADGEN) -> dict:
+    """One load-generator run against `server` (`binary`: loadgen, or wsload for websockets); returns its
+    JSON plus machine-load figures."""
+    cmd = ["taskset", "-c", LOADGEN_CPU, str(binary)] + server.endpoint_args() + args
     cmd += ["--server-pid", str(server.pid), "--timeout", str(int(timeout - 10))]
     s0, c0, t0 = proc_stat_cpu(), children_cpu_us(), time.monotonic()
     try:
@@ -874,17 +884,18 @@ def ratio(a, b):
     return a / b
 
 
-def round_cpu(entry: dict | None) -> dict[int, float]:
-    """CPU per message of each round's run of one server (scheduler run time, ns resolution; else utime+stime)."""
+def round_cpu(entry: dict | None, field_: str | None = None) -> dict[int, float]:
+    """CPU per message of each round's run of one server (scheduler run time, ns resolution; else utime+stime);
+    or, with `field_`, that field of each round's run."""
     by_round: dict[int, float] = {}
     for i, r in enumerate((entry or {}).get("runs", [])):
-        v = r.get("server_sched_us_per_msg") or r.get("server_cpu_us_per_msg")
+        v = r.get(field_) if field_ else r.get("server_sched_us_per_msg") or r.get("server_cpu_us_per_msg")
         if r.get("ok") and v:
             by_round[r.get("round", i)] = v
     return by_round
 
 
-def paired_ratio(out: dict, cell_id: str, key: str, base_key: str) -> dict | None:
+def paired_ratio(out: dict, cell_id: str, key: str, base_key: str, field_: str | None = None) -> dict | None:
     """Median over rounds of the ratio between two servers' runs of the same round.
 
     The servers of a round run one after the other within seconds, so slow drift of the machine (which can move
@@ -893,7 +904,7 @@ def paired_ratio(out: dict, cell_id: str, key: str, base_key: str) -> dict | Non
     change 23).
     """
     servers = out["cells"].get(cell_id, {}).get("servers", {})
-    a, b = round_cpu(servers.get(key)), round_cpu(servers.get(base_key))
+    a, b = round_cpu(servers.get(key), field_), round_cpu(servers.get(base_key), field_)
     per_round = [a[k] / b[k] for k in sorted(a) if k in b]
     if not per_round:
         return None
@@ -946,7 +957,8 @@ def markdown(out: dict) -> str:
     present = [s for s in ALL_SPECS if any(s.key in c["servers"] for c in cells)]
     m = out["machine"]
     L = []
-    L.append(f"Run {out['started']} ({'QUICK subset' if out['config']['quick'] else 'full matrix'}, "
+    scope = "QUICK subset" if out["config"]["quick"] else "full matrix"
+    L.append(f"Run {out['started']} ({scope + ', filtered' if out.get('partial') else scope}, "
              f"{rounds_text(cells)}, median; {windows_text(out['config'])}), ferroloop {m['git']}.")
     L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
              f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}. "
@@ -998,10 +1010,11 @@ def markdown(out: dict) -> str:
             return ""
         return f" ({r['vs_tokio']:.2f}× tokio, {r['vs_mio']:.2f}× mio)" if r.get("vs_mio") else f" ({r['vs_tokio']:.2f}× tokio)"
 
-    L.append("Server CPU time per message, µs (the server process's run time from /proc/PID/schedstat, else "
-             "utime+stime, / messages echoed; lower is better). A message is one request of the given size echoed back; `x50` = 50 connections, each with "
-             "one message in flight.")
-    L.append("")
+    if pcells:
+        L.append("Server CPU time per message, µs (the server process's run time from /proc/PID/schedstat, else "
+                 "utime+stime, / messages echoed; lower is better). A message is one request of the given size "
+                 "echoed back; `x50` = 50 connections, each with one message in flight.")
+        L.append("")
     table("Python face (ratio against uvloop in the same mode)", [s for s in present if s.face == "python"], py_note)
     table("Rust face (ratio against tokio current_thread and the raw mio loop)", [s for s in present if s.face == "rust"],
           rs_note)
@@ -1012,6 +1025,9 @@ def markdown(out: dict) -> str:
         throughput_tables(L, out, pcells, present)
     bulk_idle_tables(L, out, bulk, idle, present)
     tls_table(L, out, [c for c in cells if c["cell"]["kind"] == "tls"])
+    import servers
+
+    servers.markdown(L, out)
     return tail_sections(L, out, cells)
 
 
@@ -1259,8 +1275,10 @@ def update_docs(md: str, chart_rel: str) -> None:
 
 
 def smoke(args) -> int:
-    """Every server echoes byte-exact, over TCP and Unix sockets. No timing."""
-    setup()
+    """Every server echoes byte-exact, over TCP and Unix sockets; the server cells' servers answer right
+    (bench/servers.py). No timing."""
+    if not args.no_setup:
+        setup()
     avail = py_available()
     workloads = [
         ("1 B x4, 200 msgs", ["--conns", "4", "--size", "1", "--messages", "200", "--warmup", "0"]),
@@ -1276,6 +1294,13 @@ def smoke(args) -> int:
                                              "40", "--warmup", "0"]),
     ]
     passed = failed = skipped = 0
+    import servers
+
+    wrk, why = servers.ensure_wrk(install=not args.no_setup)
+    if not wrk:
+        log(f"SKIP wrk runs: {why}")
+    p, f, k = servers.smoke(args.only, avail, wrk)
+    passed, failed, skipped = passed + p, failed + f, skipped + k
     for spec in ALL_SPECS + TLS_SPECS:
         if args.only and not re.search(args.only, spec.key):
             continue
@@ -1331,7 +1356,8 @@ def main() -> int:
     ap.add_argument("--slice", type=float, help="measured window per round of a ping-pong cell, s (default 0.2)")
     ap.add_argument("--slice-warmup", type=float, help="warm-up before each ping-pong window, s (default 0.05)")
     ap.add_argument("--only", help="regex on server keys (rs:mio, py:uvloop/protocol, ...)")
-    ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, ...)")
+    ap.add_argument("--cells", help="regex on cell ids (pp-tcp-100b-50c, bulk-1g, idle-10000, srv-uvicorn-13b, "
+                                    "srv- for the server cells, ...)")
     ap.add_argument("--no-setup", action="store_true", help="skip cargo build, venv and wheel (use what is there)")
     ap.add_argument("--callgrind", choices=["auto", "on", "off"], default="auto",
                     help="instructions per message under callgrind (auto: full, unfiltered runs only)")
@@ -1371,11 +1397,16 @@ def main() -> int:
     out["versions"] = versions()
     bench = Bench(cfg, out, {k: v for k, v in avail.items() if v})
 
-    cells = matrix(quick, cfg.runs)
+    import servers
+
+    cells, scells = matrix(quick, cfg.runs), servers.server_cells(quick, cfg.runs)
     if cfg.cells_filter:
         cells = [c for c in cells if re.search(cfg.cells_filter, c.id)]
+        scells = [c for c in scells if re.search(cfg.cells_filter, c.id)]
+    wrk, why = servers.ensure_wrk(install=not args.no_setup) if any(c.kind == "http" for c in scells) else (None, "")
     try:
         bench.run_cells(cells)
+        servers.run_cells(bench, scells, wrk, why)
     finally:
         bench.stop_pool()
     if cfg.callgrind:
@@ -1386,6 +1417,7 @@ def main() -> int:
         out["callgrind"] = run_callgrind(bench, [s for s in bench.specs() if s.key in keys])
         out["timing_s"]["callgrind"] = round(time.monotonic() - t0, 1)
     out["ratios"] = compute_ratios(out)
+    out["ratios"].update(servers.compute_ratios(out))
     out["elapsed_s"] = round(time.monotonic() - t_start, 1)
 
     # A filtered run (--only/--cells) is partial: it goes to bench/target/partial, not to the results.

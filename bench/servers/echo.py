@@ -98,6 +98,18 @@ def unsupported(reason):
     sys.exit(3)
 
 
+def stop_on_signals(loop):
+    """An ``asyncio.Event`` set on SIGTERM or SIGINT (the driver stops servers with SIGTERM)."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            # Fallback for a loop without signal support: exit from the Python handler.
+            signal.signal(sig, lambda *_: os._exit(0))
+    return stop
+
+
 def tls_context(args):
     if not args.tls:
         return None
@@ -118,13 +130,7 @@ def tls_context(args):
 async def serve(args):
     loop = asyncio.get_running_loop()
     tls = tls_context(args)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, AttributeError):
-            # Fallback for a loop without signal support: exit from the Python handler.
-            signal.signal(sig, lambda *_: os._exit(0))
+    stop = stop_on_signals(loop)
 
     try:
         if args.unix:

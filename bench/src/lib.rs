@@ -237,3 +237,74 @@ pub fn termination_signalfd() -> io::Result<std::os::fd::OwnedFd> {
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
+
+/// The byte pattern a load generator sends: `period` bytes without short
+/// periods (xorshift), followed by its first `tail` bytes again, so that any
+/// `tail`-byte slice from an offset below `period` is one contiguous slice.
+pub fn pattern(period: usize, tail: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9E37_79B9;
+    let mut p: Vec<u8> = (0..period)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    let head: Vec<u8> = p.iter().copied().cycle().take(tail).collect();
+    p.extend_from_slice(&head);
+    p
+}
+
+/// The `p` quantile (0 to 1) of sorted nanosecond latencies, in microseconds (NaN when empty).
+pub fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[k] as f64 / 1e3
+}
+
+/// This process's CPU time (user + system), microseconds.
+pub fn rusage_self_us() -> f64 {
+    // SAFETY: getrusage writes only into the struct we pass.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+}
+
+/// A JSON number with three decimals, or `null` for NaN and infinities.
+pub fn num_or_null(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The server-CPU fields of a measured window's JSON report (no braces):
+/// the server's CPU time between samples `a` and `b` (utime+stime, utime,
+/// schedstat), the same per message, the server's utilisation, and the
+/// client's (`client_us` of its own CPU time over the window).
+pub fn cpu_fields(a: Option<CpuSample>, b: Option<CpuSample>, msgs: f64, elapsed: f64, client_us: f64) -> String {
+    let (cpu, user, sched) = match (a, b) {
+        (Some(a), Some(b)) => (b.stat_us - a.stat_us, b.user_us - a.user_us, b.sched_us - a.sched_us),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    format!(
+        concat!(
+            "\"server_cpu_us\": {}, \"server_user_us\": {}, \"server_sched_us\": {}, \"server_cpu_us_per_msg\": {}, ",
+            "\"server_sched_us_per_msg\": {}, \"server_util\": {}, \"client_util\": {}"
+        ),
+        num_or_null(cpu),
+        num_or_null(user),
+        num_or_null(sched),
+        num_or_null(cpu / msgs),
+        num_or_null(sched / msgs),
+        num_or_null(cpu / (elapsed * 1e6)),
+        num_or_null(client_us / (elapsed * 1e6)),
+    )
+}

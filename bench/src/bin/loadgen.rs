@@ -48,7 +48,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroloop::rustls;
-use ferroloop_bench::{cpu_sample, die, fd_count, raise_nofile, rss_kib, Args, CpuSample, Endpoint};
+use ferroloop_bench::{
+    cpu_fields, cpu_sample, die, fd_count, num_or_null, pattern, percentile, raise_nofile, rss_kib, rusage_self_us, Args,
+    CpuSample, Endpoint,
+};
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
@@ -266,19 +269,7 @@ fn json_str(s: &str) -> String {
 }
 
 fn make_pattern() -> Vec<u8> {
-    // xorshift: bytes without short periods, so a shifted chunk never matches.
-    let mut x: u32 = 0x9E37_79B9;
-    let mut p: Vec<u8> = (0..PERIOD)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect();
-    let head: Vec<u8> = p.iter().copied().cycle().take(MAX_IO).collect();
-    p.extend_from_slice(&head);
-    p
+    pattern(PERIOD, MAX_IO)
 }
 
 impl Gen {
@@ -613,32 +604,6 @@ fn tls_client_config() -> Arc<rustls::ClientConfig> {
     Arc::new(c)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let k = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[k] as f64 / 1e3
-}
-
-fn rusage_self_us() -> f64 {
-    // SAFETY: getrusage writes only into the struct we pass.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    }
-}
-
-fn num_or_null(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".into()
-    }
-}
-
 fn main() {
     let args = Args::parse(&["idle", "tls", "reconnect", "commands"]);
     if args.get("tcp").is_none() && args.get("unix").is_none() {
@@ -866,18 +831,13 @@ impl Gen {
 
         self.latencies.sort_unstable();
         let (p50, p99) = (percentile(&self.latencies, 0.50), percentile(&self.latencies, 0.99));
-        let (cpu_us, user_us, sched_us) = match (cpu0, cpu1) {
-            (Some(a), Some(b)) => (b.stat_us - a.stat_us, b.user_us - a.user_us, b.sched_us - a.sched_us),
-            _ => (f64::NAN, f64::NAN, f64::NAN),
-        };
         let msgs = self.messages as f64;
         let verified: u64 = self.conns.iter().map(|c| c.recvd).sum();
         format!(
             concat!(
                 "{{\"ok\": true, \"kind\": \"{}\", \"conns\": {}, \"size\": {}, \"depth\": {}, \"connect_s\": {:.3}, ",
                 "\"elapsed_s\": {:.4}, \"messages\": {}, \"bytes\": {}, \"verified_bytes\": {}, \"msgs_per_s\": {:.1}, \"mb_per_s\": {:.2}, ",
-                "\"lat_p50_us\": {}, \"lat_p99_us\": {}, \"server_cpu_us\": {}, \"server_user_us\": {}, \"server_sched_us\": {}, ",
-                "\"server_cpu_us_per_msg\": {}, \"server_sched_us_per_msg\": {}, \"server_util\": {}, \"client_util\": {}}}"
+                "\"lat_p50_us\": {}, \"lat_p99_us\": {}, {}}}"
             ),
             if self.cfg.bulk.is_some() { "bulk" } else if self.cfg.stream { "stream" } else { "pingpong" },
             self.cfg.conns,
@@ -892,13 +852,7 @@ impl Gen {
             self.bytes as f64 / elapsed / 1e6,
             num_or_null(p50),
             num_or_null(p99),
-            num_or_null(cpu_us),
-            num_or_null(user_us),
-            num_or_null(sched_us),
-            num_or_null(cpu_us / msgs),
-            num_or_null(sched_us / msgs),
-            num_or_null(cpu_us / (elapsed * 1e6)),
-            num_or_null((ru1 - ru0) / (elapsed * 1e6)),
+            cpu_fields(cpu0, cpu1, msgs, elapsed, ru1 - ru0),
         )
     }
 }
