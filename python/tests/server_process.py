@@ -6,6 +6,7 @@ step) and see all of it at the end."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -101,3 +102,14 @@ def python_env(**extra):
 
 
 PYTHON = sys.executable
+
+
+def assert_served_by_ferroloop(port):
+    """The app (apps/asgi_app.py) answers GET /loop with its running loop's class."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/loop")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"ferroloop._loop.Loop")
+    finally:
+        conn.close()

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn_worker")
 
-from server_process import APPS, PYTHON, ServerProcess, python_env  # noqa: E402
+from server_process import APPS, PYTHON, ServerProcess, assert_served_by_ferroloop, python_env  # noqa: E402
 
 WORKERS = 2
 
@@ -35,6 +35,7 @@ def gunicorn():
         port = int(server.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)").group(1))
         # Every worker has started serving (uvicorn's line, from each worker).
         server.wait_for(r"Application startup complete", count=WORKERS)
+        assert_served_by_ferroloop(port)
         yield server, port
     finally:
         server.kill()

@@ -19,7 +19,7 @@ h2_connection = pytest.importorskip("h2.connection")
 h2_events = pytest.importorskip("h2.events")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
-from server_process import APPS, PYTHON, ServerProcess, python_env  # noqa: E402
+from server_process import APPS, PYTHON, ServerProcess, assert_served_by_ferroloop, python_env  # noqa: E402
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def hypercorn():
     server = ServerProcess([PYTHON, os.path.join(APPS, "hypercorn_serve.py"), "127.0.0.1:0"], env=python_env())
     try:
         port = int(server.wait_for(r"Running on http://127\.0\.0\.1:(\d+)").group(1))
+        assert_served_by_ferroloop(port)
         yield server, port
         rc, out = server.stop(signal.SIGTERM)
         # hypercorn's own signal handler (added on the loop) ends serve() and the
