@@ -29,7 +29,8 @@ PY      := $(VENV)/bin/python
 EXAMPLES := target/release/examples
 
 APT_PACKAGES := socat openssl curl
-PY_PACKAGES  := 'maturin>=1.5,<2' pytest pytest-timeout aiohttp uvloop uvicorn httptools websockets
+PY_PACKAGES  := 'maturin>=1.5,<2' pytest pytest-timeout aiohttp uvloop uvicorn httptools websockets \
+                gunicorn uvicorn-worker hypercorn 'pytest-asyncio>=1.4' anyio
 # Per-test limit for pytest (pytest-timeout); a hung test fails instead of hanging CI.
 PYTEST_FLAGS ?= --timeout=120
 

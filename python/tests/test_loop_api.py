@@ -640,6 +640,35 @@ def test_close(loop):
     coro.close()
 
 
+
+def _open_fds():
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:  # the descriptor listdir itself used
+            pass
+    return fds
+
+
+@ferroloop_bug(
+    "Loop.close() leaves the engine's three descriptors (two epoll instances and an "
+    "eventfd) open until the loop object is freed; asyncio's close() closes its "
+    "selector and self-pipe at once. A loop kept alive after close() (a reference "
+    "cycle, e.g. anyio.run's runner) holds them until the cyclic GC runs."
+)
+def test_close_releases_the_loops_descriptors(flavor):
+    before = _open_fds()
+    lp = flavor.new_event_loop()
+    try:
+        lp.run_until_complete(asyncio.sleep(0))
+        assert _open_fds() - before  # a loop holds descriptors while open
+    finally:
+        lp.close()
+    # Still referenced here: close() itself must have released them.
+    assert _open_fds() - before == set()
+    del lp
+
 def test_run_until_complete_with_other_loops_future(loop, flavor):
     other = flavor.new_event_loop()
     try:

@@ -1,7 +1,11 @@
-"""A small ASGI app for the uvicorn tests (python/tests/test_uvicorn.py):
-which loop runs it, a streamed body, and a websocket echo."""
+"""A small ASGI app for the server tests (python/tests/test_uvicorn.py,
+test_gunicorn.py, test_hypercorn.py): which loop runs it, which process, a
+streamed body, a response held open until the test lets it end, and a
+websocket echo."""
 
 import asyncio
+import os
+from urllib.parse import parse_qs
 
 
 async def app(scope, receive, send):
@@ -33,6 +37,20 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b"chunk%d;" % i, "more_body": True})
             await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b"end"})
+    elif path == "/pid":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": f"{os.getpid()} {os.getppid()}".encode()})
+    elif path == "/hold":
+        # The first part at once, the rest once the file named by ?until= exists:
+        # a request still in flight for as long as the test wants.
+        until = parse_qs(scope["query_string"].decode())["until"][0]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"begin;", "more_body": True})
+        for _ in range(1000):
+            if os.path.exists(until):
+                break
+            await asyncio.sleep(0.02)
+        await send({"type": "http.response.body", "body": b"done" if os.path.exists(until) else b"gave up"})
     else:
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})
