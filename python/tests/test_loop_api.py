@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import REPO, asyncio_differs, ferroloop_bug, run, tcp_pair
+from conftest import REPO, asyncio_differs, run, tcp_pair
 
 # ----------------------------------------------------------------------------- scheduling
 
@@ -651,13 +651,11 @@ def _open_fds():
     return fds
 
 
-@ferroloop_bug(
-    "Loop.close() leaves the engine's three descriptors (two epoll instances and an "
-    "eventfd) open until the loop object is freed; asyncio's close() closes its "
-    "selector and self-pipe at once. A loop kept alive after close() (a reference "
-    "cycle, e.g. anyio.run's runner) holds them until the cyclic GC runs."
-)
 def test_close_releases_the_loops_descriptors(flavor):
+    """close() releases the loop's own descriptors at once (asyncio: its
+    selector and self-pipe; ferroloop: the epoll instance, its second handle
+    and the waker's eventfd), even while the loop object stays referenced
+    (a reference cycle, e.g. anyio.run's runner, keeps it until the GC runs)."""
     before = _open_fds()
     lp = flavor.new_event_loop()
     try:
@@ -668,6 +666,7 @@ def test_close_releases_the_loops_descriptors(flavor):
     # Still referenced here: close() itself must have released them.
     assert _open_fds() - before == set()
     del lp
+
 
 def test_run_until_complete_with_other_loops_future(loop, flavor):
     other = flavor.new_event_loop()

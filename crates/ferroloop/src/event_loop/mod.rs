@@ -28,6 +28,7 @@ mod watch;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,9 +119,11 @@ enum Ready {
 }
 
 pub(crate) struct LoopInner {
-    poll: RefCell<Poll>,
+    /// The epoll instance, and a second handle on it for registrations
+    /// made while the poll is borrowed; both closed by `close()`.
+    poll: RefCell<Option<Poll>>,
     events: RefCell<Events>,
-    registry: Registry,
+    registry: RefCell<Option<Registry>>,
     ready: RefCell<VecDeque<Ready>>,
     timers: RefCell<TimerQueue>,
     sources: RefCell<Slab<(u32, Rc<dyn IoSource>)>>,
@@ -146,8 +149,12 @@ pub(crate) struct LoopInner {
 }
 
 impl LoopInner {
-    fn registry(&self) -> &Registry {
-        &self.registry
+    /// Call `f` with the poll's registry; fails once the loop is closed.
+    fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> io::Result<R>) -> io::Result<R> {
+        match self.registry.borrow().as_ref() {
+            Some(r) => f(r),
+            None => Err(io::Error::other("the event loop is closed")),
+        }
     }
 
     pub(crate) fn timer_cancelled(&self) {
@@ -192,9 +199,9 @@ impl EventLoop {
         let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
         Ok(EventLoop {
             inner: Rc::new(LoopInner {
-                poll: RefCell::new(poll),
+                poll: RefCell::new(Some(poll)),
                 events: RefCell::new(Events::with_capacity(1024)),
-                registry,
+                registry: RefCell::new(Some(registry)),
                 ready: RefCell::new(VecDeque::with_capacity(64)),
                 timers: RefCell::new(TimerQueue::default()),
                 sources: RefCell::new(Slab::with_capacity(64)),
@@ -202,7 +209,7 @@ impl EventLoop {
                 pending_events: RefCell::new(Vec::with_capacity(1024)),
                 remote: Arc::new(RemoteShared {
                     queue: Mutex::new(Vec::new()),
-                    waker,
+                    waker: Mutex::new(Some(waker)),
                     notified: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
                 }),
@@ -334,6 +341,13 @@ impl EventLoop {
             signals.restore_all();
         }
         drop((ready, timers, sources, watches, remote, resolutions));
+        // The loop's own descriptors (epoll, its second handle, the waker's
+        // eventfd) close now, as asyncio's close() closes its selector and
+        // self-pipe, not when the last handle on the loop goes.
+        let poll = self.inner.poll.borrow_mut().take();
+        let registry = self.inner.registry.borrow_mut().take();
+        let waker = self.inner.remote.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop((poll, registry, waker));
         *self.inner.exception_handler.borrow_mut() = None;
         *self.inner.blocker.borrow_mut() = None;
         *self.inner.warning_handler.borrow_mut() = None;
@@ -375,6 +389,23 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_releases_the_loops_own_descriptors_at_once() {
+        let lp = EventLoop::new().unwrap();
+        lp.call_soon(|| {}).unwrap();
+        lp.run_once().unwrap();
+        lp.close().unwrap();
+        // Still referenced, the loop has let go of the epoll instance, its
+        // second handle and the waker's eventfd (dropping them closes them;
+        // counting /proc/self/fd would race with the tests running beside).
+        assert!(lp.inner.poll.borrow().is_none());
+        assert!(lp.inner.registry.borrow().is_none());
+        assert!(lp.inner.remote.waker.lock().unwrap().is_none());
+        // A wake-up from a remote handle is then a no-op, never an error.
+        lp.remote().wake();
+        assert!(matches!(lp.run_once(), Err(Error::LoopClosed)));
+    }
 
     #[test]
     fn the_shared_read_buffer_starts_at_a_page_boundary() {

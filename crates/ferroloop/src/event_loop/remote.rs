@@ -16,7 +16,8 @@ type RemoteTask = Box<dyn FnOnce(&EventLoop) + Send>;
 
 pub(super) struct RemoteShared {
     pub(super) queue: Mutex<Vec<(Option<Arc<AtomicBool>>, RemoteTask)>>,
-    pub(super) waker: Waker,
+    /// `None` once the loop is closed.
+    pub(super) waker: Mutex<Option<Waker>>,
     pub(super) notified: AtomicBool,
     pub(super) closed: AtomicBool,
 }
@@ -55,7 +56,9 @@ impl LoopRemote {
     /// Wake the loop from its poll (a no-op if a wake-up is already pending).
     pub fn wake(&self) {
         if !self.shared.notified.swap(true, Ordering::AcqRel) {
-            let _ = self.shared.waker.wake();
+            if let Some(w) = self.shared.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                let _ = w.wake();
+            }
         }
     }
 }

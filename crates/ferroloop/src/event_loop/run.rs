@@ -138,8 +138,9 @@ impl EventLoop {
         let blocker = inner.blocker.borrow().clone();
         let polled = {
             let mut poll = inner.poll.borrow_mut();
+            let Some(poll) = poll.as_mut() else { return Err(Error::LoopClosed) };
             let mut events = inner.events.borrow_mut();
-            let step = PollStep { poll: &mut poll, events: &mut events, timeout };
+            let step = PollStep { poll, events: &mut events, timeout };
             match &blocker {
                 Some(b) => b.block(step),
                 None => step.run().map_err(Error::from),

@@ -63,8 +63,8 @@ impl IoSource for FdWatch {
         let still = lp.inner.watches.borrow().get(&self.fd).map(|w| Rc::ptr_eq(w, &self)).unwrap_or(false);
         if still {
             if let Some(interest) = self.interest() {
-                let registry = lp.inner.registry();
-                if registry.reregister(&mut SourceFd(&self.poll_fd()), self.token.get(), interest).is_err() {
+                let fd = self.poll_fd();
+                if lp.inner.with_registry(|r| r.reregister(&mut SourceFd(&fd), self.token.get(), interest)).is_err() {
                     // The descriptor was closed behind our back: forget it.
                     lp.drop_watch(self.fd);
                 }
@@ -87,7 +87,7 @@ impl EventLoop {
         self.inner.generation.set(gen);
         let key = self.inner.sources.borrow_mut().insert((gen, owner));
         let token = Token(key | ((gen as usize) << 32));
-        if let Err(e) = self.inner.registry.register(io, token, interest) {
+        if let Err(e) = self.inner.with_registry(|r| r.register(io, token, interest)) {
             self.inner.sources.borrow_mut().remove(key);
             return Err(e.into());
         }
@@ -100,12 +100,12 @@ impl EventLoop {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        self.inner.registry.reregister(io, token, interest)
+        self.inner.with_registry(|r| r.reregister(io, token, interest))
     }
 
     /// Remove a source. The slab entry is dropped after the borrow ends.
     pub(crate) fn deregister<S: mio::event::Source + ?Sized>(&self, io: &mut S, token: Token) {
-        let _ = self.inner.registry.deregister(io);
+        let _ = self.inner.with_registry(|r| r.deregister(io));
         self.forget_token(token);
     }
 
