@@ -30,6 +30,7 @@ from . import _ferroloop
 from ._network import NetworkMethods
 from ._server import check_tls_side
 from ._sockops import SocketOps
+from ._timers import TimerMethods
 from ._transports import ReadPipeTransport, StreamTransport, TLSTransport, WritePipeTransport
 
 TLSContext = _ferroloop.TLSContext
@@ -74,19 +75,7 @@ def _format_handle(handle):
     return repr(owner) if isinstance(owner, asyncio.Task) else str(handle)
 
 
-class _TimerHandle(events.TimerHandle):
-    """asyncio's TimerHandle, plus the engine timer it is scheduled as."""
-
-    __slots__ = ("_fl_timer",)
-
-
-# Named as asyncio's class: Handle's repr starts with the class name, and that
-# repr is what the default exception handler logs ("handle: <TimerHandle
-# when=... cb()>") and debug mode's slow-callback warning prints.
-_TimerHandle.__name__ = _TimerHandle.__qualname__ = "TimerHandle"
-
-
-class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
+class Loop(TimerMethods, SocketOps, NetworkMethods, base_events.BaseEventLoop):
     """An asyncio event loop driven by the ferroloop engine."""
 
     def __init__(self):
@@ -94,6 +83,7 @@ class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
         self._core = _ferroloop.LoopCore(self)
         self._core.set_debug(self._debug)
         self._bind_call_soon()
+        self._init_timers()
         self._remote = self._core.remote()
         # fd -> its socket transport, for asyncio's "File descriptor ... is
         # used by transport" checks. A plain dict: the engine holds every
@@ -127,6 +117,8 @@ class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
     def time(self):
         return _monotonic()
 
+    _own_time = time
+
     def call_soon(self, callback, *args, context=None):
         self._check_closed()
         if self._debug:
@@ -142,28 +134,6 @@ class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
         handle = events.Handle(callback, args, self, context)
         self._core.call_soon(handle)
         return handle
-
-    def call_at(self, when, callback, *args, context=None):
-        if when is None:
-            raise TypeError("when cannot be None")
-        self._check_closed()
-        if self._debug:
-            self._check_thread()
-            self._check_callback(callback, "call_at")
-        timer = _TimerHandle(when, callback, args, self, context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        # A `when` that is not a number (a str...) raises TypeError here,
-        # where asyncio fails once it compares it with another timer's: at
-        # once with timers pending, else inside run_forever().
-        timer._fl_timer = self._core.call_at(when, timer)
-        timer._scheduled = True
-        return timer
-
-    def _timer_handle_cancelled(self, handle):
-        timer = getattr(handle, "_fl_timer", None)
-        if timer is not None:
-            timer.cancel()
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         self._check_closed()
@@ -208,6 +178,10 @@ class Loop(SocketOps, NetworkMethods, base_events.BaseEventLoop):
             d.setdefault("get_debug", core.get_debug)
         if cls.create_future is base_events.BaseEventLoop.create_future:
             d.setdefault("create_future", core.create_future)
+        # create_task(): the core makes the task outside debug mode without a
+        # task factory (see tasks.rs); else it calls asyncio's own method.
+        if cls.create_task is base_events.BaseEventLoop.create_task:
+            d.setdefault("create_task", core.create_task)
 
     def _run_debug(self, handle):
         """Run ``handle`` in debug mode: log it if slower than slow_callback_duration."""

@@ -231,6 +231,26 @@ impl LoopCore {
         future_type(py)?.call((), Some(&kwargs))
     }
 
+    /// `loop.create_task(coro, **kwargs)`, as `BaseEventLoop.create_task`
+    /// (see `tasks.rs`). Bound in the loop's instance dict.
+    #[pyo3(signature = (coro, **kwargs))]
+    fn create_task<'py>(
+        &self,
+        py: Python<'py>,
+        coro: Bound<'py, PyAny>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let running = self.future_kwargs.get().borrow().as_ref().map(|d| d.clone_ref(py).into_bound(py));
+        let loop_obj = match &running {
+            Some(d) => d.get_item(intern!(py, "loop"))?.ok_or_else(|| PyRuntimeError::new_err("the event loop is gone"))?,
+            None => self.owner.bind(py).call0()?,
+        };
+        if loop_obj.is_none() {
+            return Err(PyRuntimeError::new_err("the event loop is gone"));
+        }
+        crate::tasks::create_task(&loop_obj, running, self.engine()?.get_debug(), coro, kwargs)
+    }
+
     fn set_debug(&self, enabled: bool) -> PyResult<()> {
         self.engine()?.set_debug(enabled);
         Ok(())

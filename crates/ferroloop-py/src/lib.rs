@@ -11,6 +11,7 @@ mod event_loop;
 mod handle;
 mod server;
 mod sys;
+mod tasks;
 mod tls;
 mod transport;
 
