@@ -343,7 +343,10 @@ class StreamTransport(SocketBacked, transports._FlowControlMixin, transports.Tra
 
     def _finish(self):
         """After ``connection_lost``: close the socket, leave the server."""
-        self._forget_fd()
+        # _forget_fd(), without its frame: this runs once per connection.
+        transports = self._loop._transports
+        if transports.get(self._sock_fd) is self:
+            del transports[self._sock_fd]
         sock, self._sock_obj = self._sock_obj, None
         if sock.__class__ is SocketKind:
             # No object was made: close the descriptor, and leave the kind

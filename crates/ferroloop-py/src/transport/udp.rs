@@ -132,7 +132,10 @@ impl Shared {
 /// `bytes` (leading NUL), `None` for an unnamed Unix socket.
 pub(crate) fn address_to_py(py: Python<'_>, a: &Address) -> PyResult<Py<PyAny>> {
     Ok(match a {
-        Address::Inet(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port()).into_pyobject(py)?.into_any().unbind(),
+        Address::Inet(SocketAddr::V4(v4)) => {
+            let mut buf = [0u8; 15];
+            (PyString::new(py, ipv4_text(*v4.ip(), &mut buf)), v4.port()).into_pyobject(py)?.into_any().unbind()
+        }
         Address::Inet(SocketAddr::V6(v6)) => {
             (v6.ip().to_string(), v6.port(), v6.flowinfo(), v6.scope_id()).into_pyobject(py)?.into_any().unbind()
         }
@@ -140,6 +143,50 @@ pub(crate) fn address_to_py(py: Python<'_>, a: &Address) -> PyResult<Py<PyAny>> 
         Address::Unix(p) if p.starts_with('\0') => PyBytes::new(py, p.as_bytes()).into_any().unbind(),
         Address::Unix(p) => PyString::new(py, p).into_any().unbind(),
     })
+}
+
+/// `ip` in dotted-quad form, written into `buf`: what `Ipv4Addr`'s
+/// `Display` writes, without the formatting machinery (an accepted
+/// connection's peer and own address are converted for every connection).
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    // Only ASCII digits and dots were written.
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ipv4_text;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn ipv4_text_is_what_display_writes() {
+        let mut buf = [0u8; 15];
+        for ip in [[0, 0, 0, 0], [127, 0, 0, 1], [255, 255, 255, 255], [10, 9, 100, 99], [1, 20, 200, 255], [192, 168, 0, 10]] {
+            let ip = Ipv4Addr::from(ip);
+            assert_eq!(ipv4_text(ip, &mut buf), ip.to_string());
+        }
+        for x in 0..=255u8 {
+            let ip = Ipv4Addr::new(x, 255 - x, x / 3, x.wrapping_mul(7));
+            assert_eq!(ipv4_text(ip, &mut buf), ip.to_string());
+        }
+    }
 }
 
 /// Drives one Python datagram protocol object for the engine.
