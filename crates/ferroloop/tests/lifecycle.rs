@@ -87,7 +87,7 @@ fn close_inside_connection_made_delivers_lost_later() {
 fn eof_arriving_together_with_the_last_data_is_not_lost() {
     // Data and FIN reach the socket before the loop polls: one edge-triggered
     // event, a short read of the data, and the EOF must still be read.
-    // (Engine bug found by this test, fixed in transport/stream.rs: the
+    // (Engine bug found by this test, fixed in transport/stream/: the
     // short-read-means-drained shortcut dropped the EOF behind the data.)
     let lp = EventLoop::new().unwrap();
     let (_t, log, mut peer) = connect_std_peer(&lp, Recorder::new());
@@ -838,7 +838,7 @@ fn write_writelines_and_write_owned_keep_byte_order() {
 #[test]
 fn writelines_with_thousands_of_chunks_keeps_order() {
     // More chunks than one writev takes (1024 in ferroloop, IOV_MAX on Linux).
-    // (Engine bug found by this test, fixed in transport/stream.rs: with an
+    // (Engine bug found by this test, fixed in transport/stream/: with an
     // empty buffer, writelines wrote the first 1024 chunks and queued the
     // rest with no writable edge to come, so they were never sent.)
     let lp = EventLoop::new().unwrap();

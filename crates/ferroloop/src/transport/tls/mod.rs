@@ -47,7 +47,7 @@ pub use config::{
 pub(crate) use session::TlsSession;
 pub(crate) use transport::{OnHandshake, TlsInner, TlsProto};
 
-/// The internal protocol of an accepted TLS connection (see `server.rs`):
+/// The internal protocol of an accepted TLS connection (see `server/mod.rs`):
 /// `factory` makes the application's protocol once the handshake is done.
 pub(crate) fn server_protocol(
     lp: &EventLoop,
