@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Instructions per request of the uvicorn hello server (bench/servers/hello.py,
-httptools), or per connection of the protocol echo server under churn
+httptools) or the aiohttp.web one, or per connection of the protocol echo server under churn
 (bench/servers/echo.py), on each loop, under callgrind: the profiles behind
 the server cells (docs/benchmarks.md, "Real servers").
 
     python3 bench/server_callgrind.py                      # uvicorn on ferroloop, uvloop, asyncio
+    python3 bench/server_callgrind.py --cell aiohttp       # aiohttp.web hello (bench/servers/aiohttp_hello.py)
     python3 bench/server_callgrind.py --cell churn         # connect, echo 100 B, close
     python3 bench/server_callgrind.py --loops ferroloop --top 40
 
@@ -42,6 +43,8 @@ def free_port() -> int:
 
 
 def server_argv(cell: str, python: str, loop: str, port: int) -> list[str]:
+    if cell == "aiohttp":
+        return [python, os.path.join(HERE, "servers", "aiohttp_hello.py"), "--loop", loop, "--port", str(port)]
     if cell == "churn":
         return [python, os.path.join(HERE, "servers", "echo.py"), "--loop", loop, "--mode", "protocol",
                 "--tcp", f"127.0.0.1:{port}"]
@@ -117,7 +120,7 @@ def profile(path: str) -> tuple[int, collections.Counter]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="uvicorn", choices=["uvicorn", "churn"])
+    ap.add_argument("--cell", default="uvicorn", choices=["uvicorn", "aiohttp", "churn"])
     ap.add_argument("--loops", default="ferroloop,uvloop,asyncio")
     ap.add_argument("--python", default=os.path.join(HERE, ".venv", "bin", "python"))
     ap.add_argument("--n1", type=int, default=1000)

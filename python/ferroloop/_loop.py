@@ -182,6 +182,10 @@ class Loop(TimerMethods, SocketOps, NetworkMethods, base_events.BaseEventLoop):
         # task factory (see tasks.rs); else it calls asyncio's own method.
         if cls.create_task is base_events.BaseEventLoop.create_task:
             d.setdefault("create_task", core.create_task)
+        # time() is time.monotonic() itself (a builtin: no frame per call;
+        # servers read the loop's time per request for their timeouts).
+        if cls.time is Loop.time:
+            d.setdefault("time", _monotonic)
 
     def _run_debug(self, handle):
         """Run ``handle`` in debug mode: log it if slower than slow_callback_duration."""
