@@ -64,6 +64,38 @@ def bars(ax, res, cells, keys, title):
     ax.legend(fontsize=7, ncol=4 if n > 6 else 2)
 
 
+SERVER_KINDS = ("http", "ws", "churn")
+
+
+def server_bars(ax, res, cells):
+    """The server cells (bench/servers.py): CPU per request, per message or
+    per connection, one bar per loop."""
+    loops = []
+    for c in cells:
+        for k in c["servers"]:
+            if k not in loops:
+                loops.append(k)
+    width = 0.8 / max(len(loops), 1)
+    for i, lp in enumerate(loops):
+        xs, ys = [], []
+        for j, c in enumerate(cells):
+            v = value(res, c["cell"]["id"], lp)
+            x = j - 0.4 + width * (i + 0.5)
+            if v is not None:
+                xs.append(x)
+                ys.append(v)
+            elif lp in c["servers"]:
+                why = "n/a" if c["servers"][lp].get("unsupported") else "FAIL"
+                ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7, color="#c92a2a")
+        ax.bar(xs, ys, width, label=lp, color=COLORS.get(lp, "#999"), edgecolor="white", linewidth=0.3)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels([c["cell"]["label"] for c in cells])
+    ax.set_ylabel("server CPU µs / request (ws: message, churn: connection)")
+    ax.set_title("Real servers: uvicorn, aiohttp, websockets, connection churn (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=4)
+
+
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     res = json.load(open(src))
@@ -76,9 +108,20 @@ def main():
                 keys.append(k)
     py = [k for k in keys if k.startswith("py:")]
     rs = [k for k in keys if k.startswith("rs:")]
+    scells = [c for c in cells if c["cell"]["kind"] in SERVER_KINDS]
 
-    fig = plt.figure(figsize=(15, 14))
-    gs = fig.add_gridspec(3, 2, height_ratios=[1.1, 1, 1])
+    if not pcells and scells:
+        # Only the server cells were run (--cells srv-).
+        fig, ax = plt.subplots(figsize=(15, 5))
+        server_bars(ax, res, scells)
+        fig.suptitle(f"ferroloop server cells, {res['started']}, ferroloop {res['machine']['git']}", fontsize=11)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.savefig(dst, dpi=80)
+        return
+
+    rows = 4 if scells else 3
+    fig = plt.figure(figsize=(15, 14 + 4 * (rows - 3)))
+    gs = fig.add_gridspec(rows, 2, height_ratios=[1.1, 1, 1, 1][:rows])
     ax = fig.add_subplot(gs[0, :])
     bars(ax, res, pcells, py, "Python face: server CPU per message (lower is better)")
     bars(fig.add_subplot(gs[1, 0]), res, pcells, rs, "Rust face: server CPU per message")
@@ -130,6 +173,9 @@ def main():
         ax.set_xlabel(label)
         ax.set_title(c["cell"]["label"])
         ax.grid(axis="x", alpha=0.3)
+
+    if scells:
+        server_bars(fig.add_subplot(gs[3, :]), res, scells)
 
     m = res["machine"]
     fig.suptitle(f"ferroloop benchmarks, {res['started']}, {m['cpu']} ({m['cores']} cores), ferroloop {m['git']}"
