@@ -27,6 +27,7 @@
 pub(crate) mod config;
 mod ops;
 mod session;
+mod state;
 pub(crate) mod transport;
 
 use std::cell::RefCell;

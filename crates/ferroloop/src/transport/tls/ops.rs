@@ -38,20 +38,15 @@ impl TransportOps for TlsInner {
     }
 
     fn close(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.closing || st.lost {
-                return;
-            }
-            st.closing = true;
+        if !self.st.borrow_mut().begin_close() {
+            return;
         }
         self.pending.borrow_mut().clear();
         self.start_shutdown();
     }
 
     fn is_closing(&self) -> bool {
-        let st = self.st.borrow();
-        st.closing || st.lost
+        self.st.borrow().is_closing()
     }
 
     fn abort(self: &Rc<Self>) {
@@ -63,11 +58,7 @@ impl TransportOps for TlsInner {
     }
 
     fn close_socket(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            st.closing = true;
-            st.lost = true;
-        }
+        self.st.borrow_mut().lose();
         self.cancel_timer();
         if let Some(raw) = self.raw() {
             raw.close_socket();
@@ -100,10 +91,7 @@ impl TransportOps for TlsInner {
     ///
     /// [`Transport::write_lent`]: crate::Transport::write_lent
     fn write_lent<B: LentBytes>(self: &Rc<Self>, data: B) -> Result<()> {
-        let open = {
-            let st = self.st.borrow();
-            !(st.closing || st.lost)
-        };
+        let open = !self.st.borrow().is_closing();
         let (len, rest) = data.lend(|b| {
             if !open || b.is_empty() {
                 return (b.len(), None);
@@ -151,12 +139,8 @@ impl TransportOps for TlsInner {
     }
 
     fn pause_reading(&self) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.closing || st.lost || st.app_paused {
-                return;
-            }
-            st.app_paused = true;
+        if !self.st.borrow_mut().pause_app() {
+            return;
         }
         if let Some(raw) = self.raw() {
             raw.pause_reading();
@@ -164,12 +148,8 @@ impl TransportOps for TlsInner {
     }
 
     fn resume_reading(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.closing || st.lost || !st.app_paused {
-                return;
-            }
-            st.app_paused = false;
+        if !self.st.borrow_mut().resume_app() {
+            return;
         }
         if let Some(raw) = self.raw() {
             raw.resume_reading();
@@ -178,8 +158,7 @@ impl TransportOps for TlsInner {
     }
 
     fn is_reading(&self) -> bool {
-        let st = self.st.borrow();
-        !st.app_paused && !st.closing && !st.lost
+        self.st.borrow().is_reading()
     }
 
     fn get_write_buffer_size(&self) -> usize {

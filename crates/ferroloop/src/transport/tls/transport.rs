@@ -13,9 +13,10 @@ use crate::event_loop::EventLoop;
 use crate::flow::WriteFlow;
 use crate::handle::TimerHandle;
 use crate::protocol::{Protocol, ProtocolRef};
-use crate::transport::core::lifecycle::{count_dropped_write, Teardown, SOCKET_SEND_WARNING};
+use crate::transport::core::lifecycle::{Teardown, SOCKET_SEND_WARNING};
 use crate::transport::core::slot::{deliver_flow_note, FlowHost, FlowNote, ProtocolSlot, SlotHost};
 use crate::transport::registry::WeakTransport;
+use crate::transport::tls::state::State;
 use crate::transport::tls::{TlsSession, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::transport::{Transport, TransportOps};
 
@@ -24,28 +25,6 @@ const PLAINTEXT_CHUNK: usize = 64 * 1024;
 
 
 pub(crate) type OnHandshake = Box<dyn FnOnce(Result<Transport>)>;
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub(super) handshaken: bool,
-    /// The application protocol was given the transport (`connection_made`
-    /// or, for `start_tls`, the future's result).
-    pub(super) app_started: bool,
-    /// `close()`/`abort()` was called, or the TLS session is ending.
-    pub(super) closing: bool,
-    /// Our close_notify is queued.
-    pub(super) shutdown_sent: bool,
-    /// The peer's close_notify arrived.
-    pub(super) peer_closed: bool,
-    /// `eof_received` was delivered.
-    pub(super) eof_delivered: bool,
-    /// `connection_lost` was delivered (or will never be: no protocol).
-    pub(super) lost: bool,
-    pub(super) app_paused: bool,
-    pub(super) pump_scheduled: bool,
-    pub(super) conn_lost_writes: u32,
-    pub(super) flow: WriteFlow,
-}
 
 pub(crate) struct TlsInner {
     pub(super) lp: EventLoop,
@@ -100,8 +79,7 @@ impl Protocol for TlsProto {
 impl Drop for TlsProto {
     fn drop(&mut self) {
         if let Ok(mut st) = self.0.st.try_borrow_mut() {
-            st.closing = true;
-            st.lost = true;
+            st.lose();
         }
         self.0.release();
     }
@@ -247,13 +225,9 @@ impl TlsInner {
                 *self.rbuf.borrow_mut() = buf;
                 return;
             };
-            let direct = {
+            let (direct, discard) = {
                 let st = self.st.borrow();
-                st.app_started && !st.app_paused && !st.closing && !st.lost && self.pending.borrow().is_empty()
-            };
-            let discard = {
-                let st = self.st.borrow();
-                st.closing || st.lost
+                (st.app_reads() && self.pending.borrow().is_empty(), st.is_closing())
             };
             if discard {
                 // asyncio discards application data once shutting down.
@@ -267,8 +241,7 @@ impl TlsInner {
     }
 
     pub(crate) fn can_deliver(&self) -> bool {
-        let st = self.st.borrow();
-        st.app_started && !st.app_paused && !st.closing && !st.lost
+        self.st.borrow().app_reads()
     }
 
     /// Give `data` to the protocol (data_received, or get_buffer/buffer_updated);
@@ -316,18 +289,10 @@ impl TlsInner {
                 None => break,
             }
         }
-        let eof = {
-            let st = self.st.borrow();
-            st.peer_closed && st.app_started && !st.eof_delivered && !st.app_paused && !st.lost
-                && self.pending.borrow().is_empty()
-        };
+        let eof = self.st.borrow().eof_due(self.pending.borrow().is_empty());
         if eof {
-            let closing = {
-                let mut st = self.st.borrow_mut();
-                st.eof_delivered = true;
-                st.closing
-            };
-            if !closing {
+            let tell = self.st.borrow_mut().deliver_eof();
+            if tell {
                 // The return value has no effect with TLS (asyncio warns).
                 self.with_protocol("eof_received", |p| {
                     p.eof_received();
@@ -356,13 +321,7 @@ impl TlsInner {
             let msg = exc.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "connection lost".into());
             self.fail_handshake(Error::Tls(TlsError::HandshakeInterrupted(msg)), false);
         }
-        let deliver = {
-            let mut st = self.st.borrow_mut();
-            let d = st.app_started && !st.lost;
-            st.lost = true;
-            st.closing = true;
-            d
-        };
+        let deliver = self.st.borrow_mut().lose();
         if deliver {
             self.deliver_lost(self.slot.get(), |p| p.connection_lost(exc));
         }
@@ -448,12 +407,7 @@ impl TlsInner {
     }
 
     pub(crate) fn start_shutdown(self: &Rc<Self>) {
-        let first = {
-            let mut st = self.st.borrow_mut();
-            let first = !st.shutdown_sent;
-            st.shutdown_sent = true;
-            first
-        };
+        let first = self.st.borrow_mut().send_shutdown();
         if first && self.st.borrow().handshaken {
             self.session.borrow_mut().send_close_notify();
             self.flush();
@@ -494,31 +448,28 @@ impl TlsInner {
     }
 
     pub(crate) fn schedule_pump(self: &Rc<Self>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.pump_scheduled {
-                return;
-            }
-            st.pump_scheduled = true;
+        if !self.st.borrow_mut().schedule_pump() {
+            return;
         }
         let me = self.clone();
         self.lp.schedule(Box::new(move || {
-            me.st.borrow_mut().pump_scheduled = false;
+            me.st.borrow_mut().pump_ran();
             me.pump();
         }));
     }
 
     /// Writes after close: dropped, logged after a few (asyncio).
     pub(crate) fn refuse_write(&self) -> bool {
-        let mut st = self.st.borrow_mut();
-        if !(st.closing || st.lost) {
-            return false;
+        let refused = self.st.borrow_mut().refuse_write();
+        match refused {
+            None => false,
+            Some(log) => {
+                if log {
+                    self.lp.warn(SOCKET_SEND_WARNING);
+                }
+                true
+            }
         }
-        if count_dropped_write(&mut st.conn_lost_writes) {
-            drop(st);
-            self.lp.warn(SOCKET_SEND_WARNING);
-        }
-        true
     }
 }
 
