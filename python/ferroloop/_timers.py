@@ -16,11 +16,9 @@ path (source tracebacks, callback checks).
 from __future__ import annotations
 
 import contextvars
-import time
 
 from asyncio import base_events, events
 
-_monotonic = time.monotonic
 _copy_context = contextvars.copy_context
 
 
@@ -109,7 +107,9 @@ class TimerMethods:
         if self._fast_timers and not self._debug:
             if self._closed:
                 raise RuntimeError("Event loop is closed")
-            return _schedule(self, _monotonic() + delay, callback, args, context)
+            # self.time(): time.monotonic itself from the instance dict (no
+            # frame), or whatever replaced it on the instance, as asyncio.
+            return _schedule(self, self.time() + delay, callback, args, context)
         timer = self.call_at(self.time() + delay, callback, *args, context=context)
         if timer._source_traceback:
             del timer._source_traceback[-1]

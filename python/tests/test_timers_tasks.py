@@ -51,6 +51,17 @@ def test_a_timer_runs_in_its_context_or_a_copy_of_the_current_one(loop):
     assert sorted(seen) == [("copy", "caller"), ("given", "given")]
 
 
+def test_call_later_reads_the_loops_time_even_when_replaced_on_the_instance(loop):
+    loop.time = lambda: 1000.0
+    try:
+        h = loop.call_later(1.5, print)
+        assert h.when() == 1001.5
+        h.cancel()
+    finally:
+        del loop.time
+    assert abs(loop.time() - __import__("time").monotonic()) < 1.0
+
+
 def test_timer_argument_errors_are_asyncios(loop):
     with pytest.raises(TypeError, match="delay must not be None"):
         loop.call_later(None, print)
