@@ -892,8 +892,13 @@ def test_loop_child_watcher_3_14(flavor, monkeypatch, pidfd):
         assert type(lp._watcher) is expected
 
         async def main():
-            proc = await asyncio.create_subprocess_exec(PY, "-c", "import sys; sys.exit(3)")
+            # The child waits for its stdin to close, so that it is alive
+            # while the watcher is looked at (a thread per live child).
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-c", "import sys; sys.stdin.read(); sys.exit(3)", stdin=asyncio.subprocess.PIPE
+            )
             waiting = pidfd or proc.pid in lp._watcher._threads
+            proc.stdin.close()
             return waiting, await proc.wait()
 
         assert lp.run_until_complete(asyncio.wait_for(main(), 20)) == (True, 3)
