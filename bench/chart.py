@@ -23,11 +23,12 @@ HATCH = {"protocol": "", "buffered": "//", "streams": "..", "": ""}
 
 
 def impl_of(key):
-    return key.split(":", 1)[1].split("/")[0]
+    """The loop of a key: ``py:uvloop/protocol`` -> uvloop; a server cell's key is the loop."""
+    return key.split(":", 1)[-1].split("/")[0]
 
 
 def mode_of(key):
-    rest = key.split(":", 1)[1]
+    rest = key.split(":", 1)[-1]
     return rest.split("/")[1] if "/" in rest else ""
 
 
@@ -39,7 +40,7 @@ def value(res, cid, key, field="server_us_per_msg"):
     return s.get(field)
 
 
-def bars(ax, res, cells, keys, title):
+def bars(ax, res, cells, keys, title, ylabel="server CPU µs / message"):
     n = len(keys)
     width = 0.8 / max(n, 1)
     for i, key in enumerate(keys):
@@ -54,11 +55,11 @@ def bars(ax, res, cells, keys, title):
                 e = c["servers"][key]
                 why = "n/a" if e.get("unsupported") else "FAIL"
                 ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7, color="#c92a2a")
-        ax.bar(xs, ys, width, label=key.split(":", 1)[1], color=COLORS.get(impl_of(key), "#999"),
+        ax.bar(xs, ys, width, label=key.split(":", 1)[-1], color=COLORS.get(impl_of(key), "#999"),
                hatch=HATCH.get(mode_of(key), ""), edgecolor="white", linewidth=0.3)
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels([c["cell"]["label"] for c in cells])
-    ax.set_ylabel("server CPU µs / message")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=4 if n > 6 else 2)
@@ -69,31 +70,14 @@ SERVER_KINDS = ("http", "ws", "churn")
 
 def server_bars(ax, res, cells):
     """The server cells (bench/servers.py): CPU per request, per message or
-    per connection, one bar per loop."""
+    per connection, one bar per loop (their keys are the loops' names)."""
     loops = []
     for c in cells:
         for k in c["servers"]:
             if k not in loops:
                 loops.append(k)
-    width = 0.8 / max(len(loops), 1)
-    for i, lp in enumerate(loops):
-        xs, ys = [], []
-        for j, c in enumerate(cells):
-            v = value(res, c["cell"]["id"], lp)
-            x = j - 0.4 + width * (i + 0.5)
-            if v is not None:
-                xs.append(x)
-                ys.append(v)
-            elif lp in c["servers"]:
-                why = "n/a" if c["servers"][lp].get("unsupported") else "FAIL"
-                ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7, color="#c92a2a")
-        ax.bar(xs, ys, width, label=lp, color=COLORS.get(lp, "#999"), edgecolor="white", linewidth=0.3)
-    ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels([c["cell"]["label"] for c in cells])
-    ax.set_ylabel("server CPU µs / request (ws: message, churn: connection)")
-    ax.set_title("Real servers: uvicorn, aiohttp, websockets, connection churn (lower is better)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=4)
+    bars(ax, res, cells, loops, "Real servers: uvicorn, aiohttp, websockets, connection churn (lower is better)",
+         ylabel="server CPU µs / request (ws: message, churn: connection)")
 
 
 def main():
